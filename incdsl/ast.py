@@ -1,0 +1,122 @@
+"""The typed syntax tree of a spec: frozen dataclasses, each node keeping its source span.
+
+Values in rows stay as written: an ``int``, a ``float``, a :class:`Size` (``7x7/2``) or a :class:`Ref`
+(a bare name, resolved later to a template parameter, ``classes`` or a flag).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .errors import Span
+
+
+@dataclass(frozen=True)
+class Size:
+    """``HxW`` or ``HxWxC``, with an optional ``/stride``."""
+
+    dims: tuple[int, ...]
+    stride: int | None = None
+
+    def __str__(self) -> str:
+        text = "x".join(map(str, self.dims))
+        return f"{text}/{self.stride}" if self.stride is not None else text
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A bare name used as a value."""
+
+    name: str
+
+
+Value = int | float | Size | Ref
+
+
+@dataclass(frozen=True)
+class Arg:
+    """One argument of a row: positional when ``key`` is None, else ``key=value``."""
+
+    value: Value
+    span: Span = field(compare=False)
+    key: str | None = None
+
+
+@dataclass(frozen=True)
+class Name:
+    """A row, branch or stage name as written: an identifier, or a stage label like ``3a``."""
+
+    text: str
+    span: Span = field(compare=False)
+
+    @property
+    def is_label(self) -> bool:
+        return self.text[0].isdigit()
+
+
+@dataclass(frozen=True)
+class Row:
+    """``[name:] [Nx] kind args...``: a layer, or a call of a template."""
+
+    kind: str
+    args: tuple[Arg, ...]
+    span: Span = field(compare=False)
+    name: Name | None = None
+    repeat: int = 1
+
+
+@dataclass(frozen=True)
+class Branch:
+    """One arm of a parallel group; consecutive branches are concatenated along channels."""
+
+    items: tuple[Item, ...]
+    span: Span = field(compare=False)
+    name: Name | None = None
+
+
+Item = Row | Branch
+
+
+@dataclass(frozen=True)
+class Template:
+    name: str
+    params: tuple[str, ...]
+    body: tuple[Item, ...]
+    span: Span = field(compare=False)
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """``defaults kind: options``: options every row of that kind starts from."""
+
+    kind: str
+    args: tuple[Arg, ...]
+    span: Span = field(compare=False)
+
+
+@dataclass(frozen=True)
+class Aux:
+    """``aux NAME after STAGE weight=W: row``: an auxiliary classifier fed by a stage's output."""
+
+    name: Name
+    after: Name
+    args: tuple[Arg, ...]
+    head: Row
+    span: Span = field(compare=False)
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A whole spec file."""
+
+    path: str
+    source: str
+    network: str | None
+    input: Size | None
+    classes: int | None
+    budget: int | None
+    defaults: tuple[Defaults, ...]
+    templates: tuple[Template, ...]
+    rows: tuple[Row, ...]
+    auxes: tuple[Aux, ...]
+    header_spans: dict = field(default_factory=dict, compare=False)

@@ -1,0 +1,229 @@
+"""Per-stage statistics of a network, as the rows of the paper's Table 1, and their renderings.
+
+The JSON produced by :func:`to_json` is a stable contract (documented in the README)::
+
+    {"network": str, "input": [C, H, W], "classes": int | null,
+     "conventions": {...},
+     "layers": [{"name", "label", "type", "patch", "depth", "input": [C,H,W], "output": [C,H,W],
+                 "columns": {"n1x1": int, ...} | {}, "params": int, "macs": int}],
+     "aux": [{"name", "after", "weight", "type", "output", "params", "macs"}],
+     "total": {"params": int, "macs": int},
+     "budget": {"macs": int, "within": bool} | null}
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import asdict, dataclass, field
+
+from .ir import Network, Stage
+from .layers import KINDS
+
+# Table 1's six inception columns: template parameters of these names fill them.
+COLUMNS = {
+    "n1x1": "#1x1",
+    "n3x3red": "#3x3 reduce",
+    "n3x3": "#3x3",
+    "n5x5red": "#5x5 reduce",
+    "n5x5": "#5x5",
+    "pool_proj": "pool proj",
+}
+
+CONVENTIONS = {
+    "params": "weights, biases and norm scales/shifts: what numel() counts; not running statistics",
+    "macs": "multiply-adds of convolutions and linear layers: FlopCounterMode's FLOPs / 2",
+    "total": "inference: the main network only; aux heads are listed separately",
+    "units": "in tables, params in K = 1024 and ops in M = 10^6, as the paper prints them",
+}
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of the table: a top-level stage or an aux head."""
+
+    name: str
+    label: str | None
+    type: str
+    patch: str
+    depth: int
+    input: list[int]
+    output: list[int]
+    params: int
+    macs: int
+    columns: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AuxRow:
+    name: str
+    after: str
+    weight: float
+    type: str
+    output: list[int]
+    params: int
+    macs: int
+
+
+@dataclass(frozen=True)
+class Stats:
+    network: str
+    input: list[int]
+    classes: int | None
+    rows: tuple[Row, ...]
+    aux: tuple[AuxRow, ...]
+    params: int
+    macs: int
+    budget: int | None
+
+    @property
+    def within_budget(self) -> bool | None:
+        return None if self.budget is None else self.macs <= self.budget
+
+
+def compute(net: Network) -> Stats:
+    """Stats of a network whose passes have run."""
+    rows = tuple(_row(net, stage) for stage in net.stages)
+    aux = tuple(
+        AuxRow(a.name, a.after, a.weight, _type(a.stage, net), *_sums(net, a.stage)) for a in net.auxes
+    )
+    return Stats(
+        net.name, net.input.as_list(), net.classes, rows, aux,
+        sum(r.params for r in rows), sum(r.macs for r in rows), net.budget,
+    )  # fmt: skip
+
+
+def _sums(net: Network, stage: Stage) -> tuple[list[int], int, int]:
+    g = net.graph
+    nodes = net.nodes(stage.attr)
+    params = sum(g.nodes[n]["params"] for n in nodes)
+    macs = sum(g.nodes[n]["macs"] for n in nodes)
+    return g.nodes[stage.output]["shape"].as_list(), params, macs
+
+
+def _row(net: Network, stage: Stage) -> Row:
+    g = net.graph
+    nodes = net.nodes(stage.attr)
+    output, params, macs = _sums(net, stage)
+    first_input = g.nodes[nodes[0]]["in_shape"] if nodes else g.nodes[stage.output]["shape"]
+    columns = {k: v for k, v in stage.args.items() if k in COLUMNS}
+    return Row(
+        stage.attr, stage.label, _type(stage, net), _patch(net, stage), _depth(net, nodes),
+        first_input.as_list(), output, params, macs, columns,
+    )  # fmt: skip
+
+
+def _type(stage: Stage, net: Network) -> str:
+    if stage.template:
+        return f"{stage.template} ({stage.label})" if stage.label else stage.template
+    layer = net.graph.nodes[stage.output]["layer"]
+    if layer.kind == "dropout":
+        return f"dropout ({layer['p'] * 100:g}%)"
+    return KINDS[layer.kind].title
+
+
+def _patch(net: Network, stage: Stage) -> str:
+    if stage.template:
+        return ""
+    layer = net.graph.nodes[stage.output]["layer"]
+    return KINDS[layer.kind].patch(layer)
+
+
+def _depth(net: Network, nodes: list[str]) -> int:
+    """Longest chain of convs and linears through the stage (the paper's "depth" column)."""
+    g, inside, depth = net.graph, set(nodes), {}
+    for node in nodes:  # topological order
+        layer = g.nodes[node]["layer"]
+        own = KINDS[layer.kind].depth(layer) if layer is not None else 0
+        depth[node] = own + max((depth[p] for p in g.predecessors(node) if p in inside), default=0)
+    return max(depth.values(), default=0)
+
+
+# renderings ---------------------------------------------------------------------------------
+
+
+def to_dict(stats: Stats) -> dict:
+    budget = None if stats.budget is None else {"macs": stats.budget, "within": stats.within_budget}
+    return {
+        "network": stats.network,
+        "input": stats.input,
+        "classes": stats.classes,
+        "conventions": CONVENTIONS,
+        "layers": [asdict(r) for r in stats.rows],
+        "aux": [asdict(a) for a in stats.aux],
+        "total": {"params": stats.params, "macs": stats.macs},
+        "budget": budget,
+    }
+
+
+def to_json(stats: Stats) -> str:
+    return json.dumps(to_dict(stats), indent=2) + "\n"
+
+
+def size(shape: list[int]) -> str:
+    c, h, w = shape
+    return f"{h}x{w}x{c}"
+
+
+def kilo(params: int) -> str:
+    return f"{params / 1024:,.1f}K" if params else ""
+
+
+def mega(macs: int) -> str:
+    return f"{macs / 1e6:,.1f}M" if macs else ""
+
+
+HEADERS = ["type", "patch size/stride", "input size", "output size", "depth", *COLUMNS.values(), "params", "ops"]
+
+
+def cells(row: Row) -> list[str]:
+    """The table's cells for one row, as text."""
+    return [
+        row.type, row.patch, size(row.input), size(row.output), str(row.depth) if row.depth else "0",
+        *(str(row.columns.get(k, "")) for k in COLUMNS), kilo(row.params), mega(row.macs),
+    ]  # fmt: skip
+
+
+def to_csv(stats: Stats) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["name", "type", "patch", "input", "output", "depth", *COLUMNS, "params", "macs"])
+    for r in stats.rows:
+        cols = [r.columns.get(k, "") for k in COLUMNS]
+        writer.writerow([r.name, r.type, r.patch, size(r.input), size(r.output), r.depth, *cols, r.params, r.macs])
+    for a in stats.aux:
+        writer.writerow([a.name, a.type, f"after {a.after}", "", size(a.output), "", *[""] * 6, a.params, a.macs])
+    writer.writerow(["total", "", "", "", "", "", *[""] * 6, stats.params, stats.macs])
+    return out.getvalue()
+
+
+def to_markdown(stats: Stats) -> str:
+    lines = [f"# {stats.network}: {size(stats.input)} input", ""]
+    lines.append("| " + " | ".join(HEADERS) + " |")
+    lines.append("|" + "---|" * len(HEADERS))
+    lines += ["| " + " | ".join(cells(r)) + " |" for r in stats.rows]
+    lines += ["", summary(stats), ""]
+    return "\n".join(lines)
+
+
+def summary(stats: Stats) -> str:
+    """Totals, aux heads and the budget verdict, as plain lines."""
+    lines = [f"total (inference): {stats.params:,} params, {stats.macs:,} multiply-adds"]
+    for a in stats.aux:
+        lines.append(
+            f"aux head {a.name} (after {a.after}, loss weight {a.weight:g}): "
+            f"{a.params:,} params, {a.macs:,} multiply-adds (training only)"
+        )
+    if stats.budget is not None:
+        lines.append(budget_verdict(stats.macs, stats.budget))
+    return "\n".join(lines)
+
+
+def budget_verdict(macs: int, budget: int) -> str:
+    if macs <= budget:
+        return f"budget: {macs:,} <= {budget:,} multiply-adds ({macs / budget:.1%} of budget)"
+    return (
+        f"budget exceeded: {macs:,} multiply-adds > budget {budget:,} "
+        f"(over by {macs - budget:,}, {macs / budget - 1:.1%})"
+    )
