@@ -18,8 +18,7 @@ from __future__ import annotations
 from functools import cache
 from pathlib import Path
 
-from . import ast, ir, parser, passes
-from . import report
+from . import ast, ir, parser, passes, report
 from .errors import IncdslError, SpecNameError, did_you_mean
 from .ir import Network
 from .resources import prelude_path, shipped_specs

@@ -22,7 +22,7 @@ from types import MappingProxyType
 import networkx as nx
 
 from . import ast
-from .errors import SpecArgumentError, SpecNameError, SpecSyntaxError, Span, did_you_mean
+from .errors import Span, SpecArgumentError, SpecNameError, SpecSyntaxError, did_you_mean
 from .layers import KINDS, Layer, Num, Shape, check_defaults, resolve
 from .naming import BranchPlan, Member, check_identifier, plan_block
 
@@ -97,7 +97,9 @@ def _templates(prelude, own) -> dict[str, ast.Template]:
         if template.name in seen:
             raise SpecNameError(f"template '{template.name}' is defined twice", template.span)
         if template.name in KINDS:
-            raise SpecNameError(f"'{template.name}' is a layer kind; name the template otherwise", template.span)
+            raise SpecNameError(
+                f"'{template.name}' is a layer kind; name the template otherwise", template.span
+            )
         for param in template.params:
             check_identifier(param, template.span, "template parameter")
         if len(set(template.params)) != len(template.params):
@@ -127,7 +129,12 @@ class _Builder:
 
     def network(self) -> Network:
         spec = self.spec
-        if spec.input is None or len(spec.input.dims) != 3 or spec.input.stride is not None:
+        if (
+            spec.input is None
+            or len(spec.input.dims) != 3
+            or spec.input.stride is not None
+            or min(spec.input.dims) < 1
+        ):
             raise SpecSyntaxError(
                 "the network needs an input size, like 'input 224x224x3' (height x width x channels)",
                 spec.header_spans.get("input") or Span(spec.path, 1, 1, spec.source),
@@ -172,7 +179,9 @@ class _Builder:
         member = Member(aux.name.text, aux.head)
         output = self._member(member, "", after.output, env)
         self.aux = None
-        return AuxHead(aux.name.text, after.attr, weight, self._stage_record(member, output, env, aux.name.text))
+        return AuxHead(
+            aux.name.text, after.attr, weight, self._stage_record(member, output, env, aux.name.text)
+        )
 
     # expansion ------------------------------------------------------------------------------
     def _members(self, members: tuple[Member, ...], scope: str, source: str, env) -> str:
@@ -256,7 +265,9 @@ def _join(scope: str, attr: str) -> str:
 
 
 def _stem(path: str) -> str:
-    return path.replace("\\", "/").rsplit("/", 1)[-1].split(".", 1)[0]
+    """A network name from a file name, when the spec declares none."""
+    stem = path.replace("\\", "/").rsplit("/", 1)[-1].split(".", 1)[0]
+    return stem if stem.isidentifier() else "network"
 
 
 def _value(arg: ast.Arg, env) -> Num:

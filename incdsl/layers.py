@@ -149,9 +149,7 @@ def _window(size: int, kernel: int, stride: int, pad: int, ceil: bool) -> int:
 
 def _spatial(layer: Layer, x: Shape, ceil: bool = False) -> tuple[int, int]:
     if x.flat:
-        raise ShapeError(
-            f"{layer.kind} needs a spatial input, but the input was flattened", layer.span
-        )
+        raise ShapeError(f"{layer.kind} needs a spatial input, but the input was flattened", layer.span)
     (kh, kw), (ph, pw), s = layer["kernel"], layer["pad"], layer["stride"]
     h, w = _window(x.height, kh, s, ph, ceil), _window(x.width, kw, s, pw, ceil)
     if h < 1 or w < 1:
@@ -167,7 +165,7 @@ def _kernel_and_stride(args: dict, span: Span) -> None:
     size = args["kernel"]
     if len(size.dims) != 2 or min(size.dims) < 1:
         raise SpecArgumentError(f"a kernel is written HxW, like 3x3 or 1x7, not {size}", span)
-    args["kernel"], args["stride"] = size.dims, size.stride or 1
+    args["kernel"], args["stride"] = size.dims, 1 if size.stride is None else size.stride
     if args["stride"] < 1:
         raise SpecArgumentError("a stride must be at least 1", span)
 
@@ -211,6 +209,9 @@ class Conv(LayerKind):
         kh, kw = args["kernel"]
         _padding(args, ((kh - 1) // 2, (kw - 1) // 2), span)
         _positive(args, "out", span)
+        _positive(args, "groups", span)
+        if not args["eps"] > 0:
+            raise SpecArgumentError(f"eps must be positive, not {args['eps']}", span)
         if args["bias"] is None:
             args["bias"] = not args["bn"]
         return args
@@ -428,9 +429,7 @@ class Softmax(LayerKind):
 # resolving a row into a Layer ------------------------------------------------------------------
 
 
-def resolve(
-    row: ast.Row, env: Mapping[str, Num], defaults: Mapping[str, tuple[ast.Arg, ...]]
-) -> Layer:
+def resolve(row: ast.Row, env: Mapping[str, Num], defaults: Mapping[str, tuple[ast.Arg, ...]]) -> Layer:
     """Turn a row of a known kind into a :class:`Layer`, binding names through ``env``."""
     kind = KINDS[row.kind]
     args = dict(kind.options)
@@ -438,6 +437,7 @@ def resolve(
     for arg in defaults.get(row.kind, ()) + row.args:
         value = _bind(arg, env, kind)
         if arg.key is not None:
+            _check_option(kind, arg.key, value, arg.span)
             args[arg.key] = value
         elif isinstance(value, tuple):  # a flag: ("relu", True)
             args[value[0]] = value[1]
@@ -473,6 +473,17 @@ def _flag(name: str, kind: LayerKind) -> tuple[str, bool] | None:
     if name.startswith("no") and name[2:] in flags:
         return (name[2:], False)
     return None
+
+
+def _check_option(kind: LayerKind, key: str, value, span: Span) -> None:
+    """An option takes a value of its default's type; a flag is written bare (bn, nobn)."""
+    default = kind.options[key]
+    if isinstance(default, bool) or key in kind.flags():
+        raise SpecArgumentError(f"{key} is a flag: write '{key}' or 'no{key}', not {key}={value}", span)
+    if isinstance(default, (int, float)) and not isinstance(value, (int, float, Sym)):
+        raise SpecArgumentError(f"{kind.name}'s {key} must be a number, not {value}", span)
+    if isinstance(default, int) and not isinstance(default, bool) and isinstance(value, float):
+        raise SpecArgumentError(f"{kind.name}'s {key} must be an integer, not {value}", span)
 
 
 def _options_hint(key: str, kind: LayerKind) -> str:
@@ -513,9 +524,7 @@ def _check_type(param: Param, value, span: Span, kind: LayerKind) -> None:
 def check_defaults(kind_name: str, args: tuple[ast.Arg, ...], span: Span) -> None:
     """Check a ``defaults KIND: ...`` line: a known kind, and only its options."""
     if kind_name not in KINDS:
-        raise SpecNameError(
-            f"unknown layer kind '{kind_name}'", span, did_you_mean(kind_name, KINDS)
-        )
+        raise SpecNameError(f"unknown layer kind '{kind_name}'", span, did_you_mean(kind_name, KINDS))
     kind = KINDS[kind_name]
     for arg in args:
         value = _bind(arg, {}, kind)

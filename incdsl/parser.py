@@ -47,7 +47,11 @@ _TERMINAL_WORDS = {
 
 @cache
 def _lark() -> Lark:
-    return Lark(grammar_text(), parser="lalr", propagate_positions=True, maybe_placeholders=True)
+    # cache=True keeps the built LALR tables in the temp directory, keyed by the grammar's hash:
+    # building them is most of the parser's start-up time.
+    return Lark(
+        grammar_text(), parser="lalr", propagate_positions=True, maybe_placeholders=True, cache=True
+    )
 
 
 def parse(text: str, path: str = "<spec>") -> ast.Spec:
@@ -171,9 +175,7 @@ class _ToAst(Transformer):
     @v_args(meta=True)
     def aux_def(self, meta, children):
         name, after, *args, head = children
-        return ast.Aux(
-            ast.Name(str(name), self._span(name)), after, tuple(args), head, self._span(name)
-        )
+        return ast.Aux(ast.Name(str(name), self._span(name)), after, tuple(args), head, self._span(name))
 
     @v_args(meta=True)
     def defaults_decl(self, meta, children):

@@ -115,8 +115,10 @@ def _row(net: Network, stage: Stage) -> Row:
 
 
 def _type(stage: Stage, net: Network) -> str:
-    if stage.template:
-        return f"{stage.template} ({stage.label})" if stage.label else stage.template
+    if stage.template and stage.aux:
+        return stage.template
+    if stage.template:  # "inception (3a)"; a named stage shows its name: "InceptionA (Mixed_5b)"
+        return f"{stage.template} ({stage.label or stage.attr})"
     layer = net.graph.nodes[stage.output]["layer"]
     if layer.kind == "dropout":
         return f"dropout ({layer['p'] * 100:g}%)"
@@ -177,11 +179,22 @@ def mega(macs: int) -> str:
 HEADERS = ["type", "patch size/stride", "input size", "output size", "depth", *COLUMNS.values(), "params", "ops"]
 
 
-def cells(row: Row) -> list[str]:
-    """The table's cells for one row, as text."""
+def shown_columns(stats: Stats) -> list[str]:
+    """Table 1's inception columns that some row fills (none in a network of other templates)."""
+    return [k for k in COLUMNS if any(k in r.columns for r in stats.rows)]
+
+
+def headers(stats: Stats) -> list[str]:
+    """The table's headers: :data:`HEADERS` without the inception columns no row fills."""
+    hidden = {COLUMNS[k] for k in COLUMNS if k not in shown_columns(stats)}
+    return [h for h in HEADERS if h not in hidden]
+
+
+def cells(row: Row, columns=tuple(COLUMNS)) -> list[str]:
+    """The table's cells for one row, as text (``columns``: the inception columns shown)."""
     return [
         row.type, row.patch, size(row.input), size(row.output), str(row.depth) if row.depth else "0",
-        *(str(row.columns.get(k, "")) for k in COLUMNS), kilo(row.params), mega(row.macs),
+        *(str(row.columns.get(k, "")) for k in columns), kilo(row.params), mega(row.macs),
     ]  # fmt: skip
 
 
@@ -200,9 +213,10 @@ def to_csv(stats: Stats) -> str:
 
 def to_markdown(stats: Stats) -> str:
     lines = [f"# {stats.network}: {size(stats.input)} input", ""]
-    lines.append("| " + " | ".join(HEADERS) + " |")
-    lines.append("|" + "---|" * len(HEADERS))
-    lines += ["| " + " | ".join(cells(r)) + " |" for r in stats.rows]
+    shown = headers(stats)
+    lines.append("| " + " | ".join(shown) + " |")
+    lines.append("|" + "---|" * len(shown))
+    lines += ["| " + " | ".join(cells(r, shown_columns(stats))) + " |" for r in stats.rows]
     lines += ["", summary(stats), ""]
     return "\n".join(lines)
 
@@ -227,3 +241,33 @@ def budget_verdict(macs: int, budget: int) -> str:
         f"budget exceeded: {macs:,} multiply-adds > budget {budget:,} "
         f"(over by {macs - budget:,}, {macs / budget - 1:.1%})"
     )
+
+
+def to_rich(stats: Stats, matches=None):
+    """A rich Table shaped like the paper's; with ``matches`` (see :mod:`incdsl.reference`), the
+    printed figures beside the computed ones, disagreeing ones marked."""
+    from rich.table import Table
+
+    table = Table(title=f"{stats.network}: {size(stats.input)} input", title_justify="left")
+    right = {"depth", "params", "ops", *COLUMNS.values()}
+    for header in headers(stats):
+        table.add_column(header, justify="right" if header in right else "left")
+    printed = _printed_by_row(matches or [])
+    if matches:
+        table.add_column("paper params", justify="right")
+        table.add_column("paper ops", justify="right")
+    for row in stats.rows:
+        table.add_row(*cells(row, shown_columns(stats)), *(printed.get(row.name, ("", "")) if matches else ()))
+    return table
+
+
+def _printed_by_row(matches) -> dict[str, tuple[str, str]]:
+    """The paper's figures keyed by the last stage of each matched group, marked where they disagree."""
+
+    def show(cell, unit):
+        if cell is None:
+            return ""
+        text = f"{cell.printed:g}{unit}"
+        return text if cell.agrees else f"[bold red]{text} ✗[/]"
+
+    return {m.rows[-1]: (show(m.params, "K"), show(m.macs, "M")) for m in matches}

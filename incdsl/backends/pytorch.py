@@ -196,8 +196,8 @@ class _Writer:
         args = [flow.channels_src()] + [_literal(values[p]) for p in template.params]
         if _uses_classes(self.net, template.name):
             args.append(_literal(self.env["classes"]))
-        out = _template_output(self.net, template, values)
-        return f"{class_name(template.name)}({', '.join(args)})", _Flow(flow.var, out, out is None)
+        channels, flat = _template_output(self.net, template, values, flow)
+        return f"{class_name(template.name)}({', '.join(args)})", _Flow(flow.var, channels, flat)
 
     def group(self, group: tuple[BranchPlan, ...], flow: _Flow, scope: str) -> _Flow:
         outputs: list[_Flow] = []
@@ -288,12 +288,12 @@ def _resolve_value(arg: ast.Arg, env: dict):
     return env[arg.value.name] if isinstance(arg.value, ast.Ref) else arg.value
 
 
-def _template_output(net: Network, template: ast.Template, values: dict):
-    """Channels a template call produces, as a tuple of terms; None if it ends flat."""
+def _template_output(net: Network, template: ast.Template, values: dict, flow: _Flow):
+    """Channels a call produces, in the caller's terms (its input channels and its values)."""
     env = {**values, "classes": Sym("num_classes")}
     writer = _Writer(net, env, spatial=lambda path: (1, 1), helpers=set())
-    flow = writer.members(plan_block(template.body), _Flow("x", ("in_channels",)))
-    return None if flow.flat else flow.channels
+    out = writer.members(plan_block(template.body), _Flow("x", flow.channels, flow.flat))
+    return out.channels, out.flat
 
 
 def _uses_classes(net: Network, name: str, seen: frozenset = frozenset()) -> bool:

@@ -1,0 +1,172 @@
+"""The ``incdsl`` command: argument parsing and printing over the Python API, nothing more.
+
+Exit codes: 0 success; 1 the budget is exceeded (``check``); 2 a mistake in the spec or the command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import __version__, load, report
+from .errors import BudgetExceeded, IncdslError, SpecSyntaxError
+from .files import write_atomic
+
+FORMATS = ("table", "markdown", "csv", "json")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except BudgetExceeded as exc:
+        print(exc.format(), file=sys.stderr)
+        return 1
+    except IncdslError as exc:
+        print(exc.format(), file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="incdsl", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"incdsl {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    spec_help = "a .inc file, or the name of a shipped spec (see `incdsl specs`)"
+
+    p = sub.add_parser("stats", help="print the per-layer table: params, multiply-adds, budget")
+    p.add_argument("spec", help=spec_help)
+    p.add_argument("--format", choices=FORMATS, default="table")
+    p.add_argument("--reference", metavar="TSV", help="a paper's printed table to compare with")
+    p.set_defaults(func=cmd_stats)
+
+    p = sub.add_parser("check", help="exit 0 if the spec is valid and within its budget")
+    p.add_argument("spec", help=spec_help)
+    p.add_argument("--budget", help="multiply-adds allowed, like 1.5G (overrides the spec's)")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("compile", help="write a standalone PyTorch model file")
+    p.add_argument("spec", help=spec_help)
+    p.add_argument("-o", "--output", required=True, help="the .py file to write")
+    p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser("draw", help="draw the network with Graphviz (.svg, .png or .dot)")
+    p.add_argument("spec", help=spec_help)
+    p.add_argument("-o", "--output", required=True, help="out.svg, out.png or out.dot")
+    p.add_argument("--level", choices=("network", "block"), default="network")
+    p.set_defaults(func=cmd_draw)
+
+    p = sub.add_parser("specs", help="list the shipped specs")
+    p.set_defaults(func=cmd_specs)
+
+    for name, text in (("train", "train a spec or model.py"), ("eval", "evaluate a checkpoint")):
+        p = sub.add_parser(name, help=text, add_help=False)
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(func=cmd_training)
+    return parser
+
+
+def cmd_stats(args) -> int:
+    stats = report.compute(load(args.spec))
+    matches = None
+    if args.reference:
+        from . import reference
+
+        matches = reference.compare(stats, reference.load(args.reference))
+    if args.format == "json":
+        data = report.to_dict(stats)
+        if matches is not None:
+            data["reference"] = reference.to_dict(matches)
+        import json
+
+        print(json.dumps(data, indent=2))
+    elif args.format == "csv":
+        print(report.to_csv(stats), end="")
+    elif args.format == "markdown":
+        print(report.to_markdown(stats))
+    else:
+        _print_table(stats, matches)
+    return 0
+
+
+def _print_table(stats, matches) -> None:
+    from rich.console import Console
+
+    console = Console(width=200 if not sys.stdout.isatty() else None)
+    console.print(report.to_rich(stats, matches))
+    console.print(report.summary(stats), highlight=False)
+    console.print(
+        "conventions: " + "; ".join(f"{k}: {v}" for k, v in report.CONVENTIONS.items()), style="dim"
+    )
+    if matches is not None:
+        from .reference import disagreements
+
+        lines = disagreements(matches)
+        console.print(f"{len(lines)} printed figure(s) disagree with the layer shapes:", highlight=False)
+        for line in lines:
+            console.print(f"  ✗ {line}", highlight=False, markup=False)
+
+
+def cmd_check(args) -> int:
+    net = load(args.spec)
+    stats = report.compute(net)
+    budget = _quantity(args.budget) if args.budget else stats.budget
+    print(f"{net.name}: {stats.params:,} params, {stats.macs:,} multiply-adds (inference)")
+    if budget is None:
+        print("no budget declared; the spec is valid")
+        return 0
+    verdict = report.budget_verdict(stats.macs, budget)
+    if stats.macs > budget:
+        raise BudgetExceeded(verdict)
+    print(verdict)
+    return 0
+
+
+def _quantity(text: str) -> int:
+    units = {"K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+    try:
+        if text[-1:].upper() in units:
+            return round(float(text[:-1]) * units[text[-1].upper()])
+        return int(text)
+    except ValueError:
+        raise SpecSyntaxError(f"--budget takes a count like 1.5G or 1500000000, not {text!r}") from None
+
+
+def cmd_compile(args) -> int:
+    from . import compile_source
+
+    write_atomic(args.output, compile_source(load(args.spec)))
+    print(f"wrote {args.output}")
+    return 0
+
+
+def cmd_draw(args) -> int:
+    from .backends import graphviz
+
+    graphviz.render(graphviz.to_dot(load(args.spec), args.level), args.output)
+    print(f"wrote {args.output}")
+    return 0
+
+
+def cmd_specs(args) -> int:
+    from .resources import shipped_specs
+
+    for name, path in shipped_specs().items():
+        first = next((line for line in path.read_text().splitlines() if line.startswith("#")), "#")
+        print(f"{name:20} {first.lstrip('# ')}")
+    return 0
+
+
+def cmd_training(args) -> int:
+    """``train`` and ``eval`` live in incdsl.train, which imports torch: loaded only when asked for."""
+    from .train import cli as train_cli
+
+    parser = argparse.ArgumentParser(prog="incdsl")
+    sub = parser.add_subparsers(dest="command", required=True)
+    train_cli.add_train_parser(sub)
+    train_cli.add_eval_parser(sub)
+    inner = parser.parse_args([args.command, *args.rest])
+    return inner.func(inner)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""Compare computed stats with a table as printed in a paper (``googlenet_table1.tsv``).
+
+The paper's rows are matched to the spec's stages in order, by type: "convolution" rows take as many
+consecutive conv stages as their depth says (Table 1's second row is the 1x1 reduce and the 3x3 conv
+together), "inception (3a)" takes the stage labelled 3a, and stages the table does not list (LRN) are
+skipped. A printed figure disagrees when it is off by more than half a unit of its last digit and
+by more than 1%: the paper leaves biases out and rounds, which stays inside that tolerance.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import IncdslError
+from .report import Row, Stats, size
+
+_KINDS = {"convolution": "convolution", "max pool": "max pool", "avg pool": "avg pool", "linear": "linear"}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One printed figure beside the computed one."""
+
+    printed: float
+    computed: float
+    agrees: bool
+
+    @property
+    def deviation(self) -> float:
+        return self.computed / self.printed - 1 if self.printed else float("inf")
+
+
+@dataclass(frozen=True)
+class Match:
+    type: str
+    rows: tuple[str, ...]
+    output: tuple[str, str]
+    params: Cell | None  # in K = 1024
+    macs: Cell | None  # in M = 10^6
+
+    @property
+    def agrees(self) -> bool:
+        cells = [c for c in (self.params, self.macs) if c is not None]
+        return all(c.agrees for c in cells) and self.output[0] == self.output[1]
+
+
+def load(path: str | Path) -> list[dict]:
+    """The rows of a TSV table (lines starting with '#' are comments)."""
+    try:
+        lines = [line for line in Path(path).read_text().splitlines() if not line.startswith("#")]
+    except OSError as exc:
+        raise IncdslError(f"cannot read reference table {path}: {exc.strerror or exc}") from None
+    rows = list(csv.DictReader(lines, delimiter="\t"))
+    if not rows or "type" not in rows[0]:
+        raise IncdslError(f"{path}: a reference table is a TSV with a 'type' column")
+    return rows
+
+
+def compare(stats: Stats, table: list[dict]) -> list[Match]:
+    rows, j, matches = list(stats.rows), 0, []
+    for printed in table:
+        group, j = _take(rows, j, printed)
+        if not group:
+            raise IncdslError(f"the reference row '{printed['type']}' matches no stage of {stats.network}")
+        matches.append(_match(printed, group))
+    return matches
+
+
+def _category(row: Row) -> str:
+    return row.type.split(" (")[0] if row.label is None else row.type
+
+
+def _take(rows: list[Row], j: int, printed: dict) -> tuple[list[Row], int]:
+    want = printed["type"].split(" (")[0] if printed["type"].startswith("dropout") else printed["type"]
+    count = int(printed.get("depth") or 1) if want == "convolution" else 1
+    group = []
+    while j < len(rows) and len(group) < count:
+        if _category(rows[j]) == _KINDS.get(want, want):
+            group.append(rows[j])
+        elif group:
+            if rows[j].params:  # a parameterised stage breaks the run
+                break
+        j += 1
+    return group, j
+
+
+def _match(printed: dict, group: list[Row]) -> Match:
+    params = _cell(printed.get("params_K"), sum(r.params for r in group) / 1024)
+    macs = _cell(printed.get("ops_M"), sum(r.macs for r in group) / 1e6)
+    output = (printed.get("output", ""), size(group[-1].output))
+    return Match(printed["type"], tuple(r.name for r in group), output, params, macs)
+
+
+def _cell(text: str | None, computed: float) -> Cell | None:
+    if not text:
+        return None
+    printed = float(text)
+    decimals = len(text.split(".")[1]) if "." in text else 0
+    tolerance = max(0.5 * 10**-decimals, 0.01 * printed)
+    return Cell(printed, computed, abs(computed - printed) <= tolerance)
+
+
+def to_dict(matches: list[Match]) -> list[dict]:
+    def cell(c: Cell | None):
+        return (
+            None
+            if c is None
+            else {"printed": c.printed, "computed": round(c.computed, 3), "agrees": c.agrees}
+        )
+
+    return [
+        {
+            "type": m.type,
+            "rows": list(m.rows),
+            "output": {"printed": m.output[0], "computed": m.output[1]},
+            "params_K": cell(m.params),
+            "ops_M": cell(m.macs),
+        }
+        for m in matches
+    ]
+
+
+def disagreements(matches: list[Match]) -> list[str]:
+    """One line per printed figure that the layer shapes contradict."""
+    lines = []
+    for m in matches:
+        where = " + ".join(m.rows)
+        for what, cell, unit in (("params", m.params, "K"), ("ops", m.macs, "M")):
+            if cell is not None and not cell.agrees:
+                lines.append(
+                    f"{m.type} [{where}]: {what} printed {cell.printed:g}{unit}, "
+                    f"computed {cell.computed:,.1f}{unit} ({cell.deviation:+.1%})"
+                )
+        if m.output[0] != m.output[1]:
+            lines.append(f"{m.type} [{where}]: output printed {m.output[0]}, computed {m.output[1]}")
+    return lines
