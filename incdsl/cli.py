@@ -55,6 +55,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--level", choices=("network", "block"), default="network")
     p.set_defaults(func=cmd_draw)
 
+    p = sub.add_parser("format", help="print a spec in the canonical layout (comments are dropped)")
+    p.add_argument("spec", help=spec_help)
+    p.add_argument("-o", "--output", help="write here instead of printing")
+    p.set_defaults(func=cmd_format)
+
     p = sub.add_parser("specs", help="list the shipped specs")
     p.set_defaults(func=cmd_specs)
 
@@ -144,6 +149,19 @@ def cmd_draw(args) -> int:
 
     graphviz.render(graphviz.to_dot(load(args.spec), args.level), args.output)
     print(f"wrote {args.output}")
+    return 0
+
+
+def cmd_format(args) -> int:
+    from . import read
+    from .formatter import format_spec
+    from .parser import parse
+
+    text = format_spec(parse(*read(args.spec)))
+    if args.output:
+        write_atomic(args.output, text)
+    else:
+        print(text, end="")
     return 0
 
 

@@ -1,0 +1,76 @@
+"""AST back to spec text, in a canonical layout: ``parse(format(spec))`` equals ``spec``.
+
+>>> from incdsl.parser import parse
+>>> print(format_spec(parse("input 32x32x3\\nconv 3x3/1 16 relu\\n")), end="")
+input 32x32x3
+<BLANKLINE>
+conv 3x3/1 16 relu
+"""
+
+from __future__ import annotations
+
+from . import ast
+
+INDENT = "    "
+
+
+def format_spec(spec: ast.Spec) -> str:
+    """The spec as text: header, defaults, templates, rows, aux heads (comments are not kept)."""
+    header = [
+        f"network {spec.network}" if spec.network else None,
+        f"input {spec.input}" if spec.input else None,
+        f"classes {spec.classes}" if spec.classes is not None else None,
+        f"budget {spec.budget}" if spec.budget is not None else None,
+    ]
+    sections = [
+        [line for line in header if line],
+        [f"defaults {d.kind}: {_args(d.args)}".rstrip() for d in spec.defaults],
+        *[_template(t) for t in spec.templates],
+        [_row(r) for r in spec.rows],
+        [_aux(a) for a in spec.auxes],
+    ]
+    return "\n\n".join("\n".join(s) for s in sections if s) + "\n"
+
+
+def _value(value: ast.Value) -> str:
+    if isinstance(value, ast.Ref):
+        return value.name
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def _args(args: tuple[ast.Arg, ...]) -> str:
+    return " ".join(_value(a.value) if a.key is None else f"{a.key}={_value(a.value)}" for a in args)
+
+
+def _row(row: ast.Row) -> str:
+    name = f"{row.name.text}: " if row.name else ""
+    repeat = f"{row.repeat}x " if row.repeat > 1 else ""
+    return f"{name}{repeat}{row.kind} {_args(row.args)}".rstrip()
+
+
+def _items(items: tuple[ast.Item, ...], depth: int) -> list[str]:
+    lines = []
+    for item in items:
+        pad = INDENT * depth
+        if isinstance(item, ast.Row):
+            lines.append(pad + _row(item))
+            continue
+        name = f" {item.name.text}" if item.name else ""
+        if len(item.items) == 1 and isinstance(item.items[0], ast.Row):
+            lines.append(f"{pad}branch{name}: {_row(item.items[0])}")
+            continue
+        lines.append(f"{pad}branch{name} {{")
+        lines += _items(item.items, depth + 1)
+        lines.append(pad + "}")
+    return lines
+
+
+def _template(template: ast.Template) -> list[str]:
+    params = f"({', '.join(template.params)})" if template.params else ""
+    return [f"template {template.name}{params} {{", *_items(template.body, 1), "}"]
+
+
+def _aux(aux: ast.Aux) -> str:
+    return f"aux {aux.name.text} after {aux.after.text} {_args(aux.args)}: {_row(aux.head)}"
