@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import sys
 import types
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
 
@@ -103,10 +103,7 @@ def _metadata(net: Network) -> dict:
 
 def _templates_in_use(net: Network) -> list[str]:
     """Templates the network calls, callees before callers, in first-use order."""
-    order: list[str] = []
-    for path, name in net.graph.graph.get("calls", {}).items():
-        if name not in order:
-            order.append(name)
+    order = list(dict.fromkeys(net.graph.graph.get("calls", {}).values()))
     return sorted(order, key=lambda n: -_nesting(net, n))
 
 
@@ -141,6 +138,7 @@ class _Writer:
     spatial: object  # callable(relative path) -> (height, width) of that layer's input
     helpers: set
     comment: object = None  # callable(relative path) -> shape comment, for the network class
+    symbolic: dict = field(default_factory=dict)  # path -> {argument: Sym}: constructor arguments
     init: list = field(default_factory=list)
     forward: list = field(default_factory=list)
 
@@ -180,6 +178,8 @@ class _Writer:
         if template is not None:
             return self.call(template, row, flow, path)
         kind, layer = KINDS[row.kind], self.layer(row)
+        if path in self.symbolic:
+            layer = replace(layer, args={**layer.args, **self.symbolic[path]})
         if not kind.has_module:
             return None, flow
         self.helpers.update(kind.helpers(layer))
@@ -217,10 +217,12 @@ class _Writer:
             return self.members(tuple(rest), _Flow(var, out.channels, out.flat), scope)
         path = f"{scope}.{plan.attr}" if scope else plan.attr
         if len(plan.members) == 1 and plan.members[0].attr == "":
-            expr, out = self.module(plan.members[0].row, flow, path)
+            row = plan.members[0].row
+            expr, out = self.module(row, flow, path)
             self.init.append(f"self.{plan.attr} = {expr}")
-            self.apply(f"self.{plan.attr}", plan.members[0].row, flow, _Flow(var, out.channels, out.flat), path)
-            return _Flow(var, out.channels, out.flat)
+            out = _Flow(var, out.channels, out.flat)
+            self.apply(f"self.{plan.attr}", row, flow, out, path)
+            return out
         return self.sequential(plan, flow, var, path)
 
     def sequential(self, plan: BranchPlan, flow: _Flow, var: str, path: str) -> _Flow:
@@ -373,9 +375,10 @@ def _network(net: Network, helpers: set) -> dict:
     signature = [] if net.classes is None else [f"num_classes: int = {net.classes}"]
     if net.auxes:
         signature.append("aux_logits: bool = True")
-    if len(dropouts) == 1:
-        env_p = resolve(dropouts[0].row, {"classes": net.classes}, net.defaults)["p"]
-        signature.append(f"dropout: float = {env_p!r}")
+    symbolic = {}
+    if len(dropouts) == 1:  # the classifier's dropout becomes a constructor argument
+        signature.append(f"dropout: float = {_p(dropouts[0], net)!r}")
+        symbolic[dropouts[0].attr] = {"p": Sym("dropout")}
 
     def comment(path: str) -> str:
         s = net.graph.nodes[_stage_output(net, path)]["shape"]
@@ -385,15 +388,13 @@ def _network(net: Network, helpers: set) -> dict:
         s = net.graph.nodes[path]["in_shape"]
         return s.height, s.width
 
-    writer = _Writer(net, env, spatial=spatial, helpers=helpers, comment=comment)
+    writer = _Writer(net, env, spatial=spatial, helpers=helpers, comment=comment, symbolic=symbolic)
     s = net.input
     writer.forward.append(f"# N x {s.channels} x {s.height} x {s.width}")
     flow = _Flow("x", (net.input.channels,))
     aux_after = {a.after: a for a in net.auxes}
     for stage, member in zip(net.stages, plan_block(net.spec.rows)):
         flow = writer.member(member, flow, "")
-        if len(dropouts) == 1 and stage is dropouts[0]:
-            writer.init[-1] = writer.init[-1].replace(f"(p={_p(dropouts[0], net)!r})", "(p=dropout)")
         if stage.attr in aux_after:
             _aux(writer, net, aux_after[stage.attr], flow)
     _returns(writer, net, flow)
