@@ -44,9 +44,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", help="multiply-adds allowed, like 1.5G (overrides the spec's)")
     p.set_defaults(func=cmd_check)
 
-    p = sub.add_parser("compile", help="write a standalone PyTorch model file")
+    p = sub.add_parser("compile", help="write a standalone PyTorch model file (or ONNX)")
     p.add_argument("spec", help=spec_help)
-    p.add_argument("-o", "--output", required=True, help="the .py file to write")
+    p.add_argument("-o", "--output", required=True, help="the .py (or .onnx) file to write")
+    p.add_argument(
+        "--format", choices=("python", "onnx"), help="default: onnx for a .onnx output, else python"
+    )
     p.set_defaults(func=cmd_compile)
 
     p = sub.add_parser("draw", help="draw the network with Graphviz (.svg, .png or .dot)")
@@ -137,9 +140,15 @@ def _quantity(text: str) -> int:
 
 
 def cmd_compile(args) -> int:
-    from . import compile_source
+    net = load(args.spec)
+    if (args.format or ("onnx" if args.output.endswith(".onnx") else "python")) == "onnx":
+        from .backends import onnx
 
-    write_atomic(args.output, compile_source(load(args.spec)))
+        onnx.export(net, args.output)
+    else:
+        from . import compile_source
+
+        write_atomic(args.output, compile_source(net))
     print(f"wrote {args.output}")
     return 0
 

@@ -24,8 +24,8 @@ class Span:
         return f"{self.path}:{self.line}:{self.column}"
 
     def source_line(self) -> str:
-        lines = self.source.splitlines()
-        return lines[self.line - 1] if 0 < self.line <= len(lines) else ""
+        lines = self.source.split("\n")  # as Lark counts lines (str.splitlines also splits at \x1e...)
+        return lines[self.line - 1].rstrip("\r") if 0 < self.line <= len(lines) else ""
 
 
 class IncdslError(Exception):

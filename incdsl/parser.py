@@ -69,7 +69,7 @@ def parse(text: str, path: str = "<spec>") -> ast.Spec:
 def _syntax_error(exc: UnexpectedInput, text: str, path: str) -> SpecSyntaxError:
     line, column = max(exc.line, 1), max(exc.column, 1)
     if isinstance(exc, UnexpectedCharacters):
-        char = text.splitlines()[line - 1][column - 1] if line <= len(text.splitlines()) else "?"
+        char = exc.char if isinstance(exc.char, str) else "?"
         message = f"unexpected character {char!r}"
     elif isinstance(exc, UnexpectedToken):
         message = f"unexpected {_describe(exc.token)}"

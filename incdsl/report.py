@@ -213,10 +213,10 @@ def to_csv(stats: Stats) -> str:
 
 def to_markdown(stats: Stats) -> str:
     lines = [f"# {stats.network}: {size(stats.input)} input", ""]
-    shown = headers(stats)
+    shown, columns = headers(stats), shown_columns(stats)
     lines.append("| " + " | ".join(shown) + " |")
     lines.append("|" + "---|" * len(shown))
-    lines += ["| " + " | ".join(cells(r, shown_columns(stats))) + " |" for r in stats.rows]
+    lines += ["| " + " | ".join(cells(r, columns)) + " |" for r in stats.rows]
     lines += ["", summary(stats), ""]
     return "\n".join(lines)
 
@@ -256,8 +256,9 @@ def to_rich(stats: Stats, matches=None):
     if matches:
         table.add_column("paper params", justify="right")
         table.add_column("paper ops", justify="right")
+    columns = shown_columns(stats)
     for row in stats.rows:
-        table.add_row(*cells(row, shown_columns(stats)), *(printed.get(row.name, ("", "")) if matches else ()))
+        table.add_row(*cells(row, columns), *(printed.get(row.name, ("", "")) if matches else ()))
     return table
 
 

@@ -129,3 +129,15 @@ def test_python_dash_m_entry_point():
 @pytest.mark.parametrize("spec", sorted((ROOT / "specs").glob("*.inc")), ids=lambda p: p.stem)
 def test_every_shipped_spec_checks(capsys, spec: Path):
     assert run(capsys, "check", str(spec))[0] == 0
+
+
+def test_compile_to_onnx(capsys, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    torch = pytest.importorskip("torch")
+    out = tmp_path / "mini.onnx"
+    assert run(capsys, "compile", "mini_googlenet", "-o", str(out))[0] == 0
+    session = ort.InferenceSession(str(out))
+    x = torch.randn(3, 3, 32, 32)
+    (logits,) = session.run(None, {"x": x.numpy()})
+    assert logits.shape == (3, 10)
+    assert [p.name for p in tmp_path.iterdir()] == ["mini.onnx"]  # no temporary left beside it
