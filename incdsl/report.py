@@ -176,7 +176,9 @@ def mega(macs: int) -> str:
     return f"{macs / 1e6:,.1f}M" if macs else ""
 
 
-HEADERS = ["type", "patch size/stride", "input size", "output size", "depth", *COLUMNS.values(), "params", "ops"]
+HEADERS = [
+    "type", "patch size/stride", "input size", "output size", "depth", *COLUMNS.values(), "params", "ops",
+]  # fmt: skip
 
 
 def shown_columns(stats: Stats) -> list[str]:
@@ -204,10 +206,13 @@ def to_csv(stats: Stats) -> str:
     writer.writerow(["name", "type", "patch", "input", "output", "depth", *COLUMNS, "params", "macs"])
     for r in stats.rows:
         cols = [r.columns.get(k, "") for k in COLUMNS]
-        writer.writerow([r.name, r.type, r.patch, size(r.input), size(r.output), r.depth, *cols, r.params, r.macs])
+        shapes = [size(r.input), size(r.output)]
+        writer.writerow([r.name, r.type, r.patch, *shapes, r.depth, *cols, r.params, r.macs])
     for a in stats.aux:
-        writer.writerow([a.name, a.type, f"after {a.after}", "", size(a.output), "", *[""] * 6, a.params, a.macs])
-    writer.writerow(["total", "", "", "", "", "", *[""] * 6, stats.params, stats.macs])
+        blank = [""] * len(COLUMNS)
+        place = [f"after {a.after}", "", size(a.output), ""]
+        writer.writerow([a.name, a.type, *place, *blank, a.params, a.macs])
+    writer.writerow(["total", "", "", "", "", "", *[""] * len(COLUMNS), stats.params, stats.macs])
     return out.getvalue()
 
 
