@@ -49,9 +49,7 @@ _TERMINAL_WORDS = {
 def _lark() -> Lark:
     # cache=True keeps the built LALR tables in the temp directory, keyed by the grammar's hash:
     # building them is most of the parser's start-up time.
-    return Lark(
-        grammar_text(), parser="lalr", propagate_positions=True, maybe_placeholders=True, cache=True
-    )
+    return Lark(grammar_text(), parser="lalr", propagate_positions=True, maybe_placeholders=True, cache=True)
 
 
 def parse(text: str, path: str = "<spec>") -> ast.Spec:
