@@ -53,6 +53,14 @@ class Layer:
 
 
 @dataclass(frozen=True)
+class FileDefaults:
+    """Defaults of the helper classes in one generated file (BasicConv2d's BatchNorm eps), so rows
+    that use them need not repeat them."""
+
+    bn_eps: float = 1e-5
+
+
+@dataclass(frozen=True)
 class Param:
     """A positional argument of a layer kind."""
 
@@ -86,8 +94,9 @@ class LayerKind:
     def macs(self, layer: Layer, x: Shape, y: Shape) -> int:
         return 0
 
-    def module(self, layer: Layer, in_channels: str) -> str:
-        """Python source constructing the module, given the source text of its input channels."""
+    def module(self, layer: Layer, in_channels: str, file: FileDefaults = None) -> str:
+        """Python source constructing the module, given the source text of its input channels and
+        the defaults the generated file's helper classes were written with."""
         raise NotImplementedError
 
     def helpers(self, layer: Layer) -> tuple[str, ...]:
@@ -246,7 +255,7 @@ class Conv(LayerKind):
             (True, False): "ConvBN",
         }.get((layer["bn"], layer["relu"]), "nn.Conv2d")
 
-    def module(self, layer, in_channels):
+    def module(self, layer, in_channels, file=None):
         kw = [f"kernel_size={_src(layer['kernel'])}"]
         if layer["stride"] != 1:
             kw.append(f"stride={layer['stride']}")
@@ -257,7 +266,7 @@ class Conv(LayerKind):
         cls = self._class(layer)
         if layer["bias"] != (cls in ("nn.Conv2d", "ConvReLU")):
             kw.append(f"bias={layer['bias']}")
-        if layer["bn"] and layer["eps"] != 1e-5:
+        if layer["bn"] and layer["eps"] != (file or FileDefaults()).bn_eps:
             kw.append(f"eps={layer['eps']!r}")
         return f"{cls}({in_channels}, {layer['out']}, {', '.join(kw)})"
 
@@ -283,7 +292,7 @@ class _Pool(LayerKind):
     def out_shape(self, layer, x):
         return Shape(x.channels, *_spatial(layer, x, layer["ceil"]))
 
-    def module(self, layer, in_channels):
+    def module(self, layer, in_channels, file=None):
         kw = [_src(layer["kernel"]), f"stride={layer['stride']}"]
         if layer["pad"] != (0, 0):
             kw.append(f"padding={_src(layer['pad'])}")
@@ -328,7 +337,7 @@ class AdaptiveAvgPool(LayerKind):
             raise ShapeError("adaptive_avgpool needs a spatial input", layer.span)
         return Shape(x.channels, *layer["size"])
 
-    def module(self, layer, in_channels):
+    def module(self, layer, in_channels, file=None):
         return f"nn.AdaptiveAvgPool2d({tuple(layer['size'])})"
 
     def patch(self, layer):
@@ -362,7 +371,7 @@ class LRN(LayerKind):
         _positive(args, "size", span)
         return args
 
-    def module(self, layer, in_channels):
+    def module(self, layer, in_channels, file=None):
         return (
             f"nn.LocalResponseNorm({layer['size']}, alpha={layer['alpha']!r}, "
             f"beta={layer['beta']!r}, k={float(layer['k'])!r})"
@@ -382,7 +391,7 @@ class Dropout(LayerKind):
             raise SpecArgumentError(f"a dropout probability is in [0, 1), not {p}", span)
         return args
 
-    def module(self, layer, in_channels):
+    def module(self, layer, in_channels, file=None):
         return f"nn.Dropout(p={layer['p']})"
 
 
@@ -407,7 +416,7 @@ class Linear(LayerKind):
     def macs(self, layer, x, y):
         return y.channels * x.channels * x.height * x.width
 
-    def module(self, layer, in_channels):
+    def module(self, layer, in_channels, file=None):
         bias = "" if layer["bias"] else ", bias=False"
         return f"nn.Linear({in_channels}, {layer['out']}{bias})"
 

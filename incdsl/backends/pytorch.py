@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import sys
 import types
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
@@ -22,7 +23,7 @@ import jinja2
 from .. import ast
 from ..errors import IncdslError
 from ..ir import Network
-from ..layers import KINDS, Layer, Sym, resolve
+from ..layers import KINDS, FileDefaults, Layer, Sym, resolve
 from ..naming import BranchPlan, Member, plan_block
 
 
@@ -45,12 +46,14 @@ def _template() -> jinja2.Template:
 def generate(net: Network) -> str:
     """The model file's source text, formatted."""
     helpers: set[str] = set()
-    blocks = [_block(net, name, helpers) for name in _templates_in_use(net)]
-    network = _network(net, helpers)
+    file = _file_defaults(net)
+    blocks = [_block(net, name, helpers, file) for name in _templates_in_use(net)]
+    network = _network(net, helpers, file)
     text = _template().render(
         network=network,
         blocks=blocks,
         helpers=helpers,
+        bn_eps=repr(file.bn_eps),
         metadata=repr(_metadata(net)),
         ordered_dict=any("OrderedDict(" in line for b in [*blocks, network] for line in b["init"]),
         source_name=_safe_file_name(net.spec.path),
@@ -90,6 +93,16 @@ def class_name(name: str) -> str:
     if "_" not in name and name[:1].isupper():
         return name
     return "".join(part[:1].upper() + part[1:] for part in name.split("_") if part)
+
+
+def _file_defaults(net: Network) -> FileDefaults:
+    """The BatchNorm eps most conv layers use becomes the helper classes' default."""
+    eps = Counter(
+        data["layer"]["eps"]
+        for _, data in net.graph.nodes(data=True)
+        if data["kind"] == "conv" and data["layer"]["bn"]
+    )
+    return FileDefaults(bn_eps=eps.most_common(1)[0][0]) if eps else FileDefaults()
 
 
 def _metadata(net: Network) -> dict:
@@ -137,6 +150,7 @@ class _Writer:
     env: dict
     spatial: object  # callable(relative path) -> (height, width) of that layer's input
     helpers: set
+    file: FileDefaults = field(default_factory=FileDefaults)
     comment: object = None  # callable(relative path) -> shape comment, for the network class
     symbolic: dict = field(default_factory=dict)  # path -> {argument: Sym}: constructor arguments
     init: list = field(default_factory=list)
@@ -189,7 +203,7 @@ class _Writer:
             channels = channels if h * w == 1 else f"{channels} * {h} * {w}"
         out_channels = (layer["out"],) if "out" in layer.args else flow.channels
         flat = flow.flat or row.kind == "linear"
-        return kind.module(layer, channels), _Flow(flow.var, out_channels, flat)
+        return kind.module(layer, channels, self.file), _Flow(flow.var, out_channels, flat)
 
     def call(self, template: ast.Template, row: ast.Row, flow: _Flow, path: str):
         values = _bound_args(template, row, self.env)
@@ -320,7 +334,7 @@ def _rows(items):
 # the two kinds of class -------------------------------------------------------------------------
 
 
-def _block(net: Network, name: str, helpers: set) -> dict:
+def _block(net: Network, name: str, helpers: set, file: FileDefaults) -> dict:
     template = net.templates[name]
     env = {p: Sym(p) for p in template.params}
     floats = _float_params(template)
@@ -328,7 +342,9 @@ def _block(net: Network, name: str, helpers: set) -> dict:
     if _uses_classes(net, name):
         env["classes"] = Sym("num_classes")
         signature.append("num_classes: int")
-    writer = _Writer(net, env, spatial=lambda path: _instance_spatial(net, name, path), helpers=helpers)
+    writer = _Writer(
+        net, env, spatial=lambda path: _instance_spatial(net, name, path), helpers=helpers, file=file
+    )
     flow = writer.members(plan_block(template.body), _Flow("x", ("in_channels",)))
     writer.forward.append(f"return {flow.var}")
     return {
@@ -369,7 +385,7 @@ def _instance_spatial(net: Network, template: str, path: str) -> tuple[int, int]
     return sizes.pop()
 
 
-def _network(net: Network, helpers: set) -> dict:
+def _network(net: Network, helpers: set, file: FileDefaults) -> dict:
     env = {} if net.classes is None else {"classes": Sym("num_classes")}
     dropouts = [s for s in net.stages if s.row.kind == "dropout"]
     signature = [] if net.classes is None else [f"num_classes: int = {net.classes}"]
@@ -388,7 +404,9 @@ def _network(net: Network, helpers: set) -> dict:
         s = net.graph.nodes[path]["in_shape"]
         return s.height, s.width
 
-    writer = _Writer(net, env, spatial=spatial, helpers=helpers, comment=comment, symbolic=symbolic)
+    writer = _Writer(
+        net, env, spatial=spatial, helpers=helpers, file=file, comment=comment, symbolic=symbolic
+    )
     s = net.input
     writer.forward.append(f"# N x {s.channels} x {s.height} x {s.width}")
     flow = _Flow("x", (net.input.channels,))
