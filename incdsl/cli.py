@@ -15,9 +15,15 @@ from .files import write_atomic
 FORMATS = ("table", "markdown", "csv", "json")
 
 
+TRAINING = ("train", "eval")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
+        if argv[:1] and argv[0] in TRAINING:  # their options belong to incdsl.train's own parser
+            return training(argv)
+        args = _parser().parse_args(argv)
         return args.func(args)
     except BudgetExceeded as exc:
         print(exc.format(), file=sys.stderr)
@@ -66,10 +72,9 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("specs", help="list the shipped specs")
     p.set_defaults(func=cmd_specs)
 
-    for name, text in (("train", "train a spec or model.py"), ("eval", "evaluate a checkpoint")):
-        p = sub.add_parser(name, help=text, add_help=False)
-        p.add_argument("rest", nargs=argparse.REMAINDER)
-        p.set_defaults(func=cmd_training)
+    # Listed for `incdsl --help`; main() hands their arguments to incdsl.train's parser.
+    sub.add_parser("train", help="train a spec or model.py (incdsl train --help)")
+    sub.add_parser("eval", help="evaluate checkpoints (incdsl eval --help)")
     return parser
 
 
@@ -183,7 +188,7 @@ def cmd_specs(args) -> int:
     return 0
 
 
-def cmd_training(args) -> int:
+def training(argv: list[str]) -> int:
     """``train`` and ``eval`` live in incdsl.train, which imports torch: loaded only when asked for."""
     from .train import cli as train_cli
 
@@ -191,8 +196,8 @@ def cmd_training(args) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     train_cli.add_train_parser(sub)
     train_cli.add_eval_parser(sub)
-    inner = parser.parse_args([args.command, *args.rest])
-    return inner.func(inner)
+    args = parser.parse_args(argv)
+    return args.func(args)
 
 
 if __name__ == "__main__":

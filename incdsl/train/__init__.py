@@ -1,0 +1,47 @@
+"""The bundled trainer: the papers' recipes on real data, with resume and torchrun.
+
+Stages, each one module with one entry function::
+
+    load_model(target)          models.py      spec name, .inc or model.py -> ModelBundle
+    make_config(options)        config.py      CLI / TOML / recipe defaults -> TrainConfig
+    build_datasets(...)         data.py        folder | digits | fake -> train/val datasets
+    augment_batch(...)          augment.py     Inception crop, flip, photometric, on the device
+    train(config)               loop.py        the training loop; writes metrics.jsonl, checkpoint.pt
+    evaluate_checkpoints(...)   evaluate.py    top-1/top-5 over 1, 10 or 144 crops, ensembles
+
+Example::
+
+    >>> from incdsl.train import make_config, train
+    >>> history = train(make_config({"target": "mini_googlenet", "data": "digits", "out": "runs/d"}))
+
+Importing this package does not import torch; the names below load their module on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from incdsl.errors import IncdslError
+
+
+class TrainError(IncdslError):
+    """A mistake in the trainer's domain: bad data folder, corrupt checkpoint, bad config, unknown recipe."""
+
+
+_LAZY = {
+    "load_model": "models",
+    "ModelBundle": "models",
+    "make_config": "config",
+    "TrainConfig": "config",
+    "RECIPES": "recipes",
+    "train": "loop",
+    "evaluate_checkpoints": "evaluate",
+}
+
+__all__ = ["TrainError", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)

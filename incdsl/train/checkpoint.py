@@ -1,0 +1,79 @@
+"""Checkpoints: written atomically, read without unpickling code, with every RNG state.
+
+A checkpoint is a dict of tensors, numbers and strings: ``torch.load(weights_only=True)`` reads it, so a
+checkpoint from elsewhere cannot run code. It is written to a temporary file in the same folder, flushed
+to disk and renamed over the old one: a run killed at any moment leaves the previous checkpoint or the
+new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from incdsl.train import TrainError
+
+FORMAT = "incdsl-checkpoint/1"
+
+
+def save_checkpoint(state: dict[str, Any], path: Path) -> None:
+    """Write ``state`` to ``path`` atomically."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, "wb") as file:
+            torch.save({"format": FORMAT, **state}, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def remove_temporaries(run_dir: Path) -> None:
+    """Delete the temporary files of writers killed before their rename."""
+    for path in run_dir.glob(".*.tmp"):
+        path.unlink(missing_ok=True)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """The state saved at ``path``; a TrainError (and the file untouched) when it is not a checkpoint."""
+    if not path.is_file():
+        raise TrainError(f"no checkpoint at {path}")
+    try:
+        with warnings.catch_warnings():  # a foreign pickle warns before it fails; the error says enough
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch.load fails in many ways on a damaged file: zip, pickle, EOF, ...
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise TrainError(f"{path} is not a readable checkpoint ({reason[:200]})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise TrainError(f"{path} is not an incdsl checkpoint")
+    return state
+
+
+def rng_states() -> dict[str, Any]:
+    """The states of Python's, NumPy's and torch's random number generators, in loadable types."""
+    kind, keys, position, has_gauss, gauss = np.random.get_state()
+    states = {
+        "python": random.getstate(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng_states(states: dict[str, Any]) -> None:
+    kind, keys, position, has_gauss, gauss = states["numpy"]
+    random.setstate(states["python"])
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])

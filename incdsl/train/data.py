@@ -1,0 +1,167 @@
+"""Data sets: image folders, scikit-learn's digits (written once as an image folder), and fake images.
+
+A folder follows the ImageFolder convention, ``DIR/train/<class>/*.png|jpg|...`` and ``DIR/val/<class>/...``.
+Images of any size and mode are decoded with Pillow and converted to the model's channels; a *view*
+function (views.py) then resizes or crops them. Every data set yields ``(uint8 tensor, class index)``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from incdsl.train import TrainError
+
+IMAGE_SUFFIXES = frozenset(
+    {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+)
+PIL_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
+FAKE_TRAIN_IMAGES = 512  # "fake:N" asks for N; validation gets a quarter as many
+DIGITS_VAL_EVERY = 5  # every fifth digit is a validation image: a fixed split of 1438 + 359 images
+
+View = Callable[[Tensor], Tensor]
+
+
+class FolderImages(Dataset):
+    """Images listed as (path, class index), decoded to ``channels`` and passed through ``view``."""
+
+    def __init__(self, samples: Sequence[tuple[Path, int]], channels: int, view: View):
+        self.samples, self.channels, self.view = list(samples), channels, view
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        path, label = self.samples[index]
+        return self.view(decode_image(path, self.channels)), label
+
+
+class TensorImages(Dataset):
+    """Images already in memory, ``(N, C, H, W)`` uint8, passed through ``view``."""
+
+    def __init__(self, images: Tensor, labels: Tensor, view: View):
+        self.images, self.labels, self.view = images, labels, view
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        return self.view(self.images[index]), int(self.labels[index])
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split of a data set and the class names its labels index."""
+
+    dataset: Dataset
+    classes: tuple[str, ...]
+
+
+def open_split(
+    data: str,
+    split: str,
+    shape: Sequence[int],
+    view: View,
+    classes: Sequence[str] = (),
+    num_classes: int = 10,
+) -> Split:
+    """The ``split`` ("train" or "val") of ``data``: a folder, "digits" or "fake" (also "fake:N").
+
+    ``classes`` fixes the class names' order (a validation split follows its training split); when empty,
+    the sorted folder names give it, or ``num_classes`` for fake data. ``shape`` is the model's (C, H, W).
+    """
+    if data == "fake" or data.startswith("fake:"):
+        return fake_split(data, split, shape, view, classes or [str(index) for index in range(num_classes)])
+    root = digits_folder() if data == "digits" else Path(data)
+    return folder_split(root / split, shape[0], view, classes)
+
+
+def folder_split(root: Path, channels: int, view: View, classes: Sequence[str] = ()) -> Split:
+    if not root.is_dir():
+        raise TrainError(
+            f"data folder {root} does not exist", hint="expected DIR/train/<class>/*.png and DIR/val"
+        )
+    found = sorted(entry.name for entry in root.iterdir() if entry.is_dir())
+    if not found:
+        raise TrainError(f"data folder {root} has no class folders", hint=f"expected {root}/<class>/*.png")
+    unknown = set(found) - set(classes) if classes else set()
+    if unknown:
+        raise TrainError(f"{root} has classes the model was not trained on: {', '.join(sorted(unknown))}")
+    classes = tuple(classes or found)
+    samples = [(path, classes.index(name)) for name in found for path in list_images(root / name)]
+    if not samples:
+        raise TrainError(
+            f"data folder {root} holds no images", hint=f"suffixes: {' '.join(sorted(IMAGE_SUFFIXES))}"
+        )
+    return Split(FolderImages(samples, channels, view), classes)
+
+
+def list_images(folder: Path) -> list[Path]:
+    return sorted(path for path in folder.rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def decode_image(path: Path, channels: int) -> Tensor:
+    """The image at ``path`` as uint8 ``(channels, H, W)``, whatever its mode."""
+    try:
+        with Image.open(path) as image:
+            pixels = np.asarray(image.convert(PIL_MODES[channels]))
+    except (UnidentifiedImageError, OSError) as error:
+        raise TrainError(f"cannot decode image {path}: {error}") from None
+    return torch.from_numpy(pixels.reshape(*pixels.shape[:2], channels).copy()).permute(2, 0, 1)
+
+
+def fake_split(data: str, split: str, shape: Sequence[int], view: View, classes: Sequence[str]) -> Split:
+    """Random images and labels, the same for every call: for smoke tests and benchmarks."""
+    try:
+        count = int(data.partition(":")[2] or FAKE_TRAIN_IMAGES)
+    except ValueError:
+        raise TrainError(f"'{data}' is not fake data: write fake or fake:N with N images") from None
+    count = count if split == "train" else max(1, count // 4)
+    generator = torch.Generator().manual_seed(0 if split == "train" else 1)
+    images = torch.randint(0, 256, (count, *shape), dtype=torch.uint8, generator=generator)
+    labels = torch.randint(0, len(classes), (count,), generator=generator)
+    return Split(TensorImages(images, labels, view), tuple(classes))
+
+
+def cache_dir() -> Path:
+    """Where incdsl keeps downloaded or generated data: ``$INCDSL_CACHE``, default ``~/.cache/incdsl``."""
+    return Path(os.environ.get("INCDSL_CACHE") or Path.home() / ".cache" / "incdsl")
+
+
+def digits_folder() -> Path:
+    """scikit-learn's 1797 8x8 digits as an image folder in the cache, written on first use.
+
+    The folder is written under a temporary name and renamed into place, so a reader never sees a half
+    written one, and two processes (torchrun) writing it at once do not clash.
+    """
+    folder = cache_dir() / "digits"
+    if folder.is_dir():
+        return folder
+    staging = folder.with_name(f"digits.{os.getpid()}.tmp")
+    write_digits(staging)
+    try:
+        staging.rename(folder)
+    except OSError:  # another process got there first
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
+def write_digits(root: Path) -> None:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    pixels = np.round(digits.images * (255 / 16)).astype(np.uint8)
+    for index, (image, label) in enumerate(zip(pixels, digits.target)):
+        split = "val" if index % DIGITS_VAL_EVERY == DIGITS_VAL_EVERY - 1 else "train"
+        path = root / split / str(label) / f"{index:04d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(path)

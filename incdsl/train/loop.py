@@ -1,0 +1,275 @@
+"""The training loop: set up, then one epoch after another of train, evaluate, log, checkpoint.
+
+Read top to bottom, as nanoGPT's train.py. Every epoch draws its randomness (data order, augmentation,
+dropout) from ``(seed, epoch, rank)`` alone, so a run resumed from epoch k's checkpoint repeats
+epochs k+1... of the uninterrupted run exactly, and each torchrun process draws its own.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import asdict
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+
+from incdsl.train import TrainError
+from incdsl.train.augment import augment_batch
+from incdsl.train.checkpoint import (
+    load_checkpoint,
+    remove_temporaries,
+    restore_rng_states,
+    rng_states,
+    save_checkpoint,
+)
+from incdsl.train.config import TrainConfig
+from incdsl.train.data import Split, open_split
+from incdsl.train.distributed import (
+    Processes,
+    start_processes,
+    stop_processes,
+    sum_over_processes,
+    wait_for_all,
+)
+from incdsl.train.ema import EMA
+from incdsl.train.evaluate import autocast, evaluate
+from incdsl.train.logs import METRICS, MetricsLog, progress, say, summary
+from incdsl.train.models import ModelBundle, load_model
+from incdsl.train.recipes import Recipe, build_optimizer, build_scheduler, get_recipe
+from incdsl.train.views import eval_view, train_view
+
+CHECKPOINT, BEST = "checkpoint.pt", "best.pt"
+BAR_EVERY = 10  # steps between progress-bar updates
+
+
+def train(config: TrainConfig) -> list[dict[str, Any]]:
+    """Train ``config.target`` on ``config.data``; every epoch's metrics (a resume's earlier ones too).
+
+    >>> from incdsl.train import make_config
+    >>> history = train(make_config({"target": "mini_googlenet", "data": "digits", "out": "runs/digits"}))
+    ... # doctest: +SKIP
+    """
+    processes = start_processes(config.device)
+    try:
+        return run(config, processes)
+    finally:
+        stop_processes(processes)
+
+
+def run(config: TrainConfig, processes: Processes) -> list[dict[str, Any]]:
+    recipe = get_recipe(config.recipe)
+    device, main = processes.device, processes.is_main
+    layout = torch.channels_last if config.channels_last else torch.contiguous_format
+    torch.manual_seed(config.seed)
+
+    # -- data, read at the model's input shape; the classifier follows the data's classes
+    bundle = load_model(config.target)
+    train_split, val_split = open_splits(config, recipe, bundle)
+    if len(train_split.classes) != bundle.num_classes:
+        bundle = load_model(config.target, num_classes=len(train_split.classes))
+    train_loader, val_loader = make_loaders(train_split, val_split, config, processes)
+
+    # -- model, optimizer, per-step learning-rate schedule, Polyak averaging
+    model = bundle.module.to(device, memory_format=layout)
+    optimizer = build_optimizer(recipe, model, config.lr)
+    scheduler = build_scheduler(recipe, optimizer, len(train_loader), config.epochs)
+    ema = EMA(model, recipe.ema_decay) if recipe.ema_decay else None
+    scaler = torch.amp.GradScaler(device.type, enabled=config.amp and device.type == "cuda")
+
+    # -- a fresh run directory, or the state of the run to resume
+    history: list[dict[str, Any]] = []
+    if config.resume:
+        state = load_checkpoint(config.out / CHECKPOINT)
+        history = resume(state, config, train_split.classes, model, optimizer, scheduler, ema)
+    else:
+        check_fresh(config.out)
+    wait_for_all(processes)  # every process has checked the run directory before rank 0 writes to it
+    if main:
+        config.out.mkdir(parents=True, exist_ok=True)
+        remove_temporaries(config.out)
+        log = MetricsLog(config.out, history)
+    best_top1 = max((record["val_top1"] for record in history), default=-1.0)
+    first_epoch = len(history) + 1
+    if first_epoch > config.epochs:
+        say(
+            f"{config.out} already holds {len(history)} epochs; nothing to do for --epochs {config.epochs}",
+            main,
+        )
+
+    # -- the model that takes the steps: shared weights, wrapped for torchrun and compiled on request
+    stepper = DistributedDataParallel(model) if processes.distributed else model
+    stepper = torch.compile(stepper) if config.compile else stepper
+
+    for epoch in range(first_epoch, config.epochs + 1):
+        generator = seed_epoch(config.seed, epoch, processes.rank)
+        train_loader.sampler.set_epoch(epoch)
+        stepper.train()
+        lr = optimizer.param_groups[0]["lr"]
+        loss_sum, images = torch.zeros((), device=device), 0
+        started = time.perf_counter()
+        bar = progress(train_loader, epoch, config.epochs, main)
+        for step, (pixels, labels) in enumerate(bar):
+            pixels, labels = pixels.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            inputs = augment_batch(pixels, recipe.augment, generator).contiguous(memory_format=layout)
+            with autocast(device, config.amp):
+                loss = training_loss(stepper(inputs), labels, bundle.aux_weights, recipe.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if recipe.grad_clip:
+                scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+                nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            if ema:
+                ema.update()
+            loss_sum += loss.detach() * len(labels)
+            images += len(labels)
+            if step % BAR_EVERY == 0:
+                rate = images * processes.world_size / (time.perf_counter() - started)
+                bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{rate:.0f}", refresh=False)
+        seconds = time.perf_counter() - started
+        loss_total, images_total = sum_over_processes([loss_sum.item(), images], processes)
+
+        # evaluate the averaged weights when the recipe keeps them (Polyak averaging)
+        evaluated = (ema.module if ema else model).eval()
+        val = evaluate([evaluated], val_loader, processes, config.amp, layout)
+        record = {
+            "epoch": epoch,
+            "train_loss": loss_total / images_total,
+            "val_loss": val.loss,
+            "val_top1": val.top1,
+            "val_top5": val.top5,
+            "lr": lr,
+            "img_per_s": images_total / seconds,
+        }
+        history.append(record)
+        say(summary(record, config.epochs), main)
+
+        # rank 0 writes: the metrics line first, then the checkpoint (resume trims the log to it)
+        if main:
+            log.write(record)
+            state = checkpoint_state(
+                config, processes, bundle, train_split, model, optimizer, scheduler, ema, history
+            )
+            save_checkpoint(state, config.out / CHECKPOINT)
+            if val.top1 > best_top1:
+                best_top1 = val.top1
+                save_checkpoint(state, config.out / BEST)
+    if main:
+        log.close()
+    return history
+
+
+def open_splits(config: TrainConfig, recipe: Recipe, bundle: ModelBundle) -> tuple[Split, Split]:
+    """The training split, read at the input size, and the validation split, read as evaluation views."""
+    size = bundle.input_shape[1:]
+    read_train = partial(train_view, size=size)
+    train = open_split(config.data, "train", bundle.input_shape, read_train, num_classes=bundle.num_classes)
+    read_val = eval_view(1, size, recipe.augment.eval_crop)
+    return train, open_split(config.data, "val", bundle.input_shape, read_val, train.classes)
+
+
+def make_loaders(train: Split, val: Split, config: TrainConfig, processes: Processes):
+    """Loaders of this process's share: training shuffled by (seed, epoch); every world_size-th val image."""
+    if config.batch_size % processes.world_size:
+        raise TrainError(
+            f"batch size {config.batch_size} does not split over {processes.world_size} processes"
+        )
+    batch = config.batch_size // processes.world_size
+    workers = config.workers if config.workers >= 0 else (8 if processes.device.type == "cuda" else 0)
+    common = {
+        "num_workers": workers,
+        "pin_memory": processes.device.type == "cuda",
+        "persistent_workers": workers > 0,
+    }
+    rank, world = processes.rank, processes.world_size
+    sampler = DistributedSampler(train.dataset, world, rank, shuffle=True, seed=config.seed, drop_last=True)
+    train_loader = DataLoader(train.dataset, batch, sampler=sampler, drop_last=True, **common)
+    if len(train_loader) == 0:
+        raise TrainError(
+            f"the training split has {len(train.dataset)} images, less than one batch of {config.batch_size}",
+            hint="lower --batch-size",
+        )
+    val_share = Subset(val.dataset, range(rank, len(val.dataset), world))
+    return train_loader, DataLoader(val_share, 2 * batch, **common)
+
+
+def seed_epoch(seed: int, epoch: int, rank: int) -> torch.Generator:
+    """Seed Python's, NumPy's and torch's generators from (seed, epoch, rank); return augmentation's."""
+    global_seed, augment_seed = np.random.SeedSequence([seed, epoch, rank]).generate_state(2).tolist()
+    random.seed(global_seed)
+    np.random.seed(global_seed)
+    torch.manual_seed(global_seed)
+    return torch.Generator().manual_seed(augment_seed)
+
+
+def training_loss(
+    outputs: Tensor | tuple, labels: Tensor, aux_weights: dict[str, float], smoothing: float
+) -> Tensor:
+    """The main head's cross-entropy plus each auxiliary head's, weighted as the spec says."""
+    if not isinstance(outputs, tuple):
+        return F.cross_entropy(outputs, labels, label_smoothing=smoothing)
+    loss = F.cross_entropy(outputs.logits, labels, label_smoothing=smoothing)
+    for name, weight in aux_weights.items():
+        loss = loss + weight * F.cross_entropy(getattr(outputs, name), labels, label_smoothing=smoothing)
+    return loss
+
+
+def check_fresh(run_dir: Path) -> None:
+    if (run_dir / CHECKPOINT).exists() or (run_dir / METRICS).exists():
+        raise TrainError(
+            f"{run_dir} already holds a run", hint="pass --resume to continue it, or choose another --out"
+        )
+
+
+def checkpoint_state(
+    config, processes, bundle, split, model, optimizer, scheduler, ema, history
+) -> dict[str, Any]:
+    """Everything a resume or an evaluation needs, in types ``torch.load(weights_only=True)`` reads."""
+    return {
+        "epoch": len(history),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "ema": ema.state_dict() if ema else None,
+        "rng": rng_states(),
+        "metrics": history,
+        "classes": list(split.classes),
+        "recipe": config.recipe,
+        "world_size": processes.world_size,
+        "config": {
+            key: str(value) if isinstance(value, Path) else value for key, value in asdict(config).items()
+        },
+        "target": config.target,
+        "spec_text": bundle.spec_text,
+        "model_source": bundle.source,
+    }
+
+
+def resume(state, config, classes, model, optimizer, scheduler, ema) -> list[dict[str, Any]]:
+    """Load a checkpoint's state into the run's objects; returns the metrics of the epochs it covers."""
+    if state["recipe"] != config.recipe:
+        raise TrainError(f"the checkpoint was trained with recipe {state['recipe']}, not {config.recipe}")
+    if state["classes"] != list(classes):
+        raise TrainError("the checkpoint was trained on other classes than the data's")
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as error:
+        raise TrainError(
+            f"the checkpoint does not fit {config.target}: {str(error).splitlines()[0]}"
+        ) from None
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    if ema:
+        ema.load_state_dict(state["ema"])
+    restore_rng_states(state["rng"])
+    return list(state["metrics"])

@@ -1,0 +1,77 @@
+"""Turn a training target (shipped spec name, ``.inc`` file or generated ``model.py``) into a module."""
+
+from __future__ import annotations
+
+import importlib.util
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from torch import nn
+
+from incdsl.train import TrainError
+
+
+@dataclass(frozen=True)
+class ModelBundle:
+    """A built model and what the trainer needs to know about it (read from the file's ``SPEC``)."""
+
+    module: nn.Module
+    input_shape: tuple[int, int, int]
+    num_classes: int
+    aux_weights: dict[str, float] = field(default_factory=dict)
+    source: str = field(default="", repr=False)  # the generated model.py text
+    name: str = ""
+    spec_text: str | None = field(default=None, repr=False)  # the .inc text, for a spec target
+
+
+def load_model(target: str, num_classes: int | None = None) -> ModelBundle:
+    """Build the model that ``target`` describes, with the spec's defaults.
+
+    >>> bundle = load_model("tests/train/fixtures/tiny_model.py")
+    >>> bundle.input_shape, bundle.num_classes, bundle.aux_weights
+    ((3, 32, 32), 10, {'aux1': 0.3})
+
+    ``num_classes`` rebuilds the classifier for a data set with another number of classes.
+    """
+    module = _import_file(target) if target.endswith(".py") else _compile(target)
+    spec = getattr(module, "SPEC", None)
+    if not isinstance(spec, dict) or not callable(getattr(module, "build", None)):
+        raise TrainError(f"{target} defines no SPEC dict and build() function; is it a generated model?")
+    overrides = {} if num_classes in (None, spec["classes"]) else {"num_classes": num_classes}
+    return ModelBundle(
+        module=module.build(**overrides),
+        input_shape=tuple(spec["input"]),
+        num_classes=num_classes or spec["classes"],
+        aux_weights=dict(spec.get("aux", {})),
+        source=module.__incdsl_source__,
+        name=spec.get("network", Path(target).stem),
+        spec_text=None if target.endswith(".py") else _spec_text(target),
+    )
+
+
+def _import_file(path: str) -> types.ModuleType:
+    file = Path(path)
+    if not file.is_file():
+        raise TrainError(f"model file {path} does not exist")
+    spec = importlib.util.spec_from_file_location(f"incdsl_model_{file.stem}", file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.__incdsl_source__ = file.read_text()
+    return module
+
+
+def _compile(target: str) -> types.ModuleType:
+    import incdsl  # the compiler; imported here so the trainer loads without it
+    from incdsl.backends.pytorch import load_source
+
+    source = incdsl.compile_source(target)
+    module = load_source(source, f"incdsl_model_{Path(target).stem}")
+    module.__incdsl_source__ = source
+    return module
+
+
+def _spec_text(target: str) -> str:
+    import incdsl
+
+    return incdsl.read(target)[0]

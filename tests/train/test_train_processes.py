@@ -1,0 +1,61 @@
+"""Separate processes: torchrun with two gloo workers, and a run killed with SIGKILL at any moment."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+from incdsl.train.checkpoint import load_checkpoint
+from incdsl.train.config import make_config
+from incdsl.train.logs import read_metrics
+from incdsl.train.loop import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_torchrun_with_two_processes(tiny_model, tmp_path, command_env):
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    command += ["-m", "incdsl.train.cli", "train", tiny_model, "--data", "fake:64", "--out", str(out)]
+    command += ["--epochs", "2", "--batch-size", "16", "--recipe", "googlenet"]
+    done = subprocess.run(command, cwd=ROOT, env=command_env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("epoch 1/2") == 1 and done.stdout.count("epoch 2/2") == 1  # rank 0 prints
+    assert [record["epoch"] for record in read_metrics(out)] == [1, 2]
+    state = load_checkpoint(out / "checkpoint.pt")
+    assert state["world_size"] == 2 and state["epoch"] == 2
+    assert state["scheduler"]["last_epoch"] == 2 * 64 // 16  # each process took half the images per step
+    assert sorted(path.name for path in out.iterdir()) == ["best.pt", "checkpoint.pt", "metrics.jsonl"]
+
+
+def test_a_killed_run_leaves_a_loadable_checkpoint(tiny_model, tmp_path, command_env):
+    out = tmp_path / "run"
+    # two steps per epoch: most of the time goes to writing checkpoints, where a kill hurts most
+    command = [sys.executable, "-m", "incdsl.train.cli", "train", tiny_model, "--data", "fake:16"]
+    command += ["--out", str(out), "--epochs", "1000", "--batch-size", "8", "--recipe", "googlenet"]
+    process = subprocess.Popen(
+        command, cwd=ROOT, env=command_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "metrics.jsonl").exists() or len(read_metrics(out)) < 3:
+            assert process.poll() is None, process.stderr.read().decode()[-3000:]
+            assert time.monotonic() < deadline, "the run wrote no third epoch in time"
+            time.sleep(0.05)
+        time.sleep(random.uniform(0.0, 0.5))
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        process.stderr.close()
+    state = load_checkpoint(out / "checkpoint.pt")
+    assert state["epoch"] >= 2
+    epochs = state["epoch"] + 2
+    options = {"target": tiny_model, "data": "fake:16", "out": out, "batch_size": 8, "recipe": "googlenet"}
+    history = train(make_config({**options, "epochs": epochs, "resume": True}))
+    assert [record["epoch"] for record in history] == list(range(1, epochs + 1))
+    assert [record["epoch"] for record in read_metrics(out)] == list(range(1, epochs + 1))
+    assert not [path.name for path in out.iterdir() if path.name.endswith(".tmp")]  # a dead writer's, removed

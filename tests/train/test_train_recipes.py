@@ -1,0 +1,114 @@
+"""Every recipe's optimizer and schedule, checked against the numbers of its source."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from incdsl.train import TrainError
+from incdsl.train.recipes import (
+    IMAGENET_TRAIN_IMAGES,
+    RECIPES,
+    build_optimizer,
+    build_scheduler,
+    get_recipe,
+    lr_multiplier,
+)
+
+STEPS_PER_EPOCH = 10
+
+
+def lrs_over(recipe_name: str, epochs: int, steps_per_epoch: int = STEPS_PER_EPOCH) -> list[float]:
+    """The learning rate of every optimizer step, from a real optimizer and scheduler."""
+    recipe = get_recipe(recipe_name)
+    model = nn.Linear(2, 2)
+    optimizer = build_optimizer(recipe, model, recipe.lr)
+    scheduler = build_scheduler(recipe, optimizer, steps_per_epoch, epochs)
+    rates = []
+    for _ in range(steps_per_epoch * epochs):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return rates
+
+
+def epoch_start(rates: list[float], epoch: int) -> float:
+    """The learning rate of 0-based ``epoch``'s first step."""
+    return rates[epoch * STEPS_PER_EPOCH]
+
+
+def test_googlenet_sgd_momentum_decreases_lr_4_percent_every_8_epochs():
+    recipe = get_recipe("googlenet")
+    optimizer = build_optimizer(recipe, nn.Linear(2, 2), recipe.lr)
+    assert isinstance(optimizer, torch.optim.SGD)
+    assert optimizer.defaults["momentum"] == 0.9
+    rates = lrs_over("googlenet", 25)
+    assert epoch_start(rates, 0) == epoch_start(rates, 7) == pytest.approx(0.01)
+    assert rates[8 * STEPS_PER_EPOCH - 1] == pytest.approx(0.01)
+    assert epoch_start(rates, 8) == epoch_start(rates, 15) == pytest.approx(0.01 * 0.96)
+    assert epoch_start(rates, 16) == pytest.approx(0.01 * 0.96**2)
+    assert epoch_start(rates, 24) == pytest.approx(0.01 * 0.96**3)
+    assert recipe.ema_decay == 0.9999  # Polyak averaging for evaluation
+    assert recipe.augment.crop_area == (0.08, 1.0)
+    assert recipe.augment.crop_aspect == (3 / 4, 4 / 3)
+    assert recipe.augment.flip and recipe.augment.photometric > 0
+
+
+def test_bvlc_is_caffes_solver():
+    recipe = get_recipe("bvlc")
+    optimizer = build_optimizer(recipe, nn.Linear(2, 2), recipe.lr)
+    assert isinstance(optimizer, torch.optim.SGD)
+    assert (recipe.lr, recipe.momentum, recipe.weight_decay, recipe.batch_size) == (0.01, 0.9, 2e-4, 32)
+    assert optimizer.param_groups[0]["weight_decay"] == 2e-4  # weights
+    assert optimizer.param_groups[1]["weight_decay"] == 0.0  # biases: Caffe's decay_mult 0
+    # on ImageNet, with Caffe's batch of 32, the step falls on iteration 320,000 exactly
+    steps_per_epoch = IMAGENET_TRAIN_IMAGES / 32
+    assert lr_multiplier(recipe.schedule, steps_per_epoch, 0, 319_999) == 1.0
+    assert lr_multiplier(recipe.schedule, steps_per_epoch, 0, 320_000) == pytest.approx(0.96)
+    assert lr_multiplier(recipe.schedule, steps_per_epoch, 0, 640_000) == pytest.approx(0.96**2)
+    assert recipe.schedule.every_epochs == pytest.approx(7.993, abs=1e-3)
+    assert recipe.epochs * IMAGENET_TRAIN_IMAGES / 32 == pytest.approx(10_000_000, rel=1e-3)  # max_iter
+    assert recipe.augment.crop_area == ((224 / 256) ** 2,) * 2 and recipe.augment.crop_aspect == (1, 1)
+
+
+def test_inception_v3_rmsprop_schedule_clipping_smoothing():
+    recipe = get_recipe("inception-v3")
+    optimizer = build_optimizer(recipe, nn.Linear(2, 2), recipe.lr)
+    assert isinstance(optimizer, torch.optim.RMSprop)
+    assert optimizer.defaults["alpha"] == 0.9 and optimizer.defaults["eps"] == 1.0
+    rates = lrs_over("inception-v3", 7)
+    assert epoch_start(rates, 0) == epoch_start(rates, 1) == pytest.approx(0.045)
+    assert epoch_start(rates, 2) == epoch_start(rates, 3) == pytest.approx(0.045 * 0.94)
+    assert epoch_start(rates, 6) == pytest.approx(0.045 * 0.94**3)
+    assert (recipe.grad_clip, recipe.label_smoothing, recipe.batch_size) == (2.0, 0.1, 32)
+
+
+def test_fast_warms_up_for_an_epoch_then_decays_to_zero():
+    recipe = get_recipe("fast")
+    assert isinstance(build_optimizer(recipe, nn.Linear(2, 2), recipe.lr), torch.optim.AdamW)
+    assert not recipe.augment.flip  # mirrored digits are other symbols
+    rates = lrs_over("fast", 5)
+    warmup, decay = rates[:STEPS_PER_EPOCH], rates[STEPS_PER_EPOCH:]
+    assert all(a < b for a, b in zip(warmup, warmup[1:]))
+    assert decay[0] == pytest.approx(recipe.lr)
+    assert all(a >= b for a, b in zip(decay, decay[1:]))
+    assert decay[-1] < 0.01 * recipe.lr
+    middle = (len(rates) + STEPS_PER_EPOCH) // 2
+    assert rates[middle] == pytest.approx(recipe.lr / 2, rel=0.05)
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_every_recipe_is_named_after_itself_and_positive(name):
+    recipe = RECIPES[name]
+    assert recipe.name == name
+    assert recipe.lr > 0 and recipe.batch_size > 0 and recipe.epochs > 0
+    assert math.isfinite(lr_multiplier(recipe.schedule, 100, 100 * recipe.epochs, 0))
+
+
+def test_unknown_recipe_suggests_a_name():
+    with pytest.raises(TrainError, match="unknown recipe 'googlenett'") as caught:
+        get_recipe("googlenett")
+    assert "googlenet" in caught.value.hint
