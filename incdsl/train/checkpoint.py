@@ -9,6 +9,7 @@ new one, never half of one.
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import warnings
 from pathlib import Path
@@ -20,6 +21,7 @@ import torch
 from incdsl.train import TrainError
 
 FORMAT = "incdsl-checkpoint/1"
+REQUIRED = frozenset({"epoch", "model", "optimizer", "scheduler", "rng", "metrics", "classes", "recipe"})
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
@@ -49,12 +51,24 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         with warnings.catch_warnings():  # a foreign pickle warns before it fails; the error says enough
             warnings.simplefilter("ignore")
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch.load fails in many ways on a damaged file: zip, pickle, EOF, ...
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise TrainError(f"{path} is not a readable checkpoint ({reason[:200]})") from None
+    except pickle.UnpicklingError:  # damaged, or objects a weights-only load refuses to build
+        raise TrainError(
+            f"{path} is not a readable checkpoint: it is damaged, or holds more than tensors and plain data",
+            hint="incdsl train writes only tensors and plain data; nothing else is loaded, as it could run code",
+        ) from None
+    except Exception as error:  # torch.load fails in many ways on a damaged file: zip, EOF, ...
+        raise TrainError(f"{path} is not a readable checkpoint ({_first_line(error)})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise TrainError(f"{path} is not an incdsl checkpoint")
+    missing = sorted(REQUIRED - set(state))
+    if missing:
+        raise TrainError(f"{path} is an incomplete checkpoint: it has no {', '.join(missing)}")
     return state
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else type(error).__name__
 
 
 def rng_states() -> dict[str, Any]:

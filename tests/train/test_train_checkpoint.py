@@ -24,7 +24,8 @@ def test_round_trip_with_rng_states(tmp_path):
     random.seed(1)
     np.random.seed(1)
     torch.manual_seed(1)
-    save_checkpoint({"epoch": 3, "weights": torch.arange(4.0), "rng": rng_states()}, path)
+    full = dict.fromkeys(checkpoints.REQUIRED)
+    save_checkpoint({**full, "epoch": 3, "weights": torch.arange(4.0), "rng": rng_states()}, path)
     expected = draws()
     state = load_checkpoint(path)
     assert state["epoch"] == 3 and torch.equal(state["weights"], torch.arange(4.0))
@@ -35,7 +36,7 @@ def test_round_trip_with_rng_states(tmp_path):
 
 def test_a_write_that_dies_midway_leaves_the_old_checkpoint(tmp_path, monkeypatch):
     path = tmp_path / "checkpoint.pt"
-    save_checkpoint({"epoch": 1}, path)
+    save_checkpoint({**dict.fromkeys(checkpoints.REQUIRED), "epoch": 1}, path)
     before = path.read_bytes()
 
     def dying_save(obj, file):
@@ -77,6 +78,13 @@ def test_truncated_checkpoint(tmp_path):
     save_checkpoint({"epoch": 1, "weights": torch.zeros(1000)}, path)
     path.write_bytes(path.read_bytes()[:2000])
     with pytest.raises(TrainError, match="not a readable checkpoint"):
+        load_checkpoint(path)
+
+
+def test_an_incomplete_checkpoint_is_a_train_error(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"format": checkpoints.FORMAT, "epoch": 1}, path)
+    with pytest.raises(TrainError, match="incomplete checkpoint: it has no classes, metrics, model"):
         load_checkpoint(path)
 
 
