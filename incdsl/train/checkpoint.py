@@ -54,7 +54,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     except pickle.UnpicklingError:  # damaged, or objects a weights-only load refuses to build
         raise TrainError(
             f"{path} is not a readable checkpoint: it is damaged, or holds more than tensors and plain data",
-            hint="incdsl train writes only tensors and plain data; nothing else is loaded, as it could run code",
+            hint="incdsl writes only tensors and plain data; anything else could run code, so is not loaded",
         ) from None
     except Exception as error:  # torch.load fails in many ways on a damaged file: zip, EOF, ...
         raise TrainError(f"{path} is not a readable checkpoint ({_first_line(error)})") from None
