@@ -16,8 +16,33 @@ small = st.integers(1, 6)
 
 
 @st.composite
+def block_template(draw) -> str:
+    """A template of random branches, in every form the naming rules allow: a named single layer, a
+    named nn.Sequential, a flattened branch of named layers that may fork again, a pool branch."""
+    branches = []
+    for i in range(draw(st.integers(1, 4))):
+        form = draw(st.sampled_from(["single", "sequential", "flattened", "fork", "pool"]))
+        width = draw(st.sampled_from(["k", str(draw(small))]))
+        if form == "single":
+            branches.append(f"branch b{i}: conv 1x1 {width}")
+        elif form == "sequential":
+            branches.append(f"branch b{i} {{ conv 1x1 {draw(small)}; conv 3x3 {width} }}")
+        elif form == "flattened":
+            branches.append(f"branch {{ b{i}_1: conv 1x1 {draw(small)}; b{i}_2: conv 5x5 {width} }}")
+        elif form == "fork":
+            branches.append(
+                f"branch {{ b{i}_1: conv 1x1 {width}\n branch b{i}_a: conv 1x3 {width}\n"
+                f" branch b{i}_b: conv 3x1 {draw(small)} }}"
+            )
+        else:
+            branches.append(f"branch {{ avgpool 3x3/1 pad=1; b{i}_proj: conv 1x1 {width} }}")
+    return "template blk(k) {\n" + "\n".join(branches) + "\n}"
+
+
+@st.composite
 def specs(draw) -> str:
-    """A random valid spec: a stem, inception rows, factorised convs, pools, a classifier."""
+    """A random valid spec: a stem, inception rows, template blocks, factorised convs, pools, a
+    classifier."""
     size = draw(st.integers(12, 40))
     channels = draw(st.integers(1, 3))
     style = draw(st.sampled_from(["bias relu", "bn eps=0.001", "nobias norelu", "bn norelu"]))
@@ -25,9 +50,12 @@ def specs(draw) -> str:
     lines += [f"defaults conv: {style}", f"defaults maxpool: {draw(st.sampled_from(['ceil', 'noceil']))}"]
     k, s = draw(st.sampled_from([1, 3, 5])), draw(st.sampled_from([1, 2]))
     lines.append(f"conv {k}x{k}/{s} {draw(small)}")
+    template = draw(block_template())
     for _ in range(draw(st.integers(1, 4))):
-        choice = draw(st.sampled_from(["inception", "pool", "factorised", "lrn"]))
-        if choice == "inception":
+        choice = draw(st.sampled_from(["inception", "block", "pool", "factorised", "lrn"]))
+        if choice == "block":
+            lines.append(f"{draw(st.integers(1, 2))}x blk {draw(small)}")
+        elif choice == "inception":
             cols = " ".join(str(draw(small)) for _ in range(6))
             lines.append(f"{draw(st.integers(2, 3))}x inception {cols}")
         elif choice == "pool":
@@ -39,7 +67,7 @@ def specs(draw) -> str:
             lines.append("lrn 3")
     tail = draw(st.sampled_from(["global_avgpool", "adaptive_avgpool 2x2", "avgpool 2x2/2"]))
     lines += [tail, f"dropout {draw(st.sampled_from([0.0, 0.5]))}", "linear 8 relu", "linear classes"]
-    return "\n".join(lines) + "\n"
+    return "\n".join([template, *lines]) + "\n"
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
