@@ -1,6 +1,7 @@
 """Per-stage statistics of a network, as the rows of the paper's Table 1, and their renderings.
 
-The JSON produced by :func:`to_json` is a stable contract (documented in the README)::
+The dict :func:`to_dict` makes, printed as JSON by ``incdsl stats --format json``, is a stable contract
+(documented in the README)::
 
     {"network": str, "input": [C, H, W], "classes": int | null,
      "conventions": {...},
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from dataclasses import asdict, dataclass, field
 
 from .ir import Network, Stage
@@ -157,10 +157,6 @@ def to_dict(stats: Stats) -> dict:
         "total": {"params": stats.params, "macs": stats.macs},
         "budget": budget,
     }
-
-
-def to_json(stats: Stats) -> str:
-    return json.dumps(to_dict(stats), indent=2) + "\n"
 
 
 def size(shape: list[int]) -> str:

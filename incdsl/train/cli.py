@@ -15,7 +15,6 @@ from pathlib import Path
 from incdsl.errors import IncdslError
 
 DATA_HELP = "an image folder (DIR/train/<class>/*.png, DIR/val/<class>/...), 'digits', or 'fake' (fake:N)"
-FLAGS = ("resume", "amp", "channels_last", "compile")
 
 
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
