@@ -11,7 +11,7 @@ At both levels, consecutive stages made by one ``Nx`` row are folded into their 
 
 >>> import incdsl
 >>> text = to_dot(incdsl.load("googlenet"), level="block")
->>> render(text, "googlenet.svg")  # .dot is written as is; .svg, .png, .pdf need Graphviz's dot
+>>> render(text, "googlenet.svg")  # doctest: +SKIP  (.svg, .png, .pdf need Graphviz's dot)
 """
 
 from __future__ import annotations
@@ -82,6 +82,7 @@ def to_dot(net: Network, level: str = "network") -> str:
 def fold(stages: Iterable[Stage]) -> list[tuple[Stage, ...]]:
     """Consecutive stages expanded from one ``Nx`` row (they share the row's span), grouped.
 
+    >>> import incdsl
     >>> [len(group) for group in fold(incdsl.load("googlenet").stages)][:3]  # no Nx rows there
     [1, 1, 1]
     """
@@ -358,7 +359,7 @@ def render(dot_text: str, out_path: str | os.PathLike) -> None:
     """Write DOT text to ``out_path``: ``.dot`` as is, ``.svg``/``.png``/``.pdf`` through Graphviz's
     ``dot``. The file appears whole or not at all (see :func:`incdsl.files.write_atomic`).
 
-    >>> render("digraph { a -> b }", "tiny.svg")
+    >>> render("digraph { a -> b }", "tiny.svg")  # doctest: +SKIP
     """
     path = Path(out_path)
     fmt = _format(path)

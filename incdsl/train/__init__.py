@@ -4,7 +4,7 @@ Stages, each one module with one entry function::
 
     load_model(target)          models.py      spec name, .inc or model.py -> ModelBundle
     make_config(options)        config.py      CLI / TOML / recipe defaults -> TrainConfig
-    build_datasets(...)         data.py        folder | digits | fake -> train/val datasets
+    open_split(...)             data.py        folder | digits | fake -> a train or val split
     augment_batch(...)          augment.py     Inception crop, flip, photometric, on the device
     train(config)               loop.py        the training loop; writes metrics.jsonl, checkpoint.pt
     evaluate_checkpoints(...)   evaluate.py    top-1/top-5 over 1, 10 or 144 crops, ensembles
@@ -13,6 +13,7 @@ Example::
 
     >>> from incdsl.train import make_config, train
     >>> history = train(make_config({"target": "mini_googlenet", "data": "digits", "out": "runs/d"}))
+    ... # doctest: +SKIP
 
 Importing this package does not import torch; the names below load their module on first use.
 """
