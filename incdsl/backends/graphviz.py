@@ -7,11 +7,12 @@ their stage by a dashed edge.
 ``block``: one cluster per template call, one node per layer inside it, so an inception block's
 branches show as parallel paths into its concat; each named branch is a nested cluster.
 
-At both levels, consecutive stages made by one ``Nx`` row are folded into their first one.
+At both levels, consecutive stages made by one ``Nx`` row are folded into their first one. ``render``
+writes .dot as is; .svg, .png and .pdf need Graphviz's ``dot``.
 
 >>> import incdsl
 >>> text = to_dot(incdsl.load("googlenet"), level="block")
->>> render(text, "googlenet.svg")  # doctest: +SKIP  (.svg, .png, .pdf need Graphviz's dot)
+>>> render(text, "googlenet.svg")  # doctest: +SKIP
 """
 
 from __future__ import annotations
