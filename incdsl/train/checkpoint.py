@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from incdsl.files import replacing
 from incdsl.train import TrainError
 
 FORMAT = "incdsl-checkpoint/1"
@@ -25,16 +26,11 @@ REQUIRED = frozenset({"epoch", "model", "optimizer", "scheduler", "rng", "metric
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
-    """Write ``state`` to ``path`` atomically."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(temporary, "wb") as file:
-            torch.save({"format": FORMAT, **state}, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    """Write ``state`` to ``path`` atomically, on disk before the rename."""
+    with replacing(path) as temporary, open(temporary, "wb") as file:
+        torch.save({"format": FORMAT, **state}, file)
+        file.flush()
+        os.fsync(file.fileno())
 
 
 def remove_temporaries(run_dir: Path) -> None:
