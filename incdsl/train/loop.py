@@ -59,7 +59,9 @@ def train(config: TrainConfig) -> list[dict[str, Any]]:
     """
     processes = start_processes(config.device)
     try:
-        return run(config, processes)
+        history = run(config, processes)
+        wait_for_all(processes)  # no process tears the group down while another still uses it
+        return history
     finally:
         stop_processes(processes)
 
