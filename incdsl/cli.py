@@ -135,11 +135,10 @@ def cmd_check(args) -> int:
 
 
 def _quantity(text: str) -> int:
-    units = {"K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+    from .parser import quantity
+
     try:
-        if text[-1:].upper() in units:
-            return round(float(text[:-1]) * units[text[-1].upper()])
-        return int(text)
+        return quantity(text[:-1] + text[-1:].upper())
     except ValueError:
         raise SpecSyntaxError(f"--budget takes a count like 1.5G or 1500000000, not {text!r}") from None
 

@@ -168,7 +168,7 @@ class _Builder:
     def _stage_record(self, member: Member, output: str, env, aux=None) -> Stage:
         row = member.row
         template = self.templates.get(row.kind)
-        args = self._bind(template, row, env) if template else {}
+        args = bind_arguments(template, row, env) if template else {}
         return Stage(member.attr, row, output, template and template.name, MappingProxyType(args), aux)
 
     def _aux(self, aux: ast.Aux, stages: tuple[Stage, ...], env) -> AuxHead:
@@ -221,7 +221,7 @@ class _Builder:
     def _call(self, template: ast.Template, row: ast.Row, path: str, source: str, env) -> str:
         if template.name in self.calls:
             raise SpecNameError(f"template '{template.name}' calls itself", row.span)
-        inner = self._bind(template, row, env)
+        inner = bind_arguments(template, row, env)
         if "classes" in env:
             inner.setdefault("classes", env["classes"])
         self.graph.graph.setdefault("calls", {})[path] = template.name
@@ -231,33 +231,35 @@ class _Builder:
         finally:
             self.calls.pop()
 
-    def _bind(self, template: ast.Template, row: ast.Row, env) -> dict[str, Num]:
-        """Template arguments, positional then key=value, bound to the template's parameters."""
-        bound: dict[str, Num] = {}
-        positional = [a for a in row.args if a.key is None]
-        if len(positional) > len(template.params):
-            raise _arity(template, row, len(positional))
-        for param, arg in zip(template.params, positional):
-            bound[param] = _value(arg, env)
-        for arg in (a for a in row.args if a.key is not None):
-            if arg.key not in template.params:
-                raise SpecArgumentError(
-                    f"template '{template.name}' has no parameter '{arg.key}'",
-                    arg.span,
-                    did_you_mean(arg.key, template.params),
-                )
-            if arg.key in bound:
-                raise SpecArgumentError(f"'{arg.key}' is given twice", arg.span)
-            bound[arg.key] = _value(arg, env)
-        if len(bound) != len(template.params):
-            raise _arity(template, row, len(bound))
-        return bound
-
     def _add(self, node: str, kind: str, layer: Layer | None, span, source: str | None) -> str:
         self.graph.add_node(node, kind=kind, layer=layer, stage=self.stage, aux=self.aux, span=span)
         if source is not None:
             self.graph.add_edge(source, node)
         return node
+
+
+def bind_arguments(template: ast.Template, row: ast.Row, env) -> dict[str, Num]:
+    """Template arguments, positional then key=value, bound to the template's parameters through
+    ``env`` (concrete values in the IR, parameter names in the PyTorch backend)."""
+    bound: dict[str, Num] = {}
+    positional = [a for a in row.args if a.key is None]
+    if len(positional) > len(template.params):
+        raise _arity(template, row, len(positional))
+    for param, arg in zip(template.params, positional):
+        bound[param] = _value(arg, env)
+    for arg in (a for a in row.args if a.key is not None):
+        if arg.key not in template.params:
+            raise SpecArgumentError(
+                f"template '{template.name}' has no parameter '{arg.key}'",
+                arg.span,
+                did_you_mean(arg.key, template.params),
+            )
+        if arg.key in bound:
+            raise SpecArgumentError(f"'{arg.key}' is given twice", arg.span)
+        bound[arg.key] = _value(arg, env)
+    if len(bound) != len(template.params):
+        raise _arity(template, row, len(bound))
+    return bound
 
 
 def _join(scope: str, attr: str) -> str:

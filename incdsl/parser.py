@@ -98,9 +98,10 @@ def _size(token: Token) -> ast.Size:
     return ast.Size(tuple(int(d) for d in text.split("x")), int(stride) if stride else None)
 
 
-def _quantity(token: Token) -> int:
-    text = str(token)
-    if text[-1] in _SI:
+def quantity(text: str) -> int:
+    """``1.5G`` -> 1500000000 (K, M, G, T are powers of 10^3); a plain count as is.
+    Raises ValueError for anything else."""
+    if text[-1:] in _SI:
         return round(float(text[:-1]) * _SI[text[-1]])
     return int(text)
 
@@ -195,7 +196,7 @@ class _ToAst(Transformer):
 
     @v_args(inline=True)
     def budget_decl(self, token):
-        return ("budget", _quantity(token), self._span(token))
+        return ("budget", quantity(str(token)), self._span(token))
 
     def start(self, statements):
         header: dict = {}

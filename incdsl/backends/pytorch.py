@@ -22,7 +22,7 @@ import jinja2
 
 from .. import ast
 from ..errors import IncdslError
-from ..ir import Network
+from ..ir import Network, bind_arguments
 from ..layers import KINDS, FileDefaults, Layer, Sym, resolve
 from ..naming import BranchPlan, Member, plan_block
 
@@ -206,7 +206,7 @@ class _Writer:
         return kind.module(layer, channels, self.file), _Flow(flow.var, out_channels, flat)
 
     def call(self, template: ast.Template, row: ast.Row, flow: _Flow, path: str):
-        values = _bound_args(template, row, self.env)
+        values = bind_arguments(template, row, self.env)
         args = [flow.channels_src()] + [_literal(values[p]) for p in template.params]
         if _uses_classes(self.net, template.name):
             args.append(_literal(self.env["classes"]))
@@ -287,21 +287,6 @@ def _unique(name: str, taken: set[str]) -> str:
 
 def _literal(value) -> str:
     return str(value) if isinstance(value, Sym) else repr(value)
-
-
-def _bound_args(template: ast.Template, row: ast.Row, env: dict) -> dict:
-    values = {}
-    positional = [a for a in row.args if a.key is None]
-    for param, arg in zip(template.params, positional):
-        values[param] = _resolve_value(arg, env)
-    for arg in row.args:
-        if arg.key is not None:
-            values[arg.key] = _resolve_value(arg, env)
-    return values
-
-
-def _resolve_value(arg: ast.Arg, env: dict):
-    return env[arg.value.name] if isinstance(arg.value, ast.Ref) else arg.value
 
 
 def _template_output(net: Network, template: ast.Template, values: dict, flow: _Flow):
