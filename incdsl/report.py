@@ -86,7 +86,8 @@ def compute(net: Network) -> Stats:
     """Stats of a network whose passes have run."""
     rows = tuple(_row(net, stage) for stage in net.stages)
     aux = tuple(
-        AuxRow(a.name, a.after, a.weight, _type(a.stage, net), *_sums(net, a.stage)) for a in net.auxes
+        AuxRow(a.name, a.after, a.weight, _type(a.stage, net), *_sums(net, a.stage, net.nodes(a.name)))
+        for a in net.auxes
     )
     return Stats(
         net.name, net.input.as_list(), net.classes, rows, aux,
@@ -94,9 +95,9 @@ def compute(net: Network) -> Stats:
     )  # fmt: skip
 
 
-def _sums(net: Network, stage: Stage) -> tuple[list[int], int, int]:
+def _sums(net: Network, stage: Stage, nodes: list[str]) -> tuple[list[int], int, int]:
+    """The stage's output shape, and the params and MACs of its ``nodes``."""
     g = net.graph
-    nodes = net.nodes(stage.attr)
     params = sum(g.nodes[n]["params"] for n in nodes)
     macs = sum(g.nodes[n]["macs"] for n in nodes)
     return g.nodes[stage.output]["shape"].as_list(), params, macs
@@ -105,7 +106,7 @@ def _sums(net: Network, stage: Stage) -> tuple[list[int], int, int]:
 def _row(net: Network, stage: Stage) -> Row:
     g = net.graph
     nodes = net.nodes(stage.attr)
-    output, params, macs = _sums(net, stage)
+    output, params, macs = _sums(net, stage, nodes)
     first_input = g.nodes[nodes[0]]["in_shape"] if nodes else g.nodes[stage.output]["shape"]
     columns = {k: v for k, v in stage.args.items() if k in COLUMNS}
     return Row(
