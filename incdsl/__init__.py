@@ -23,7 +23,10 @@ from .errors import IncdslError, SpecNameError, did_you_mean
 from .ir import Network
 from .resources import prelude_path, shipped_specs
 
-__all__ = ["IncdslError", "Network", "load", "parse", "stats", "compile_source", "build_module", "to_dot"]
+__all__ = [
+    "IncdslError", "Network", "load", "parse", "stats", "compile_source", "build_module", "interpret",
+    "to_dot",
+]  # fmt: skip
 __version__ = "0.1.0"
 
 
@@ -70,11 +73,11 @@ def stats(net: Network | str | Path) -> report.Stats:
     return report.compute(net if isinstance(net, Network) else load(net))
 
 
-def compile_source(target: Network | str | Path) -> str:
+def compile_source(target: Network | str | Path, formatted: bool = True) -> str:
     """The standalone PyTorch source of a network (imports torch only, never incdsl)."""
     from .backends import pytorch
 
-    return pytorch.generate(target if isinstance(target, Network) else load(target))
+    return pytorch.generate(target if isinstance(target, Network) else load(target), formatted)
 
 
 def build_module(target: Network | str | Path, **overrides):
@@ -82,6 +85,14 @@ def build_module(target: Network | str | Path, **overrides):
     from .backends import pytorch
 
     return pytorch.instantiate(compile_source(target), **overrides)
+
+
+def interpret(target: Network | str | Path, state=None):
+    """An :class:`~incdsl.interpreter.Interpreter`: the network run from its IR with torch's
+    functional ops, no code generated (``state``: a state_dict to run, else fresh weights)."""
+    from .interpreter import Interpreter
+
+    return Interpreter(target if isinstance(target, Network) else load(target), state)
 
 
 def to_dot(target: Network | str | Path, level: str = "network") -> str:

@@ -38,6 +38,7 @@ class IncdslError(Exception):
         self.message = message
         self.span = span
         self.hint = hint
+        self.notes: list[str] = []  # context, innermost first: "in template 'x', called at ..."
 
     def format(self) -> str:
         """The message as the CLI prints it: location, message, source line, caret, hint."""
@@ -49,6 +50,7 @@ class IncdslError(Exception):
             lines += [f"    {text}", f"    {caret}"]
         if self.hint:
             lines.append(f"  hint: {self.hint}")
+        lines += [f"  note: {note}" for note in self.notes]
         return "\n".join(lines)
 
     def __str__(self) -> str:

@@ -1,30 +1,151 @@
-"""AST to IR: a networkx DiGraph with one node per layer, block templates expanded.
+"""The IR: a tree of typed nodes that keeps what the spec said, built from the AST once.
 
-Node ids are the layers' attribute paths in the generated module (``inception3a.branch2.0``), so the
-graph, the stats and the state_dict keys all name a layer the same way. Each node carries:
+::
 
-``kind``   a layer kind, ``"input"`` or ``"concat"``
-``layer``  the resolved :class:`~incdsl.layers.Layer` (None for input and concat)
-``stage``  the top-level row (or aux head) it belongs to
-``aux``    the aux head's name, or None for the main network
-``span``   where in the spec it was written
+    Network
+      stages   Stage(attr, node)              one per top-level row (after Nx repetition)
+      auxes    AuxHead(name, after, node)     auxiliary classifiers, each fed by a stage's output
+      blocks   BlockClass(name, body)         one per template the network uses: a class of model.py
+      model    ModelClass(body)               the network's own class
 
-Passes (:mod:`incdsl.passes`) add ``in_shape``, ``shape``, ``params`` and ``macs``. The graph's own
-``calls`` attribute maps each template call's path to the template's name.
+    node  :=  Layer(op)                       a layer; op.kind is its LayerKind, op.args its arguments
+           |  Seq(items)                      one after another
+           |  Fork(branches, merge)           parallel Branch(body)es, combined by a typed Merge
+           |  Call(cls, args, body)           a template call: which class, with which arguments
+
+Every node of the network is *concrete* (numbers everywhere), and passes (:mod:`incdsl.passes`)
+attach its :class:`Facts`: input and output shape, params, MACs. Each :class:`BlockClass` (and the
+:class:`ModelClass`) also has a *symbolic* body: the same tree built once with the template's
+parameters as names (:class:`~incdsl.symbolic.Sym`), from which a backend writes one class whose
+constructor takes them; its layers know their concrete ``instances``. Both bodies come from one
+naming plan (:mod:`incdsl.naming`), so they line up node for node.
+
+Names: ``attr`` is a layer's attribute in its module, ``local`` its path in its class, ``key`` its
+path in the network, which prefixes its state_dict keys (``inception3a.branch2.0``). Every name the
+generated file defines is allocated here, through :mod:`incdsl.symbols`, so a spec that builds can
+never produce a file with a clash.
+
+A dataflow graph (networkx; for drawing and for order) is derived from the tree by
+:meth:`Network.dataflow`, never the other way round. Walking the IR::
+
+    >>> import incdsl
+    >>> net = incdsl.load("googlenet")
+    >>> [(s.attr, s.node.facts.output.channels) for s in net.stages][7:9]
+    [('inception3a', 256), ('inception3b', 480)]
+    >>> call = net.stages[7].node
+    >>> call.cls.name, dict(call.args)["n1x1"], [b.container for b in call.body.items[0].branches]
+    ('Inception', 64, ['branch1', 'branch2', 'branch3', 'branch4'])
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+import contextlib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from functools import cached_property
 from types import MappingProxyType
 
-import networkx as nx
-
 from . import ast
-from .errors import Span, SpecArgumentError, SpecNameError, SpecSyntaxError, did_you_mean
-from .layers import KINDS, Layer, Num, Shape, check_defaults, resolve
-from .naming import BranchPlan, Member, check_identifier, plan_block
+from .errors import IncdslError, Span, SpecArgumentError, SpecNameError, SpecSyntaxError, did_you_mean
+from .layers import KINDS, MERGES, Dropout, Merge, Op, Shape, Tensor, check_defaults, resolve
+from .naming import BranchPlan, Member, plan_block
+from .symbolic import Expr, Num, Sym
+from .symbols import (
+    Scope,
+    attributes_scope,
+    check_identifier,
+    class_name,
+    file_scope,
+    locals_scope,
+    parameters_scope,
+)
+
+# Templates calling templates, branches within branches: deeper than this is a mistake, not a design.
+MAX_DEPTH = 64
+NUM_CLASSES, DROPOUT = Sym("num_classes"), Sym("dropout")
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What the passes know of a concrete node; for a composite node params and MACs are its sums."""
+
+    input: Shape
+    output: Shape
+    params: int = 0
+    macs: int = 0
+    state: tuple[Tensor, ...] = ()  # a layer's tensors (see LayerKind.state)
+
+
+@dataclass(frozen=True)
+class Channels:
+    """What the passes know of a node of a class body: its channels as expressions of the class's
+    arguments, and (for a flattening layer) the feature-map size every instance flattens."""
+
+    input: Expr
+    output: Expr
+    flat_input: bool = False
+    spatial: tuple[int, int] = (1, 1)
+
+
+@dataclass(eq=False)
+class Node:
+    span: Span
+    facts: Facts | None = field(default=None, init=False, repr=False)
+    channels: Channels | None = field(default=None, init=False, repr=False)
+
+
+@dataclass(eq=False)
+class Layer(Node):
+    op: Op
+    attr: str  # its attribute in its module ('' when it is its named branch itself)
+    local: str  # its path in its class
+    key: str  # its path in the network: state_dict keys start with it
+    instances: list[Layer] = field(default_factory=list, repr=False)  # a class body's: concrete twins
+
+
+@dataclass(eq=False)
+class Seq(Node):
+    items: tuple[Node, ...]
+
+
+@dataclass(eq=False)
+class Branch(Node):
+    body: Seq
+    container: str | None  # the attribute holding its layers (a named branch), None when flattened
+    key: str = ""  # the container's path in the network (a named branch's)
+    var: str = ""  # the forward's local variable for its output (allocated in a class body)
+    var_hint: str = field(default="", repr=False)
+
+
+@dataclass(eq=False)
+class Fork(Node):
+    branches: tuple[Branch, ...]
+    merge: Merge
+    key: str  # an id for the merge point (``inception3a.concat@9:5``), not an attribute
+
+
+@dataclass(eq=False)
+class Call(Node):
+    cls: BlockClass
+    args: Mapping[str, Num]
+    body: Seq
+    attr: str
+    local: str
+    key: str
+
+
+@dataclass(eq=False)
+class BlockClass:
+    """A template as one class of the generated file: its symbolic body and its concrete calls."""
+
+    template: ast.Template
+    plan: tuple[Member, ...] = field(repr=False)
+    body: Seq | None = field(default=None, repr=False)
+    name: str = ""  # the Python class name (allocated once the network is built)
+    params: tuple[tuple[str, str], ...] = ()  # (name, 'int' | 'float'), the template's order
+    uses_classes: bool = False  # takes num_classes too
+    calls: list[Call] = field(default_factory=list, repr=False)
+    out: Expr | None = None  # output channels, in terms of in_channels and params (a pass sets it)
 
 
 @dataclass(frozen=True)
@@ -32,11 +153,9 @@ class Stage:
     """A top-level row after repetition: one row of the paper's table."""
 
     attr: str
+    node: Layer | Call
     row: ast.Row
-    output: str
-    template: str | None = None
-    args: Mapping[str, Num] = field(default_factory=dict)
-    aux: str | None = None
+    group: int  # the index of the written row (an Nx row gives several stages of one group)
 
     @property
     def label(self) -> str | None:
@@ -45,48 +164,128 @@ class Stage:
             return self.attr[len(self.row.kind) :]
         return None
 
+    @property
+    def template(self) -> str | None:
+        return self.node.cls.template.name if isinstance(self.node, Call) else None
+
+    @property
+    def args(self) -> Mapping[str, Num]:
+        return self.node.args if isinstance(self.node, Call) else {}
+
 
 @dataclass(frozen=True)
 class AuxHead:
-    """An auxiliary classifier: its head row runs on the output of stage ``after``."""
+    """An auxiliary classifier: its head runs on the output of stage ``after``."""
 
     name: str
-    after: str
+    after: Stage
     weight: float
-    stage: Stage
+    node: Layer | Call
+    source: ast.Aux = field(repr=False)
+    var: str = ""  # its local variable in the network's forward
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
+class ModelClass:
+    """The network's own class: a symbolic twin of the stages and aux heads, in which ``classes``
+    is the constructor's ``num_classes`` and the classifier's dropout its ``dropout``."""
+
+    name: str
+    outputs: str | None  # the NamedTuple returned in training mode when there are aux heads
+    stages: tuple[Stage, ...]
+    auxes: tuple[AuxHead, ...]
+    dropout: float | None  # the default of the ``dropout`` argument, when there is one
+
+
+@dataclass(eq=False)
 class Network:
-    """The IR of one spec; see the module docstring for the graph's attributes."""
+    """The IR of one spec; see the module docstring."""
 
     name: str
     input: Shape
     classes: int | None
     budget: int | None
-    graph: nx.DiGraph = field(repr=False)
     stages: tuple[Stage, ...]
     auxes: tuple[AuxHead, ...]
-    templates: Mapping[str, ast.Template] = field(repr=False)
+    blocks: tuple[BlockClass, ...]  # the classes to write, callees before callers
+    model: ModelClass
     defaults: Mapping[str, tuple[ast.Arg, ...]] = field(repr=False)
     spec: ast.Spec = field(repr=False)
 
-    def nodes(self, stage: str | None = None) -> list[str]:
-        """Layer nodes in topological order, optionally only those of one stage."""
-        return [
-            n
-            for n in nx.topological_sort(self.graph)
-            if self.graph.nodes[n]["kind"] != "input"
-            and (stage is None or self.graph.nodes[n]["stage"] == stage)
-        ]
+    @cached_property
+    def graph(self):
+        """The dataflow graph (a networkx DiGraph), derived from the tree: see :func:`dataflow`."""
+        return dataflow(self)
+
+    def walk(self) -> Iterator[Node]:
+        """Every concrete node, in execution order (aux heads after the stages)."""
+        for stage in self.stages:
+            yield from walk(stage.node)
+        for aux in self.auxes:
+            yield from walk(aux.node)
+
+
+def walk(node: Node) -> Iterator[Node]:
+    """``node`` and everything under it, in execution order (a node before its children)."""
+    yield node
+    if isinstance(node, (Seq,)):
+        for item in node.items:
+            yield from walk(item)
+    elif isinstance(node, Fork):
+        for branch in node.branches:
+            yield from walk(branch)
+    elif isinstance(node, (Branch, Call)):
+        yield from walk(node.body)
+
+
+def layers(node: Node) -> Iterator[Layer]:
+    return (n for n in walk(node) if isinstance(n, Layer))
+
+
+INPUT = "input"
+
+
+def dataflow(net: Network):
+    """The network as a networkx DiGraph: one node per layer (its key) and per merge (its Fork's key),
+    plus ``input``; edges carry data. Node attributes: ``node`` (the IR node; None for the input),
+    ``stage`` (the stage or aux head it belongs to) and ``aux`` (the aux head's name, or None). The
+    graph's ``outputs`` maps each stage and aux head to the id of the node that gives its output."""
+    import networkx as nx  # only drawing needs the graph; stats and check never import networkx
+
+    g = nx.DiGraph(outputs={})
+    g.add_node(INPUT, node=None, stage=None, aux=None)
+    source = INPUT
+    for stage in net.stages:
+        source = g.graph["outputs"][stage.attr] = _flow(g, stage.node, source, stage.attr, None)
+    for aux in net.auxes:
+        start = g.graph["outputs"][aux.after.attr]
+        g.graph["outputs"][aux.name] = _flow(g, aux.node, start, aux.name, aux.name)
+    return g
+
+
+def _flow(g, node: Node, source: str, stage: str, aux: str | None) -> str:
+    if isinstance(node, Layer):
+        g.add_node(node.key, node=node, stage=stage, aux=aux)
+        g.add_edge(source, node.key)
+        return node.key
+    if isinstance(node, Seq):
+        for item in node.items:
+            source = _flow(g, item, source, stage, aux)
+        return source
+    if isinstance(node, Fork):
+        outputs = [_flow(g, branch, source, stage, aux) for branch in node.branches]
+        g.add_node(node.key, node=node, stage=stage, aux=aux)
+        g.add_edges_from((output, node.key) for output in outputs)
+        return node.key
+    return _flow(g, node.body, source, stage, aux)
+
+
+# building ------------------------------------------------------------------------------------
 
 
 def build(spec: ast.Spec, prelude: tuple[ast.Template, ...] = ()) -> Network:
-    """Expand a spec into its IR; raise a SpecError with the span of the offending text."""
-    templates = _templates(prelude, spec.templates)
-    defaults = _defaults(spec.defaults)
-    builder = _Builder(templates, defaults, spec)
-    return builder.network()
+    """Build a spec's IR; raise a SpecError with the span of the offending text."""
+    return _Builder(spec, _templates(prelude, spec.templates), _defaults(spec.defaults)).network()
 
 
 def _templates(prelude, own) -> dict[str, ast.Template]:
@@ -117,159 +316,254 @@ def _defaults(lines: tuple[ast.Defaults, ...]) -> dict[str, tuple[ast.Arg, ...]]
     return table
 
 
-class _Builder:
-    """Walks the naming plan of each block, adding one node per layer."""
+@dataclass(frozen=True)
+class _Frame:
+    """Where a build is: the values names have, where they came from, the enclosing paths."""
 
-    def __init__(self, templates, defaults, spec: ast.Spec):
-        self.templates, self.defaults, self.spec = templates, defaults, spec
-        self.graph = nx.DiGraph()
-        self.stage: str | None = None
-        self.aux: str | None = None
-        self.calls: list[str] = []  # templates being expanded, to catch recursion
+    env: Mapping[str, Num]
+    origins: Mapping[str, Span]
+    key: str
+    local: str
+    symbolic: bool
+
+    def inside(self, attr: str) -> _Frame:
+        return replace(self, key=_join(self.key, attr), local=_join(self.local, attr))
+
+
+class _Builder:
+    """Builds the concrete network, a symbolic body per template class and the model's twin."""
+
+    def __init__(self, spec: ast.Spec, templates, defaults):
+        self.spec, self.templates, self.defaults = spec, templates, defaults
+        self.classes: dict[str, BlockClass] = {}  # by template name, in first-use order
+        self.stack: list[ast.Template] = []  # templates being built, to catch recursion
+        self.depth = 0
 
     def network(self) -> Network:
         spec = self.spec
-        if (
-            spec.input is None
-            or len(spec.input.dims) != 3
-            or spec.input.stride is not None
-            or min(spec.input.dims) < 1
-        ):
-            raise SpecSyntaxError(
-                "the network needs an input size, like 'input 224x224x3' (height x width x channels)",
-                spec.header_spans.get("input") or Span(spec.path, 1, 1, spec.source),
-            )
-        h, w, c = spec.input.dims
-        shape = Shape(c, h, w)
-        self.graph.add_node("input", kind="input", layer=None, stage=None, aux=None, span=None)
-        env: dict[str, Num] = {} if spec.classes is None else {"classes": spec.classes}
-        stages = self._stages(plan_block(spec.rows), env)
-        auxes = tuple(self._aux(aux, stages, env) for aux in spec.auxes)
+        shape = _input_shape(spec)
         name = spec.network or _stem(spec.path)
-        check_identifier(name, spec.header_spans.get("network"), "network name")
+        name_span = spec.header_spans.get("network")
+        check_identifier(name, name_span, _network_noun(spec))
+        attrs = attributes_scope({"aux_logits": "the network's aux_logits switch"})
+        members = plan_block(spec.rows, attrs)
+        concrete = {} if spec.classes is None else {"classes": spec.classes}
+        stages = self._stages(members, _Frame(concrete, {}, "", "", False))
+        auxes = tuple(self._aux(aux, stages, concrete, attrs) for aux in spec.auxes)
+        model = self._model(name, members, stages, auxes)
+        self._check_uncalled_templates()
+        blocks = _callees_first([c for c in self.classes.values() if c.calls])
+        _link_instances(blocks, model, stages, auxes)
+        _Names(name, name_span, blocks, model).allocate()
         return Network(
-            name, shape, spec.classes, spec.budget, self.graph, stages, auxes,
-            MappingProxyType(self.templates), MappingProxyType(self.defaults), spec,
+            name, shape, spec.classes, spec.budget, stages, auxes, tuple(blocks), model,
+            MappingProxyType(self.defaults), spec,
         )  # fmt: skip
 
-    def _stages(self, members: tuple[Member, ...], env) -> tuple[Stage, ...]:
-        stages, source = [], "input"
+    def _stages(self, members: tuple[Member, ...], frame: _Frame) -> tuple[Stage, ...]:
+        stages, groups = [], _row_groups(self.spec.rows)
         for member in members:
             if member.row is None:
                 raise SpecSyntaxError(
                     "branches belong inside a template", member.group[0].branch.span,
                     "define a template with the branches and call it as a row",
                 )  # fmt: skip
-            self.stage = member.attr
-            source = self._member(member, "", source, env)
-            stages.append(self._stage_record(member, source, env))
+            node = self._row(member.row, member.attr, frame)
+            stages.append(Stage(member.attr, node, member.row, groups[member.row.span]))
         return tuple(stages)
 
-    def _stage_record(self, member: Member, output: str, env, aux=None) -> Stage:
-        row = member.row
-        template = self.templates.get(row.kind)
-        args = bind_arguments(template, row, env) if template else {}
-        return Stage(member.attr, row, output, template and template.name, MappingProxyType(args), aux)
-
-    def _aux(self, aux: ast.Aux, stages: tuple[Stage, ...], env) -> AuxHead:
-        check_identifier(aux.name, what="aux head name")
+    def _aux(self, aux: ast.Aux, stages: tuple[Stage, ...], env, attrs: Scope) -> AuxHead:
+        attrs.claim(aux.name.text, f"aux head '{aux.name.text}'", aux.name.span, "aux head name")
         after = _find_stage(aux.after, stages)
-        weight = _aux_weight(aux)
-        self.stage, self.aux = aux.name.text, aux.name.text
-        member = Member(aux.name.text, aux.head)
-        output = self._member(member, "", after.output, env)
-        self.aux = None
-        return AuxHead(
-            aux.name.text, after.attr, weight, self._stage_record(member, output, env, aux.name.text)
+        node = self._row(aux.head, aux.name.text, _Frame(env, {}, "", "", False))
+        return AuxHead(aux.name.text, after, _aux_weight(aux), node, aux)
+
+    def _model(self, name, members, stages, auxes) -> ModelClass:
+        """The network's class: the stages and aux heads again, with ``classes`` as num_classes."""
+        env = {} if self.spec.classes is None else {"classes": NUM_CLASSES}
+        frame = _Frame(env, {}, "", "", True)
+        dropouts = [s for s in stages if isinstance(s.node, Layer) and isinstance(s.node.op.kind, Dropout)]
+        twins = []
+        for stage in stages:
+            node = self._row(stage.row, stage.attr, frame)
+            if len(dropouts) == 1 and stage is dropouts[0]:
+                node.op = replace(node.op, args=MappingProxyType({**node.op.args, "p": DROPOUT}))
+            twins.append(replace(stage, node=node))
+        twin_stages = tuple(twins)
+        by_attr = {s.attr: s for s in twin_stages}
+        twin_auxes = tuple(
+            replace(a, after=by_attr[a.after.attr], node=self._row(aux.head, a.name, frame))
+            for a, aux in zip(auxes, self.spec.auxes)
         )
+        outputs = f"{class_name(name)}Outputs" if auxes else None
+        dropout = dropouts[0].node.op["p"] if len(dropouts) == 1 else None
+        return ModelClass(class_name(name), outputs, twin_stages, twin_auxes, dropout)
 
-    # expansion ------------------------------------------------------------------------------
-    def _members(self, members: tuple[Member, ...], scope: str, source: str, env) -> str:
-        for member in members:
-            source = self._member(member, scope, source, env)
-        return source
+    # rows, groups, calls --------------------------------------------------------------------
+    def _seq(self, members: tuple[Member, ...], frame: _Frame, span: Span) -> Seq:
+        return Seq(span, tuple(self._member(m, frame) for m in members))
 
-    def _member(self, member: Member, scope: str, source: str, env) -> str:
+    def _member(self, member: Member, frame: _Frame) -> Node:
         if member.group:
-            return self._group(member.group, scope, source, env)
-        path = _join(scope, member.attr)
-        template = self.templates.get(member.row.kind)
+            return self._fork(member.group, frame)
+        return self._row(member.row, member.attr, frame)
+
+    def _row(self, row: ast.Row, attr: str, frame: _Frame) -> Layer | Call:
+        template = self.templates.get(row.kind)
         if template is not None:
-            return self._call(template, member.row, path, source, env)
-        if member.row.kind not in KINDS:
+            return self._call(template, row, attr, frame)
+        if row.kind not in KINDS:
             raise SpecNameError(
-                f"unknown layer kind or template '{member.row.kind}'",
-                member.row.span,
-                did_you_mean(member.row.kind, [*KINDS, *self.templates]),
+                f"unknown layer kind or template '{row.kind}'",
+                row.span,
+                did_you_mean(row.kind, [*KINDS, *self.templates]),
             )
-        layer = resolve(member.row, env, self.defaults)
-        return self._add(path, layer.kind, layer, layer.span, source)
+        op = resolve(row, frame.env, self.defaults, frame.origins)
+        return Layer(row.span, op, attr, _join(frame.local, attr), _join(frame.key, attr))
 
-    def _group(self, group: tuple[BranchPlan, ...], scope: str, source: str, env) -> str:
-        outputs = []
-        for plan in group:
-            if plan.attr is None:
-                outputs.append(self._members(plan.members, scope, source, env))
-            else:
-                outputs.append(self._members(plan.members, _join(scope, plan.attr), source, env))
-        concat = _join(scope, f"concat@{group[0].branch.span.line}:{group[0].branch.span.column}")
-        self._add(concat, "concat", None, group[0].branch.span, None)
-        for output in outputs:
-            self.graph.add_edge(output, concat)
-        return concat
+    def _fork(self, group: tuple[BranchPlan, ...], frame: _Frame) -> Fork:
+        with self._deeper(group[0].branch.span):
+            branches = tuple(self._branch(plan, frame) for plan in group)
+        first = group[0].branch.span
+        merge_id = _join(frame.key, f"concat@{first.line}:{first.column}")
+        return Fork(first, branches, Merge(MERGES["concat"]), merge_id)
 
-    def _call(self, template: ast.Template, row: ast.Row, path: str, source: str, env) -> str:
-        if template.name in self.calls:
+    def _branch(self, plan: BranchPlan, frame: _Frame) -> Branch:
+        inner = frame if plan.attr is None else frame.inside(plan.attr)
+        body = self._seq(plan.members, inner, plan.branch.span)
+        key = inner.key if plan.attr is not None else ""
+        return Branch(plan.branch.span, body, plan.attr, key, var_hint=plan.var)
+
+    def _call(self, template: ast.Template, row: ast.Row, attr: str, frame: _Frame) -> Call:
+        if template in self.stack:
             raise SpecNameError(f"template '{template.name}' calls itself", row.span)
-        inner = bind_arguments(template, row, env)
-        if "classes" in env:
-            inner.setdefault("classes", env["classes"])
-        self.graph.graph.setdefault("calls", {})[path] = template.name
-        self.calls.append(template.name)
+        args, origins = bind_arguments(template, row, frame.env, frame.origins)
+        env = dict(args)
+        if "classes" in frame.env:
+            env.setdefault("classes", frame.env["classes"])
+        with self._inside(template, row):
+            cls = self._class(template)
+            inner = _Frame(env, origins, _join(frame.key, attr), "", frame.symbolic)
+            body = self._seq(cls.plan, inner, template.span)
+        call = Call(row.span, cls, MappingProxyType(args), body, attr, _join(frame.local, attr), inner.key)
+        if not frame.symbolic:
+            cls.calls.append(call)
+        return call
+
+    def _class(self, template: ast.Template) -> BlockClass:
+        """The template's class, its symbolic body built on first use."""
+        if template.name in self.classes:
+            return self.classes[template.name]
+        cls = BlockClass(template, plan_block(template.body, attributes_scope()))
+        self.classes[template.name] = cls
+        env = {p: Sym(p) for p in template.params}
+        env.setdefault("classes", NUM_CLASSES)
+        cls.body = self._seq(cls.plan, _Frame(env, {}, "", "", True), template.span)
+        cls.params = tuple((p, _param_type(cls.body, p)) for p in template.params)
+        cls.uses_classes = _mentions(cls.body, NUM_CLASSES)
+        return cls
+
+    def _check_uncalled_templates(self) -> None:
+        """A spec's own templates are checked even when no row calls them yet."""
+        for template in self.spec.templates:
+            if template.name not in self.classes:
+                with self._inside(template, None):
+                    self._class(template)
+
+    @contextlib.contextmanager
+    def _inside(self, template: ast.Template, row: ast.Row | None):
+        """Build inside a template: errors say which call led there, and depth is bounded."""
+        self.stack.append(template)
         try:
-            return self._members(plan_block(template.body), path, source, inner)
+            with self._deeper(row.span if row else template.span):
+                yield
+        except IncdslError as exc:
+            where = f"called at {row.span}" if row else "which no row calls yet"
+            exc.notes.append(f"in template '{template.name}', {where}")
+            raise
         finally:
-            self.calls.pop()
+            self.stack.pop()
 
-    def _add(self, node: str, kind: str, layer: Layer | None, span, source: str | None) -> str:
-        self.graph.add_node(node, kind=kind, layer=layer, stage=self.stage, aux=self.aux, span=span)
-        if source is not None:
-            self.graph.add_edge(source, node)
-        return node
+    @contextlib.contextmanager
+    def _deeper(self, span: Span):
+        self.depth += 1
+        try:
+            if self.depth > MAX_DEPTH:
+                raise SpecArgumentError(
+                    f"the network nests deeper than {MAX_DEPTH} levels (templates calling templates, "
+                    "branches within branches)",
+                    span,
+                )
+            yield
+        finally:
+            self.depth -= 1
 
 
-def bind_arguments(template: ast.Template, row: ast.Row, env) -> dict[str, Num]:
-    """Template arguments, positional then key=value, bound to the template's parameters through
-    ``env`` (concrete values in the IR, parameter names in the PyTorch backend)."""
+def bind_arguments(
+    template: ast.Template, row: ast.Row, env: Mapping[str, Num], origins: Mapping[str, Span] = {}
+) -> tuple[dict[str, Num], dict[str, Span]]:
+    """A call's arguments, positional then key=value, bound to the template's parameters through
+    ``env``; and where each value was written (for errors about it inside the template)."""
     bound: dict[str, Num] = {}
+    spans: dict[str, Span] = {}
     positional = [a for a in row.args if a.key is None]
     if len(positional) > len(template.params):
         raise _arity(template, row, len(positional))
-    for param, arg in zip(template.params, positional):
-        bound[param] = _value(arg, env)
-    for arg in (a for a in row.args if a.key is not None):
-        if arg.key not in template.params:
+    keyword = [(a.key, a) for a in row.args if a.key is not None]
+    for param, arg in [*zip(template.params, positional), *keyword]:
+        if param not in template.params:
             raise SpecArgumentError(
-                f"template '{template.name}' has no parameter '{arg.key}'",
+                f"template '{template.name}' has no parameter '{param}'",
                 arg.span,
-                did_you_mean(arg.key, template.params),
+                did_you_mean(param, template.params),
             )
-        if arg.key in bound:
-            raise SpecArgumentError(f"'{arg.key}' is given twice", arg.span)
-        bound[arg.key] = _value(arg, env)
+        if param in bound:
+            raise SpecArgumentError(f"'{param}' is given twice", arg.span)
+        bound[param], spans[param] = _value(arg, env), _origin(arg, origins)
     if len(bound) != len(template.params):
         raise _arity(template, row, len(bound))
-    return bound
+    return bound, spans
+
+
+def _origin(arg: ast.Arg, origins: Mapping[str, Span]) -> Span:
+    if isinstance(arg.value, ast.Ref) and arg.value.name in origins:
+        return origins[arg.value.name]
+    return arg.span
 
 
 def _join(scope: str, attr: str) -> str:
     return f"{scope}.{attr}" if scope and attr else scope or attr
 
 
+def _input_shape(spec: ast.Spec) -> Shape:
+    if (
+        spec.input is None
+        or len(spec.input.dims) != 3
+        or spec.input.stride is not None
+        or min(spec.input.dims) < 1
+    ):
+        raise SpecSyntaxError(
+            "the network needs an input size, like 'input 224x224x3' (height x width x channels)",
+            spec.header_spans.get("input") or Span(spec.path, 1, 1, spec.source),
+        )
+    h, w, c = spec.input.dims
+    return Shape(c, h, w)
+
+
 def _stem(path: str) -> str:
     """A network name from a file name, when the spec declares none."""
     stem = path.replace("\\", "/").rsplit("/", 1)[-1].split(".", 1)[0]
     return stem if stem.isidentifier() else "network"
+
+
+def _network_noun(spec: ast.Spec) -> str:
+    if spec.network:
+        return "network name"
+    return f"network name (taken from the file name {spec.path}; declare one with 'network NAME')"
+
+
+def _row_groups(rows: tuple[ast.Row, ...]) -> dict[Span, int]:
+    return {row.span: i for i, row in enumerate(rows)}
 
 
 def _value(arg: ast.Arg, env) -> Num:
@@ -308,3 +602,109 @@ def _aux_weight(aux: ast.Aux) -> float:
             aux.span,
         )
     return float(keys["weight"].value)
+
+
+def _param_type(body: Seq, param: str) -> str:
+    """'float' for a parameter only ever used where a real number goes (a dropout probability, an
+    eps), else 'int' (a channel count, a size)."""
+    uses = set()
+    for node in walk(body):
+        if isinstance(node, Layer):
+            uses |= {node.op.kind.arg_type(k) for k, v in node.op.args.items() if v == Sym(param)}
+        elif isinstance(node, Call):
+            types = dict(node.cls.params)
+            uses |= {types[k] for k, v in node.args.items() if v == Sym(param)}
+    return "float" if uses == {"float"} else "int"
+
+
+def _mentions(body: Seq, name: Sym) -> bool:
+    for node in walk(body):
+        if isinstance(node, Layer) and name in node.op.args.values():
+            return True
+        if isinstance(node, Call) and (node.cls.uses_classes or name in node.args.values()):
+            return True
+    return False
+
+
+def _callees_first(classes: list[BlockClass]) -> list[BlockClass]:
+    """Classes in first-use order, each after the classes it calls."""
+    done: list[BlockClass] = []
+
+    def visit(cls: BlockClass) -> None:
+        if cls in done:
+            return
+        for node in walk(cls.body):
+            if isinstance(node, Call):
+                visit(node.cls)
+        done.append(cls)
+
+    for cls in classes:
+        visit(cls)
+    return done
+
+
+def _link_instances(blocks, model: ModelClass, stages, auxes) -> None:
+    """Give each layer of a class body its concrete twins, the same layer in every call."""
+    for cls in blocks:
+        for call in cls.calls:
+            _link(cls.body, call.body)
+    for twin, stage in zip(model.stages, stages):
+        _link(twin.node, stage.node)
+    for twin, aux in zip(model.auxes, auxes):
+        _link(twin.node, aux.node)
+
+
+def _link(symbolic: Node, concrete: Node) -> None:
+    for a, b in zip(walk(symbolic), walk(concrete), strict=True):
+        assert type(a) is type(b), (a, b)
+        if isinstance(a, Layer):
+            a.instances.append(b)
+
+
+class _Names:
+    """Allocates what the generated file defines once the tree is built: class names, constructor
+    arguments, forward locals and the aux heads' output fields."""
+
+    def __init__(self, name: str, span: Span | None, blocks, model: ModelClass):
+        self.network, self.span, self.blocks, self.model = name, span, blocks, model
+        self.file = file_scope()
+
+    def allocate(self) -> None:
+        network = f"network '{self.network}'" + ("" if self.span else " (named after the spec's file)")
+        self.file.claim(self.model.name, f"the class of {network}", self.span)
+        if self.model.outputs:
+            self.file.claim(self.model.outputs, f"the outputs class of {network}", self.span)
+        for cls in self.blocks:
+            what = f"the class of template '{cls.template.name}'"
+            cls.name = self.file.claim(class_name(cls.template.name), what, cls.template.span)
+        for cls in self.blocks:
+            self._parameters(cls)
+            _locals(cls.body, locals_scope())
+        self._auxes()
+
+    def _parameters(self, cls: BlockClass) -> None:
+        scope = parameters_scope(self.file)
+        scope.claim("num_classes", "the classes argument") if cls.uses_classes else None
+        for param, _ in cls.params:
+            scope.claim(param, f"parameter '{param}' of template '{cls.template.name}'", cls.template.span)
+
+    def _auxes(self) -> None:
+        fields = Scope("output fields", {"logits": "the main output"})
+        local = locals_scope()
+        auxes = []
+        for aux in self.model.auxes:
+            span = aux.source.name.span
+            if aux.name.startswith("_"):
+                raise SpecNameError(
+                    f"an aux head's name becomes an output field, which cannot start with '_': '{aux.name}'",
+                    span,
+                )
+            fields.claim(aux.name, f"aux head '{aux.name}'", span)
+            auxes.append(replace(aux, var=local.fresh(aux.name)))
+        self.model.auxes = tuple(auxes)
+
+
+def _locals(body: Node, scope: Scope) -> None:
+    for node in walk(body):
+        if isinstance(node, Branch):
+            node.var = scope.fresh(node.var_hint)

@@ -1,13 +1,21 @@
-"""Layer kinds: one table says, for each kind, its arguments, its output shape, its parameter count,
-its multiply-adds and the PyTorch module that implements it. Adding a kind touches only this file.
+"""What each layer kind and merge kind means: one table, semantics only.
+
+For a layer kind: its arguments and options, how its output channels and shape follow from its input,
+the tensors it owns (its weights and running statistics, keyed as in a state_dict), its multiply-adds
+and its depth (the paper's column). How a kind is spelt in PyTorch, drawn by Graphviz or titled in
+the stats table belongs to each backend (a ``visit_<Kind>`` method or a table of its own), never here.
+
+Adding a layer kind is one class here, decorated with :func:`register`, plus one spelling in each
+backend that emits it (PyTorch, the interpreter, the stats table's titles).
 
 Counting conventions (the same as ``torch.utils.flop_counter.FlopCounterMode`` / 2 and ``numel()``):
 MACs count convolutions and linear layers only (no bias adds, pooling, norms or activations); params
-count weights, biases and BatchNorm's scale and shift, not its running statistics.
+count the trainable tensors: weights, biases and BatchNorm's scale and shift, not running statistics.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -15,13 +23,9 @@ from typing import Any
 
 from . import ast
 from .errors import ShapeError, Span, SpecArgumentError, SpecNameError, did_you_mean
+from .symbolic import Expr, Num, Sym
 
-
-class Sym(str):
-    """A value known only by name: a template parameter, as the PyTorch backend emits it."""
-
-
-Num = int | float | Sym
+__all__ = ["KINDS", "MERGES", "Expr", "LayerKind", "MergeKind", "Num", "Op", "Shape", "Sym", "Tensor"]
 
 
 @dataclass(frozen=True)
@@ -39,25 +43,47 @@ class Shape:
     def as_list(self) -> list[int]:
         return [self.channels, self.height, self.width]
 
+    @property
+    def numel(self) -> int:
+        return self.channels * self.height * self.width
+
 
 @dataclass(frozen=True)
-class Layer:
-    """A row with every argument and option resolved: what the IR stores and backends read."""
+class Op:
+    """A row of a known kind with every argument and option resolved.
 
-    kind: str
+    ``spans`` says where each argument's value was written (for a value passed into a template, the
+    call's argument), so a bad value is reported where the user can change it."""
+
+    kind: LayerKind
     args: Mapping[str, Any]
     span: Span = field(compare=False)
+    spans: Mapping[str, Span] = field(default_factory=dict, compare=False, repr=False)
 
     def __getitem__(self, key: str) -> Any:
         return self.args[key]
 
+    def at(self, key: str) -> Span:
+        return self.spans.get(key, self.span)
+
+
+# The roles a layer's tensors play; optimizing passes and port-weights match tensors by role.
+WEIGHT, BIAS, NORM_WEIGHT, NORM_BIAS = "weight", "bias", "norm_weight", "norm_bias"
+RUNNING_MEAN, RUNNING_VAR, BATCHES = "running_mean", "running_var", "num_batches_tracked"
+TRAINABLE = frozenset({WEIGHT, BIAS, NORM_WEIGHT, NORM_BIAS})
+
 
 @dataclass(frozen=True)
-class FileDefaults:
-    """Defaults of the helper classes in one generated file (BasicConv2d's BatchNorm eps), so rows
-    that use them need not repeat them."""
+class Tensor:
+    """One tensor a layer owns: its key under the layer's attribute, its shape and its role."""
 
-    bn_eps: float = 1e-5
+    key: str
+    shape: tuple[int, ...]
+    role: str
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
 
 
 @dataclass(frozen=True)
@@ -72,45 +98,44 @@ class LayerKind:
     """Base of the table's entries. Subclasses set the class attributes and override what differs."""
 
     name: str = ""
-    title: str = ""  # the "type" column of the paper's table
     positional: tuple[Param, ...] = ()
     options: Mapping[str, Any] = MappingProxyType({})
-    has_module = True  # False: nothing to emit (softmax is applied by the loss)
+    identity = False  # True: computes nothing (softmax: the model returns logits, the loss applies it)
+    flattens = False  # True: the output is flat (N x C), whatever the input
 
     def flags(self) -> frozenset[str]:
         """Options written as bare words: ``relu`` sets, ``norelu`` clears."""
         return frozenset(k for k, v in self.options.items() if isinstance(v, bool))
 
-    def finish(self, args: dict, span: Span) -> dict:
+    def arg_type(self, key: str) -> str:
+        """'int', 'float', 'size' or 'flag': what a value of argument ``key`` must be."""
+        for param in self.positional:
+            if param.name == key:
+                return param.type
+        default = self.options.get(key)
+        if key in self.flags():
+            return "flag"
+        return "int" if isinstance(default, int) else "float" if isinstance(default, float) else "size"
+
+    def finish(self, args: dict, op_span: Span, spans: Mapping[str, Span]) -> dict:
         """Fill derived arguments and check values; ``args`` holds positionals and options."""
         return args
 
-    def out_shape(self, layer: Layer, x: Shape) -> Shape:
+    def out_channels(self, op: Op, channels: int | Expr) -> int | Expr:
+        return channels
+
+    def out_shape(self, op: Op, x: Shape) -> Shape:
         return x
 
-    def params(self, layer: Layer, x: Shape, y: Shape) -> int:
-        return 0
-
-    def macs(self, layer: Layer, x: Shape, y: Shape) -> int:
-        return 0
-
-    def module(self, layer: Layer, in_channels: str, file: FileDefaults = None) -> str:
-        """Python source constructing the module, given the source text of its input channels and
-        the defaults the generated file's helper classes were written with."""
-        raise NotImplementedError
-
-    def helpers(self, layer: Layer) -> tuple[str, ...]:
-        """Names of helper classes (see backends/templates) that :meth:`module` uses."""
+    def state(self, op: Op, x: Shape, y: Shape) -> tuple[Tensor, ...]:
+        """The tensors the layer owns (parameters and buffers), in state_dict order."""
         return ()
 
-    def call(self, layer: Layer, expr: str) -> str:
-        """Python source applying the module expression ``expr`` in forward."""
-        return expr
+    def macs(self, op: Op, x: Shape, y: Shape) -> int:
+        return 0
 
-    def patch(self, layer: Layer) -> str:
-        return ""
-
-    def depth(self, layer: Layer) -> int:
+    def depth(self, op: Op) -> int:
+        """1 for a layer with weights (a convolution, a linear layer), as the paper's depth column."""
         return 0
 
 
@@ -125,25 +150,19 @@ def register(cls: type[LayerKind]) -> type[LayerKind]:
     return cls
 
 
-# helpers ------------------------------------------------------------------------------------
+# checks and shape rules ----------------------------------------------------------------------
+
+
+def known(value) -> bool:
+    """Whether a value is a number here, not a parameter known only by name."""
+    return not isinstance(value, Sym)
 
 
 def _pair(value) -> tuple:
     return tuple(value) if isinstance(value, tuple) else (value, value)
 
 
-def _src(value) -> str:
-    """A kernel/stride/padding value as PyTorch source: 3, or (1, 7) when it is not square."""
-    a, b = _pair(value)
-    return str(a) if a == b else f"({a}, {b})"
-
-
-def _patch(layer: Layer) -> str:
-    kh, kw = layer["kernel"]
-    return f"{kh}x{kw}/{layer['stride']}"
-
-
-def _window(size: int, kernel: int, stride: int, pad: int, ceil: bool) -> int:
+def window(size: int, kernel: int, stride: int, pad: int, ceil: bool) -> int:
     """Output length of a sliding window, with PyTorch's (and Caffe's) ceil-mode rule."""
     span = size + 2 * pad - kernel
     if span < 0:
@@ -156,15 +175,15 @@ def _window(size: int, kernel: int, stride: int, pad: int, ceil: bool) -> int:
     return out
 
 
-def _spatial(layer: Layer, x: Shape, ceil: bool = False) -> tuple[int, int]:
+def _spatial(op: Op, x: Shape, ceil: bool = False) -> tuple[int, int]:
     if x.flat:
-        raise ShapeError(f"{layer.kind} needs a spatial input, but the input was flattened", layer.span)
-    (kh, kw), (ph, pw), s = layer["kernel"], layer["pad"], layer["stride"]
-    h, w = _window(x.height, kh, s, ph, ceil), _window(x.width, kw, s, pw, ceil)
+        raise ShapeError(f"{op.kind.name} needs a spatial input, but the input was flattened", op.span)
+    (kh, kw), (ph, pw), s = op["kernel"], op["pad"], op["stride"]
+    h, w = window(x.height, kh, s, ph, ceil), window(x.width, kw, s, pw, ceil)
     if h < 1 or w < 1:
         raise ShapeError(
-            f"{layer.kind} {kh}x{kw}/{s} (pad {ph}x{pw}) does not fit its {x.height}x{x.width} input",
-            layer.span,
+            f"{op.kind.name} {kh}x{kw}/{s} (pad {ph}x{pw}) does not fit its {x.height}x{x.width} input",
+            op.span,
             "use a smaller kernel or stride, more padding, or a larger input",
         )
     return h, w
@@ -191,10 +210,15 @@ def _padding(args: dict, default: tuple[int, int], span: Span) -> None:
         raise SpecArgumentError(f"pad is a count (1) or HxW (0x3), not {pad}", span)
 
 
-def _positive(args: dict, key: str, span: Span) -> None:
+def _require(ok: bool, message: str, span: Span) -> None:
+    if not ok:
+        raise SpecArgumentError(message, span)
+
+
+def _positive(args: dict, key: str, spans: Mapping[str, Span], span: Span) -> None:
     value = args[key]
-    if not isinstance(value, Sym) and (not isinstance(value, int) or value < 1):
-        raise SpecArgumentError(f"{key} must be a positive integer, not {value}", span)
+    ok = not known(value) or (isinstance(value, int) and value >= 1)
+    _require(ok, f"{key} must be a positive integer, not {value}", spans.get(key, span))
 
 
 # kinds --------------------------------------------------------------------------------------
@@ -204,7 +228,7 @@ def _positive(args: dict, key: str, span: Span) -> None:
 class Conv(LayerKind):
     """``conv KxK[/s] C``: convolution, with the network's conv defaults (bias/ReLU or BN+ReLU)."""
 
-    name, title = "conv", "convolution"
+    name = "conv"
     positional = (Param("kernel", "size"), Param("out", "int"))
     options = MappingProxyType(
         {"pad": None, "bias": None, "bn": False, "eps": 1e-5, "relu": True, "groups": 1}
@@ -213,247 +237,305 @@ class Conv(LayerKind):
     def flags(self):
         return super().flags() | {"bias"}  # bias defaults to "unless bn"
 
-    def finish(self, args, span):
-        _kernel_and_stride(args, span)
+    def arg_type(self, key):
+        return "int" if key == "pad" else super().arg_type(key)
+
+    def finish(self, args, op_span, spans):
+        _kernel_and_stride(args, spans.get("kernel", op_span))
         kh, kw = args["kernel"]
-        _padding(args, ((kh - 1) // 2, (kw - 1) // 2), span)
-        _positive(args, "out", span)
-        _positive(args, "groups", span)
-        if not args["eps"] > 0:
-            raise SpecArgumentError(f"eps must be positive, not {args['eps']}", span)
+        _padding(args, ((kh - 1) // 2, (kw - 1) // 2), spans.get("pad", op_span))
+        _positive(args, "out", spans, op_span)
+        _positive(args, "groups", spans, op_span)
+        eps = args["eps"]
+        _require(not known(eps) or eps > 0, f"eps must be positive, not {eps}", spans.get("eps", op_span))
         if args["bias"] is None:
             args["bias"] = not args["bn"]
         return args
 
-    def out_shape(self, layer, x):
-        if not isinstance(layer["out"], int):
-            raise TypeError("shapes need concrete channel counts")
-        if x.channels % layer["groups"] or layer["out"] % layer["groups"]:
-            raise ShapeError(
-                f"groups={layer['groups']} does not divide {x.channels} -> {layer['out']}",
-                layer.span,
-            )
-        return Shape(layer["out"], *_spatial(layer, x))
+    def out_channels(self, op, channels):
+        return op["out"]
 
-    def params(self, layer, x, y):
-        kh, kw = layer["kernel"]
-        weights = y.channels * x.channels // layer["groups"] * kh * kw
-        return weights + y.channels * (int(layer["bias"]) + 2 * int(layer["bn"]))
+    def out_shape(self, op, x):
+        if x.channels % op["groups"] or op["out"] % op["groups"]:
+            raise ShapeError(f"groups={op['groups']} does not divide {x.channels} -> {op['out']}", op.span)
+        return Shape(op["out"], *_spatial(op, x))
 
-    def macs(self, layer, x, y):
-        kh, kw = layer["kernel"]
-        return y.channels * y.height * y.width * x.channels // layer["groups"] * kh * kw
+    def state(self, op, x, y):
+        """A convolution followed by BN or an activation is a small module (``conv``, ``bn``); a bare
+        convolution is ``nn.Conv2d`` itself, as torchvision lays them out."""
+        kh, kw = op["kernel"]
+        out = y.channels
+        wrapped = op["bn"] or op["relu"]
+        conv = "conv." if wrapped else ""
+        tensors = [Tensor(conv + "weight", (out, x.channels // op["groups"], kh, kw), WEIGHT)]
+        if op["bias"]:
+            tensors.append(Tensor(conv + "bias", (out,), BIAS))
+        if op["bn"]:
+            tensors += _norm("bn.", out)
+        return tuple(tensors)
 
-    def helpers(self, layer):
-        return (self._class(layer),) if self._class(layer) != "nn.Conv2d" else ()
+    def macs(self, op, x, y):
+        kh, kw = op["kernel"]
+        return y.channels * y.height * y.width * x.channels // op["groups"] * kh * kw
 
-    @staticmethod
-    def _class(layer) -> str:
-        return {
-            (True, True): "BasicConv2d",
-            (False, True): "ConvReLU",
-            (True, False): "ConvBN",
-        }.get((layer["bn"], layer["relu"]), "nn.Conv2d")
-
-    def module(self, layer, in_channels, file=None):
-        kw = [f"kernel_size={_src(layer['kernel'])}"]
-        if layer["stride"] != 1:
-            kw.append(f"stride={layer['stride']}")
-        if layer["pad"] != (0, 0):
-            kw.append(f"padding={_src(layer['pad'])}")
-        if layer["groups"] != 1:
-            kw.append(f"groups={layer['groups']}")
-        cls = self._class(layer)
-        if layer["bias"] != (cls in ("nn.Conv2d", "ConvReLU")):
-            kw.append(f"bias={layer['bias']}")
-        if layer["bn"] and layer["eps"] != (file or FileDefaults()).bn_eps:
-            kw.append(f"eps={layer['eps']!r}")
-        return f"{cls}({in_channels}, {layer['out']}, {', '.join(kw)})"
-
-    def patch(self, layer):
-        return _patch(layer)
-
-    def depth(self, layer):
+    def depth(self, op):
         return 1
+
+
+def _norm(prefix: str, channels: int) -> list[Tensor]:
+    return [
+        Tensor(prefix + "weight", (channels,), NORM_WEIGHT),
+        Tensor(prefix + "bias", (channels,), NORM_BIAS),
+        Tensor(prefix + "running_mean", (channels,), RUNNING_MEAN),
+        Tensor(prefix + "running_var", (channels,), RUNNING_VAR),
+        Tensor(prefix + "num_batches_tracked", (), BATCHES),
+    ]
 
 
 class _Pool(LayerKind):
     positional = (Param("kernel", "size"),)
     options = MappingProxyType({"pad": 0, "ceil": False})
-    torch_class = ""
 
-    def finish(self, args, span):
-        _kernel_and_stride(args, span)
-        _padding(args, (0, 0), span)
+    def finish(self, args, op_span, spans):
+        _kernel_and_stride(args, spans.get("kernel", op_span))
+        _padding(args, (0, 0), spans.get("pad", op_span))
         if any(2 * p > k for p, k in zip(args["pad"], args["kernel"])):
-            raise SpecArgumentError("pad must be at most half the kernel size", span)
+            raise SpecArgumentError("pad must be at most half the kernel size", spans.get("pad", op_span))
         return args
 
-    def out_shape(self, layer, x):
-        return Shape(x.channels, *_spatial(layer, x, layer["ceil"]))
-
-    def module(self, layer, in_channels, file=None):
-        kw = [_src(layer["kernel"]), f"stride={layer['stride']}"]
-        if layer["pad"] != (0, 0):
-            kw.append(f"padding={_src(layer['pad'])}")
-        if layer["ceil"]:
-            kw.append("ceil_mode=True")
-        return f"nn.{self.torch_class}({', '.join(kw)})"
-
-    def patch(self, layer):
-        return _patch(layer)
+    def out_shape(self, op, x):
+        return Shape(x.channels, *_spatial(op, x, op["ceil"]))
 
 
 @register
 class MaxPool(_Pool):
     """``maxpool KxK[/s] [pad=P] [ceil]``."""
 
-    name, title, torch_class = "maxpool", "max pool", "MaxPool2d"
+    name = "maxpool"
 
 
 @register
 class AvgPool(_Pool):
     """``avgpool KxK[/s] [pad=P] [ceil]`` (padding counts toward the average, as in PyTorch)."""
 
-    name, title, torch_class = "avgpool", "avg pool", "AvgPool2d"
+    name = "avgpool"
 
 
 @register
 class AdaptiveAvgPool(LayerKind):
     """``adaptive_avgpool HxW``: average pooling to a fixed output size."""
 
-    name, title = "adaptive_avgpool", "avg pool"
+    name = "adaptive_avgpool"
     positional = (Param("size", "size"),)
 
-    def finish(self, args, span):
+    def finish(self, args, op_span, spans):
         size = args["size"]
         if len(size.dims) != 2 or size.stride is not None or min(size.dims) < 1:
-            raise SpecArgumentError(f"an output size is written HxW, like 4x4, not {size}", span)
+            raise SpecArgumentError(
+                f"an output size is written HxW, like 4x4, not {size}", spans.get("size", op_span)
+            )
         args["size"] = size.dims
         return args
 
-    def out_shape(self, layer, x):
+    def out_shape(self, op, x):
         if x.flat:
-            raise ShapeError("adaptive_avgpool needs a spatial input", layer.span)
-        return Shape(x.channels, *layer["size"])
-
-    def module(self, layer, in_channels, file=None):
-        return f"nn.AdaptiveAvgPool2d({tuple(layer['size'])})"
-
-    def patch(self, layer):
-        return "adaptive {}x{}".format(*layer["size"])
+            raise ShapeError(f"{op.kind.name} needs a spatial input", op.span)
+        return Shape(x.channels, *op["size"])
 
 
 @register
 class GlobalAvgPool(AdaptiveAvgPool):
     """``global_avgpool``: average over the whole feature map (1x1 output)."""
 
-    name, title = "global_avgpool", "avg pool"
+    name = "global_avgpool"
     positional = ()
 
-    def finish(self, args, span):
+    def finish(self, args, op_span, spans):
         args["size"] = (1, 1)
         return args
-
-    def patch(self, layer):
-        return "global"
 
 
 @register
 class LRN(LayerKind):
     """``lrn N [alpha=] [beta=] [k=]``: local response normalisation across channels (Caffe's)."""
 
-    name, title = "lrn", "local response norm"
+    name = "lrn"
     positional = (Param("size", "int"),)
     options = MappingProxyType({"alpha": 1e-4, "beta": 0.75, "k": 1.0})
 
-    def finish(self, args, span):
-        _positive(args, "size", span)
+    def finish(self, args, op_span, spans):
+        _positive(args, "size", spans, op_span)
         return args
-
-    def module(self, layer, in_channels, file=None):
-        return (
-            f"nn.LocalResponseNorm({layer['size']}, alpha={layer['alpha']!r}, "
-            f"beta={layer['beta']!r}, k={float(layer['k'])!r})"
-        )
 
 
 @register
 class Dropout(LayerKind):
     """``dropout P``: dropout with drop probability P."""
 
-    name, title = "dropout", "dropout"
+    name = "dropout"
     positional = (Param("p", "float"),)
 
-    def finish(self, args, span):
+    def finish(self, args, op_span, spans):
         p = args["p"]
-        if not isinstance(p, Sym) and not 0 <= p < 1:
-            raise SpecArgumentError(f"a dropout probability is in [0, 1), not {p}", span)
+        ok = not known(p) or 0 <= p < 1
+        _require(ok, f"a dropout probability is in [0, 1), not {p}", spans.get("p", op_span))
         return args
-
-    def module(self, layer, in_channels, file=None):
-        return f"nn.Dropout(p={layer['p']})"
 
 
 @register
 class Linear(LayerKind):
     """``linear N [relu] [nobias]``: fully connected; flattens a spatial input first."""
 
-    name, title = "linear", "linear"
+    name = "linear"
     positional = (Param("out", "int"),)
     options = MappingProxyType({"bias": True, "relu": False})
+    flattens = True
 
-    def finish(self, args, span):
-        _positive(args, "out", span)
+    def finish(self, args, op_span, spans):
+        _positive(args, "out", spans, op_span)
         return args
 
-    def out_shape(self, layer, x):
-        return Shape(layer["out"], 1, 1, flat=True)
+    def out_channels(self, op, channels):
+        return op["out"]
 
-    def params(self, layer, x, y):
-        return y.channels * (x.channels * x.height * x.width + int(layer["bias"]))
+    def out_shape(self, op, x):
+        return Shape(op["out"], 1, 1, flat=True)
 
-    def macs(self, layer, x, y):
-        return y.channels * x.channels * x.height * x.width
+    def state(self, op, x, y):
+        tensors = [Tensor("weight", (y.channels, x.numel), WEIGHT)]
+        if op["bias"]:
+            tensors.append(Tensor("bias", (y.channels,), BIAS))
+        return tuple(tensors)
 
-    def module(self, layer, in_channels, file=None):
-        bias = "" if layer["bias"] else ", bias=False"
-        return f"nn.Linear({in_channels}, {layer['out']}{bias})"
+    def macs(self, op, x, y):
+        return y.channels * x.numel
 
-    def call(self, layer, expr):
-        return f"F.relu({expr}, inplace=True)" if layer["relu"] else expr
-
-    def depth(self, layer):
+    def depth(self, op):
         return 1
 
 
 @register
 class Softmax(LayerKind):
-    """``softmax``: the classifier's output; the generated model returns logits (the loss applies it)."""
+    """``softmax``: the classifier's output, as the paper's table ends; the model returns logits and
+    the loss applies softmax, so it computes nothing here."""
 
-    name, title = "softmax", "softmax"
-    has_module = False
-
-
-# resolving a row into a Layer ------------------------------------------------------------------
+    name = "softmax"
+    identity = True
 
 
-def resolve(row: ast.Row, env: Mapping[str, Num], defaults: Mapping[str, tuple[ast.Arg, ...]]) -> Layer:
-    """Turn a row of a known kind into a :class:`Layer`, binding names through ``env``."""
+# merges: how the branches of a parallel group become one output --------------------------------
+
+
+class MergeKind:
+    """Base of the merge table: how branch outputs combine."""
+
+    name = ""
+    unary_identity = False  # True: merging a single branch gives that branch's output unchanged
+
+    def out_channels(self, merge: Merge, channels: list) -> int | Expr:
+        raise NotImplementedError
+
+    def out_shape(self, merge: Merge, shapes: list[Shape], span: Span) -> Shape:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Merge:
+    """A merge of a parallel group: its kind and options."""
+
+    kind: MergeKind
+    args: Mapping[str, Any] = field(default_factory=dict)
+
+    def __getitem__(self, key: str) -> Any:
+        return self.args[key]
+
+
+MERGES: dict[str, MergeKind] = {}
+
+
+def register_merge(cls: type[MergeKind]) -> type[MergeKind]:
+    if cls.name in MERGES:
+        raise ValueError(f"merge kind {cls.name!r} is registered twice")
+    MERGES[cls.name] = cls()
+    return cls
+
+
+@register_merge
+class Concat(MergeKind):
+    """Concatenation along channels (an inception module's filter concatenation)."""
+
+    name = "concat"
+    unary_identity = True
+
+    def out_channels(self, merge, channels):
+        return sum(channels[1:], Expr.of(channels[0])) if len(channels) > 1 else channels[0]
+
+    def out_shape(self, merge, shapes, span):
+        if len(shapes) == 1:
+            return shapes[0]
+        if any(s.flat for s in shapes):
+            raise ShapeError(
+                "flattened outputs (of a linear layer) cannot be concatenated as feature maps",
+                span,
+                "concatenate before the linear layers, or use one linear layer",
+            )
+        sizes = {(s.height, s.width) for s in shapes}
+        if len(sizes) > 1:
+            listed = ", ".join(f"{s.height}x{s.width}" for s in shapes)
+            raise ShapeError(
+                f"branches must agree on height and width to be concatenated; they give {listed}",
+                span,
+                "check strides and padding in each branch",
+            )
+        return Shape(sum(s.channels for s in shapes), shapes[0].height, shapes[0].width)
+
+
+# resolving a row into an Op -------------------------------------------------------------------
+
+
+def resolve(
+    row: ast.Row,
+    env: Mapping[str, Num],
+    defaults: Mapping[str, tuple[ast.Arg, ...]],
+    origins: Mapping[str, Span] | None = None,
+) -> Op:
+    """Turn a row of a known kind into an :class:`Op`, binding names through ``env``. ``origins``
+    says where a name's value was written (a template argument at its call), for error spans."""
     kind = KINDS[row.kind]
-    args = dict(kind.options)
+    args, spans = dict(kind.options), {}
     positionals = []
-    for arg in defaults.get(row.kind, ()) + row.args:
+    own: dict[str, ast.Arg] = {}
+    inherited = defaults.get(row.kind, ())
+    for i, arg in enumerate(inherited + row.args):
         value = _bind(arg, env, kind)
+        span = _origin(arg, origins)
+        key = arg.key if arg.key is not None else value[0] if isinstance(value, tuple) else None
+        if key is not None and i >= len(inherited):
+            _once(key, arg, own)
         if arg.key is not None:
-            _check_option(kind, arg.key, value, arg.span)
-            args[arg.key] = value
+            _check_option(kind, arg.key, value, span)
+            args[arg.key], spans[arg.key] = value, span
         elif isinstance(value, tuple):  # a flag: ("relu", True)
-            args[value[0]] = value[1]
+            args[value[0]], spans[value[0]] = value[1], span
         else:
-            positionals.append((value, arg.span))
-    _take_positionals(kind, row, positionals, args)
-    return Layer(row.kind, MappingProxyType(kind.finish(args, row.span)), row.span)
+            positionals.append((value, span))
+    _take_positionals(kind, row, positionals, args, spans)
+    return Op(kind, MappingProxyType(kind.finish(args, row.span, spans)), row.span, MappingProxyType(spans))
+
+
+def _origin(arg: ast.Arg, origins: Mapping[str, Span] | None) -> Span:
+    if origins and isinstance(arg.value, ast.Ref) and arg.value.name in origins:
+        return origins[arg.value.name]
+    return arg.span
+
+
+def _once(key: str, arg: ast.Arg, seen: dict[str, ast.Arg]) -> None:
+    """A row sets each option once: ``norelu relu`` or ``pad=1 pad=2`` is a mistake, not an override."""
+    if key in seen:
+        raise SpecArgumentError(
+            f"'{key}' is set twice in this row", arg.span, f"first set at column {seen[key].span.column}"
+        )
+    seen[key] = arg
 
 
 def _bind(arg: ast.Arg, env: Mapping[str, Num], kind: LayerKind):
@@ -500,7 +582,7 @@ def _options_hint(key: str, kind: LayerKind) -> str:
     return hint or "options: " + (", ".join(kind.options) or "none")
 
 
-def _take_positionals(kind: LayerKind, row: ast.Row, values: list, args: dict) -> None:
+def _take_positionals(kind: LayerKind, row: ast.Row, values: list, args: dict, spans: dict) -> None:
     wanted = kind.positional
     if len(values) != len(wanted):
         expected = " ".join(p.name.upper() for p in wanted) or "no arguments"
@@ -511,7 +593,7 @@ def _take_positionals(kind: LayerKind, row: ast.Row, values: list, args: dict) -
         )
     for param, (value, span) in zip(wanted, values):
         _check_type(param, value, span, kind)
-        args[param.name] = value
+        args[param.name], spans[param.name] = value, span
 
 
 _TYPE_CHECKS: dict[str, Callable[[Any], bool]] = {

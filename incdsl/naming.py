@@ -1,12 +1,12 @@
-"""Where every row of a block lives as a module attribute: the naming rules, shared by the IR builder
-and the PyTorch backend so that graph node names and state_dict keys always agree.
+"""The naming rules: where every row of a block lives as a module attribute.
 
-Within one block (the network, or a template's body):
+Within one block (the network, or a template's body), whose attributes form one
+:class:`~incdsl.symbols.Scope`:
 
 - a named row is the attribute of that name; a stage label (``3a``) is prefixed with the row's kind
   (``inception3a``), like the paper's "inception (3a)";
 - an unnamed row is named after its kind, numbered when the kind occurs more than once (``maxpool1``);
-- consecutive ``branch`` items form one parallel group, concatenated along channels;
+- consecutive ``branch`` items form one parallel group;
 - a named branch is one attribute: its single layer, or an ``nn.Sequential`` of its layers, keyed by
   their names or positions (``branch2.0``); an unnamed branch whose layers are all unnamed is named
   ``branch<i>`` by its position in the group;
@@ -14,32 +14,23 @@ Within one block (the network, or a template's body):
   as in torchvision's Inception-v3 (``Mixed_5b.branch5x5_1``), and it may fork again.
 
 ``Nx`` repeats a row: ``4b: 3x inception ...`` gives 4b, 4c, 4d; other names get ``_1``, ``_2``, ...
+
+The plan is a pure function of the block's syntax, so every build of a template (its class, and each
+call) names its layers alike.
 """
 
 from __future__ import annotations
 
-import keyword
 import re
 from collections import Counter
 from dataclasses import dataclass, replace
 
 from . import ast
-from .errors import SpecArgumentError, SpecNameError
+from .errors import SpecArgumentError
+from .symbols import Scope, attributes_scope
 
-# Attributes an nn.Module already has (dir(torch.nn.Module), checked by a test), plus names the
-# generated code itself uses; a spec name must not shadow them.
-MODULE_ATTRIBUTES = frozenset(
-    """T_destination add_module apply bfloat16 buffers call_super_init children compile cpu cuda double
-    dump_patches eval extra_repr float forward get_buffer get_extra_state get_parameter get_submodule
-    half ipu load_state_dict modules mtia named_buffers named_children named_modules named_parameters
-    parameters register_backward_hook register_buffer register_forward_hook register_forward_pre_hook
-    register_full_backward_hook register_full_backward_pre_hook register_load_state_dict_post_hook
-    register_load_state_dict_pre_hook register_module register_parameter register_state_dict_post_hook
-    register_state_dict_pre_hook requires_grad_ set_extra_state set_submodule share_memory smart_apply
-    state_dict to to_empty train training type xpu zero_grad""".split()
-)
-RESERVED = MODULE_ATTRIBUTES | {"self", "x", "in_channels", "num_classes", "aux_logits", "torch", "nn", "F"}
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+# nn.Sequential's own methods: a layer named so inside a named branch could not be added to it.
+SEQUENTIAL_METHODS = {name: "a method of nn.Sequential" for name in ("append", "extend", "insert", "pop")}
 
 
 @dataclass(frozen=True)
@@ -53,21 +44,13 @@ class Member:
 
 @dataclass(frozen=True)
 class BranchPlan:
-    """One branch: a container attribute (``attr``) holding ``members``, or flattened (attr None)."""
+    """One branch: a container attribute (``attr``) holding ``members``, or flattened (attr None).
+    ``var`` is the name its output would like in the forward (allocated later, renamed on clash)."""
 
     attr: str | None
     members: tuple[Member, ...]
     branch: ast.Branch
-
-
-def check_identifier(name: ast.Name | str, span=None, what: str = "name") -> None:
-    """Refuse anything that could not be a plain Python attribute of a generated module."""
-    text = name.text if isinstance(name, ast.Name) else name
-    span = name.span if isinstance(name, ast.Name) else span
-    if not _IDENTIFIER.match(text) or keyword.iskeyword(text) or text.startswith("__"):
-        raise SpecNameError(f"'{text}' is not a valid {what}: use letters, digits and '_'", span)
-    if text in RESERVED:
-        raise SpecNameError(f"'{text}' is reserved in generated code; choose another {what}", span)
+    var: str
 
 
 def attribute_name(row: ast.Row) -> str | None:
@@ -96,14 +79,12 @@ def _nth_name(name: ast.Name | None, i: int) -> ast.Name | None:
     return replace(name, text=f"{name.text}_{i + 1}")
 
 
-def plan_block(items: tuple[ast.Item, ...]) -> tuple[Member, ...]:
-    """Name every row of a block; see the module docstring for the rules."""
+def plan_block(items: tuple[ast.Item, ...], scope: Scope) -> tuple[Member, ...]:
+    """Name every row of a block, claiming each attribute in ``scope``; see the module docstring."""
     unnamed: list[ast.Row] = []
     skeleton = _plan(expand_repeats(items), unnamed)
-    taken: dict[str, ast.Row | ast.Branch] = {}
-    _collect_names(skeleton, taken)
-    auto = _auto_names(unnamed, taken)
-    return _fill(skeleton, auto)
+    _claim_names(skeleton, scope)
+    return _fill(skeleton, _auto_names(unnamed, scope))
 
 
 def _plan(items: list[ast.Item], unnamed: list[ast.Row]) -> tuple[Member, ...]:
@@ -131,16 +112,23 @@ def _plan_group(branches: list[ast.Branch], unnamed: list[ast.Row]) -> tuple[Bra
             isinstance(it, ast.Branch) or it.name is not None for it in items
         )
         if flattened:
-            plans.append(BranchPlan(None, _plan(items, unnamed), branch))
+            members = _plan(items, unnamed)
+            plans.append(BranchPlan(None, members, branch, _flattened_var(members, i)))
             continue
         attr = branch.name.text if branch.name else f"branch{i}"
-        if branch.name:
-            check_identifier(branch.name, what="branch name")
-        plans.append(BranchPlan(attr, _container(items, branch), branch))
+        plans.append(BranchPlan(attr, _container(items), branch, attr))
     return tuple(plans)
 
 
-def _container(items: list[ast.Item], branch: ast.Branch) -> tuple[Member, ...]:
+def _flattened_var(members: tuple[Member, ...], index: int) -> str:
+    """``branch5x5`` for a branch of ``branch5x5_1``, ``branch5x5_2``, as torchvision writes it."""
+    for member in members:
+        if member.row is not None and member.row.name is not None:
+            return re.sub(r"_\d+[a-z]?$", "", member.attr) or f"branch{index}"
+    return f"branch{index}"
+
+
+def _container(items: list[ast.Item]) -> tuple[Member, ...]:
     """Members of a named branch: one unnamed row stands alone, else an nn.Sequential."""
     for item in items:
         if isinstance(item, ast.Branch):
@@ -151,51 +139,40 @@ def _container(items: list[ast.Item], branch: ast.Branch) -> tuple[Member, ...]:
             )
     if len(items) == 1 and items[0].name is None:
         return (Member("", items[0]),)
-    members = [Member(attribute_name(row) or str(i), row) for i, row in enumerate(items)]
-    _check_unique(members)
+    scope = attributes_scope(SEQUENTIAL_METHODS)
+    members = []
+    for i, row in enumerate(items):
+        attr = attribute_name(row)
+        if attr is not None:
+            scope.claim(attr, f"layer '{attr}' of this branch", row.name.span)
+        members.append(Member(attr or str(i), row))
     return tuple(members)
 
 
-def _check_unique(members: list[Member]) -> None:
-    seen: dict[str, ast.Row] = {}
-    for member in members:
-        if member.row.name is not None:
-            check_identifier(member.attr, member.row.name.span)
-        if member.attr in seen:
-            raise SpecNameError(f"'{member.attr}' is used twice in this branch", member.row.span)
-        seen[member.attr] = member.row
-
-
-def _collect_names(members: tuple[Member, ...], taken: dict) -> None:
+def _claim_names(members: tuple[Member, ...], scope: Scope) -> None:
     for member in members:
         if member.row is not None and member.attr is not None:
-            _take(member.attr, member.row.name, taken)
+            scope.claim(member.attr, f"row '{member.row.name.text}'", member.row.name.span)
         for plan in member.group:
             if plan.attr is None:
-                _collect_names(plan.members, taken)
+                _claim_names(plan.members, scope)
+            elif plan.branch.name is not None:
+                scope.claim(plan.attr, f"branch '{plan.attr}'", plan.branch.name.span, "branch name")
             else:
-                _take(plan.attr, plan.branch.name, taken, plan.branch)
+                scope.claim(plan.attr, f"the unnamed branch '{plan.attr}'", plan.branch.span)
 
 
-def _take(attr: str, name: ast.Name | None, taken: dict, owner=None) -> None:
-    span = name.span if name else owner.span
-    check_identifier(attr, span)
-    if attr in taken:
-        raise SpecNameError(f"'{attr}' is already used in this block", span)
-    taken[attr] = owner
-
-
-def _auto_names(rows: list[ast.Row], taken: dict) -> dict[int, str]:
+def _auto_names(rows: list[ast.Row], scope: Scope) -> dict[int, str]:
+    """Names for unnamed rows and branches, after every written name is taken."""
     counts = Counter(row.kind for row in rows)
     seen: Counter = Counter()
     names: dict[int, str] = {}
     for row in rows:
         seen[row.kind] += 1
         name = row.kind if counts[row.kind] == 1 else f"{row.kind}{seen[row.kind]}"
-        while name in taken:
+        while name in scope:
             name += "_"
-        taken[name] = row
-        names[id(row)] = name
+        names[id(row)] = scope.claim(name, f"the unnamed {row.kind} row", row.span)
     return names
 
 

@@ -1,56 +1,196 @@
 """Passes over the IR, run in order: each reads what earlier ones attached and adds its own records.
 
-Like sqlglot's optimizer RULES or torch.fx's ShapeProp: plain functions, an ordered tuple.
+Like sqlglot's optimizer RULES or torch.fx's ShapeProp: plain functions, an ordered tuple, each a walk
+of the tree (linear in the network's size).
+
+- :func:`infer_shapes`: every concrete node's input and output :class:`~incdsl.layers.Shape`;
+- :func:`count`: every concrete node's tensors, params and MACs (a composite node's are its sums);
+- :func:`infer_channels`: every class body's channels as expressions of the class's arguments, and
+  the facts a class needs from its calls (the feature-map size a linear layer flattens);
+- :func:`check_heads`: each aux head ends in logits the trainer can use.
+
+A spec these passes accept compiles: nothing a backend needs is decided later.
 """
 
 from __future__ import annotations
 
-from .errors import ShapeError
-from .ir import Network
-from .layers import KINDS, Shape
+from dataclasses import replace
+
+from .errors import IncdslError, ShapeError, SpecArgumentError
+from .ir import BlockClass, Branch, Call, Channels, Facts, Fork, Layer, Network, Node, Seq
+from .layers import TRAINABLE, Shape
+from .symbolic import Expr, Sym
+
+IN_CHANNELS = Sym("in_channels")
 
 
 def infer_shapes(net: Network) -> None:
-    """Attach ``in_shape`` and ``shape`` (the output) to every node, in data-flow order."""
-    g = net.graph
-    g.nodes["input"]["shape"] = net.input
-    for node in net.nodes():
-        data = g.nodes[node]
-        inputs = [g.nodes[p]["shape"] for p in g.predecessors(node)]
-        if data["kind"] == "concat":
-            data["in_shape"] = inputs[0]
-            data["shape"] = _concat(inputs, data["span"])
-        else:
-            data["in_shape"] = inputs[0]
-            data["shape"] = KINDS[data["kind"]].out_shape(data["layer"], inputs[0])
+    """Attach input and output shapes to every concrete node, in data-flow order."""
+    x = net.input
+    for stage in net.stages:
+        x = _shape(stage.node, x)
+    for aux in net.auxes:
+        _shape(aux.node, aux.after.node.facts.output)
 
 
-def _concat(shapes: list[Shape], span) -> Shape:
-    sizes = {(s.height, s.width) for s in shapes}
-    if len(sizes) > 1 or any(s.flat for s in shapes):
-        listed = ", ".join(f"{s.height}x{s.width}" for s in shapes)
-        raise ShapeError(
-            f"branches must agree on height and width to be concatenated; they give {listed}",
-            span,
-            "check strides and padding in each branch",
-        )
-    return Shape(sum(s.channels for s in shapes), shapes[0].height, shapes[0].width)
+def _shape(node: Node, x: Shape) -> Shape:
+    if isinstance(node, Layer):
+        y = node.op.kind.out_shape(node.op, x)
+    elif isinstance(node, Seq):
+        y = x
+        for item in node.items:
+            y = _shape(item, y)
+    elif isinstance(node, Fork):
+        y = node.merge.kind.out_shape(node.merge, [_shape(b, x) for b in node.branches], node.span)
+    elif isinstance(node, Call):
+        with _in_call(node):
+            y = _shape(node.body, x)
+    else:  # Branch
+        y = _shape(node.body, x)
+    node.facts = Facts(x, y)
+    return y
+
+
+class _in_call:
+    """Errors inside a call say which call, as the builder's do."""
+
+    def __init__(self, call: Call):
+        self.call = call
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        if isinstance(exc, IncdslError):
+            exc.notes.append(f"in template '{self.call.cls.template.name}', called at {self.call.span}")
+        return False
 
 
 def count(net: Network) -> None:
-    """Attach ``params`` and ``macs`` to every node (0 for input and concat)."""
-    g = net.graph
-    for node in net.nodes():
-        data = g.nodes[node]
-        if data["kind"] == "concat":
-            data["params"] = data["macs"] = 0
-            continue
-        kind, layer = KINDS[data["kind"]], data["layer"]
-        data["params"] = kind.params(layer, data["in_shape"], data["shape"])
-        data["macs"] = kind.macs(layer, data["in_shape"], data["shape"])
+    """Attach tensors, params and MACs to every concrete node."""
+    for stage in net.stages:
+        _count(stage.node)
+    for aux in net.auxes:
+        _count(aux.node)
 
 
-PASSES = (infer_shapes, count)
+def _count(node: Node) -> tuple[int, int]:
+    facts = node.facts
+    if isinstance(node, Layer):
+        kind, op = node.op.kind, node.op
+        state = kind.state(op, facts.input, facts.output)
+        params = sum(t.numel for t in state if t.role in TRAINABLE)
+        node.facts = replace(facts, params=params, macs=kind.macs(op, facts.input, facts.output), state=state)
+        return node.facts.params, node.facts.macs
+    sums = [_count(child) for child in _children(node)]
+    params, macs = sum(p for p, _ in sums), sum(m for _, m in sums)
+    node.facts = replace(facts, params=params, macs=macs)
+    return params, macs
+
+
+def _children(node: Node) -> tuple[Node, ...]:
+    if isinstance(node, Seq):
+        return node.items
+    if isinstance(node, Fork):
+        return node.branches
+    return (node.body,)
+
+
+def infer_channels(net: Network) -> None:
+    """Channels of every class body as expressions of its arguments (callees first, so a call's
+    output is its class's, in the caller's terms)."""
+    for cls in net.blocks:
+        cls.out = _channels(cls.body, Expr.of(IN_CHANNELS), cls)
+    x = Expr.of(net.input.channels)
+    for stage in net.model.stages:
+        x = _channels(stage.node, x)
+    for aux in net.model.auxes:
+        _channels(aux.node, aux.after.node.channels.output)
+
+
+def _channels(node: Node, c: Expr, cls: BlockClass | None = None) -> Expr:
+    if isinstance(node, Layer):
+        flat_input, spatial = _flattened(node, cls)
+        out = Expr.of(node.op.kind.out_channels(node.op, c))
+        node.channels = Channels(c, out, flat_input, spatial)
+        return out
+    if isinstance(node, Seq):
+        out = c
+        for item in node.items:
+            out = _channels(item, out, cls)
+    elif isinstance(node, Fork):
+        outs = [_channels(b, c, cls) for b in node.branches]
+        out = Expr.of(node.merge.kind.out_channels(node.merge, outs))
+    elif isinstance(node, Branch):
+        out = _channels(node.body, c, cls)
+        _check_container(node)
+    else:  # a Call: its class's output, in the caller's terms
+        values = {IN_CHANNELS: c}
+        values.update({p: Expr.of(v) for p, v in node.args.items() if not isinstance(v, float)})
+        out = node.cls.out.substitute(values)
+    node.channels = Channels(c, out)
+    return out
+
+
+def _flattened(layer: Layer, cls: BlockClass | None) -> tuple[bool, tuple[int, int]]:
+    """Whether a flattening layer's input is already flat, and the feature map it flattens, which
+    must be one size in every call of its class (the class has one nn.Linear)."""
+    if not layer.op.kind.flattens:
+        return False, (1, 1)
+    inputs = [twin.facts.input for twin in layer.instances]
+    flat = all(s.flat for s in inputs)
+    sizes = sorted({(s.height, s.width) for s in inputs if not s.flat})
+    if len(sizes) > 1 or (sizes and any(s.flat for s in inputs)):
+        listed = ", ".join([f"{h}x{w}" for h, w in sizes] + ["flat"] * any(s.flat for s in inputs))
+        raise ShapeError(
+            f"the calls of template '{cls.template.name}' flatten feature maps of different sizes ({listed}) "
+            f"into this {layer.op.kind.name} layer, which must have one input size",
+            layer.span,
+            "pool to a fixed size first (adaptive_avgpool or global_avgpool) so every call agrees",
+        )
+    return flat, sizes[0] if sizes else (1, 1)
+
+
+def _check_container(branch: Branch) -> None:
+    """An nn.Sequential cannot flatten a feature map before its linear layer."""
+    if branch.container is None or is_lone(branch):
+        return
+    for item in branch.body.items:
+        if isinstance(item, Layer) and item.op.kind.flattens and not item.channels.flat_input:
+            raise SpecArgumentError(
+                f"a {item.op.kind.name} layer on a feature map cannot sit in a named branch of several "
+                "layers (an nn.Sequential, which cannot flatten)",
+                item.span,
+                "leave the branch unnamed and name its layers (they become attributes), or pool to 1x1 "
+                "and flatten before the branch",
+            )
+
+
+def is_lone(branch: Branch) -> bool:
+    """A named branch that is its single layer itself (``branch b1: conv 1x1 64``)."""
+    items = branch.body.items
+    return len(items) == 1 and isinstance(items[0], Layer) and items[0].attr == ""
+
+
+def check_heads(net: Network) -> None:
+    """An aux head's output is logits: flat, one per class."""
+    for aux in net.auxes:
+        out = aux.node.facts.output
+        if not out.flat:
+            raise ShapeError(
+                f"aux head '{aux.name}' gives a {out} feature map; an aux head ends in logits",
+                aux.node.span,
+                "end the head with a linear layer: linear classes",
+            )
+        if net.classes is not None and out.channels != net.classes:
+            raise ShapeError(
+                f"aux head '{aux.name}' gives {out.channels} outputs; the network has {net.classes} classes",
+                aux.node.span,
+                "end the head with: linear classes",
+            )
+
+
+PASSES = (infer_shapes, count, infer_channels, check_heads)
 
 
 def run(net: Network) -> Network:

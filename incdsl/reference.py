@@ -16,7 +16,17 @@ from pathlib import Path
 from .errors import IncdslError
 from .report import Row, Stats, size
 
-_KINDS = {"convolution": "convolution", "max pool": "max pool", "avg pool": "avg pool", "linear": "linear"}
+# The paper's words for a row's type, and the layer kinds each covers; a printed "inception (3a)"
+# is the stage labelled 3a.
+_KINDS = {
+    "convolution": {"conv"},
+    "max pool": {"maxpool"},
+    "avg pool": {"avgpool", "adaptive_avgpool", "global_avgpool"},
+    "local response norm": {"lrn"},
+    "dropout": {"dropout"},
+    "linear": {"linear"},
+    "softmax": {"softmax"},
+}
 
 
 @dataclass(frozen=True)
@@ -68,16 +78,20 @@ def compare(stats: Stats, table: list[dict]) -> list[Match]:
     return matches
 
 
-def _category(row: Row) -> str:
-    return row.type.split(" (")[0] if row.label is None else row.type
+def _matches(row: Row, printed_type: str) -> bool:
+    """Whether a stage is what a printed row's type names: "convolution", "dropout (40%)", or
+    "inception (3a)" (the stage labelled 3a)."""
+    word, _, rest = printed_type.partition(" (")
+    if word in _KINDS:
+        return row.kind in _KINDS[word]
+    return row.kind == word and row.label is not None and row.label == rest.rstrip(")")
 
 
 def _take(rows: list[Row], j: int, printed: dict) -> tuple[list[Row], int]:
-    want = printed["type"].split(" (")[0] if printed["type"].startswith("dropout") else printed["type"]
-    count = int(printed.get("depth") or 1) if want == "convolution" else 1
+    count = int(printed.get("depth") or 1) if printed["type"] == "convolution" else 1
     group = []
     while j < len(rows) and len(group) < count:
-        if _category(rows[j]) == _KINDS.get(want, want):
+        if _matches(rows[j], printed["type"]):
             group.append(rows[j])
         elif group:
             if rows[j].params:  # a parameterised stage breaks the run

@@ -5,7 +5,7 @@ The dict :func:`to_dict` makes, printed as JSON by ``incdsl stats --format json`
 
     {"network": str, "input": [C, H, W], "classes": int | null,
      "conventions": {...},
-     "layers": [{"name", "label", "type", "patch", "depth", "input": [C,H,W], "output": [C,H,W],
+     "layers": [{"name", "label", "kind", "type", "patch", "depth", "input": [C,H,W], "output": [C,H,W],
                  "columns": {"n1x1": int, ...} | {}, "params": int, "macs": int}],
      "aux": [{"name", "after", "weight", "type", "output", "params", "macs"}],
      "total": {"params": int, "macs": int},
@@ -18,8 +18,8 @@ import csv
 import io
 from dataclasses import asdict, dataclass, field
 
-from .ir import Network, Stage
-from .layers import KINDS
+from . import layers as L
+from .ir import Branch, Call, Fork, Layer, Network, Node, Seq, Stage
 
 # Table 1's six inception columns: template parameters of these names fill them.
 COLUMNS = {
@@ -39,12 +39,48 @@ CONVENTIONS = {
 }
 
 
+def _window(op: L.Op) -> str:
+    kh, kw = op["kernel"]
+    return f"{kh}x{kw}/{op['stride']}"
+
+
+# How the table spells each layer kind: the paper's "type" and "patch size/stride" columns.
+TITLES = {
+    L.Conv: "convolution",
+    L.MaxPool: "max pool",
+    L.AvgPool: "avg pool",
+    L.AdaptiveAvgPool: "avg pool",
+    L.LRN: "local response norm",
+    L.Dropout: lambda op: f"dropout ({op['p'] * 100:g}%)",
+    L.Linear: "linear",
+    L.Softmax: "softmax",
+}
+PATCHES = {
+    L.Conv: _window,
+    L.MaxPool: _window,
+    L.AvgPool: _window,
+    L.AdaptiveAvgPool: lambda op: "adaptive {}x{}".format(*op["size"]),
+    L.GlobalAvgPool: lambda op: "global",
+}
+
+
+def spell(table: dict, op: L.Op, default: str = "") -> str:
+    """The entry of ``table`` for the op's kind (or the nearest base kind's): text, or a function of
+    the op giving text."""
+    for cls in type(op.kind).__mro__:
+        if cls in table:
+            entry = table[cls]
+            return entry(op) if callable(entry) else entry
+    return default
+
+
 @dataclass(frozen=True)
 class Row:
-    """One row of the table: a top-level stage or an aux head."""
+    """One row of the table: a top-level stage. ``kind`` is the layer kind or the template's name."""
 
     name: str
     label: str | None
+    kind: str
     type: str
     patch: str
     depth: int
@@ -83,10 +119,18 @@ class Stats:
 
 
 def compute(net: Network) -> Stats:
-    """Stats of a network whose passes have run."""
-    rows = tuple(_row(net, stage) for stage in net.stages)
+    """Stats of a network whose passes have run (one walk of the tree)."""
+    rows = tuple(_row(stage) for stage in net.stages)
     aux = tuple(
-        AuxRow(a.name, a.after, a.weight, _type(a.stage, net), *_sums(net, a.stage, net.nodes(a.name)))
+        AuxRow(
+            a.name,
+            a.after.attr,
+            a.weight,
+            _kind(a.node) if isinstance(a.node, Call) else _title(a.node),
+            a.node.facts.output.as_list(),
+            a.node.facts.params,
+            a.node.facts.macs,
+        )  # fmt: skip
         for a in net.auxes
     )
     return Stats(
@@ -95,52 +139,45 @@ def compute(net: Network) -> Stats:
     )  # fmt: skip
 
 
-def _sums(net: Network, stage: Stage, nodes: list[str]) -> tuple[list[int], int, int]:
-    """The stage's output shape, and the params and MACs of its ``nodes``."""
-    g = net.graph
-    params = sum(g.nodes[n]["params"] for n in nodes)
-    macs = sum(g.nodes[n]["macs"] for n in nodes)
-    return g.nodes[stage.output]["shape"].as_list(), params, macs
-
-
-def _row(net: Network, stage: Stage) -> Row:
-    g = net.graph
-    nodes = net.nodes(stage.attr)
-    output, params, macs = _sums(net, stage, nodes)
-    first_input = g.nodes[nodes[0]]["in_shape"] if nodes else g.nodes[stage.output]["shape"]
+def _row(stage: Stage) -> Row:
+    node, facts = stage.node, stage.node.facts
     columns = {k: v for k, v in stage.args.items() if k in COLUMNS}
     return Row(
-        stage.attr, stage.label, _type(stage, net), _patch(net, stage), _depth(net, nodes),
-        first_input.as_list(), output, params, macs, columns,
+        stage.attr, stage.label, _kind(node), _stage_type(stage), _patch(node), depth(node),
+        facts.input.as_list(), facts.output.as_list(), facts.params, facts.macs, columns,
     )  # fmt: skip
 
 
-def _type(stage: Stage, net: Network) -> str:
-    if stage.template and stage.aux:
-        return stage.template
-    if stage.template:  # "inception (3a)"; a named stage shows its name: "InceptionA (Mixed_5b)"
+def _kind(node: Layer | Call) -> str:
+    return node.cls.template.name if isinstance(node, Call) else node.op.kind.name
+
+
+def _stage_type(stage: Stage) -> str:
+    if isinstance(
+        stage.node, Call
+    ):  # "inception (3a)"; a named stage shows its name: "InceptionA (Mixed_5b)"
         return f"{stage.template} ({stage.label or stage.attr})"
-    layer = net.graph.nodes[stage.output]["layer"]
-    if layer.kind == "dropout":
-        return f"dropout ({layer['p'] * 100:g}%)"
-    return KINDS[layer.kind].title
+    return _title(stage.node)
 
 
-def _patch(net: Network, stage: Stage) -> str:
-    if stage.template:
-        return ""
-    layer = net.graph.nodes[stage.output]["layer"]
-    return KINDS[layer.kind].patch(layer)
+def _title(layer: Layer) -> str:
+    return spell(TITLES, layer.op, layer.op.kind.name)
 
 
-def _depth(net: Network, nodes: list[str]) -> int:
-    """Longest chain of convs and linears through the stage (the paper's "depth" column)."""
-    g, inside, depth = net.graph, set(nodes), {}
-    for node in nodes:  # topological order
-        layer = g.nodes[node]["layer"]
-        own = KINDS[layer.kind].depth(layer) if layer is not None else 0
-        depth[node] = own + max((depth[p] for p in g.predecessors(node) if p in inside), default=0)
-    return max(depth.values(), default=0)
+def _patch(node: Layer | Call) -> str:
+    return spell(PATCHES, node.op) if isinstance(node, Layer) else ""
+
+
+def depth(node: Node) -> int:
+    """Longest chain of layers with weights through a node (the paper's "depth" column)."""
+    if isinstance(node, Layer):
+        return node.op.kind.depth(node.op)
+    if isinstance(node, Seq):
+        return sum(depth(item) for item in node.items)
+    if isinstance(node, Fork):
+        return max((depth(b) for b in node.branches), default=0)
+    assert isinstance(node, (Branch, Call))
+    return depth(node.body)
 
 
 # renderings ---------------------------------------------------------------------------------

@@ -26,8 +26,8 @@ CASES = [
     ("conv 3x3 16 pading=1\n", 4, 13, "conv has no option 'pading'", "did you mean 'pad'?"),
     ("conv 3x3 16\nfc: linear clases\n", 5, 12, "unknown name 'clases'", "did you mean 'classes'?"),
     ("conv 9x9/4 16 pad=0\nconv 9x9 16 pad=0\n", 5, 1, "does not fit its 6x6 input", "larger input"),
-    ("conv 3x3 0\n", 4, 1, "out must be a positive integer", None),
-    ("dropout 1.5\n", 4, 1, "dropout probability is in [0, 1)", None),
+    ("conv 3x3 0\n", 4, 10, "out must be a positive integer", None),  # at the value
+    ("dropout 1.5\n", 4, 9, "dropout probability is in [0, 1)", None),
     ("class: conv 3x3 16\n", 4, 1, "'class' is not a valid name", None),
     ("forward: conv 3x3 16\n", 4, 1, "'forward' is reserved", None),
     ("a: conv 3x3 16\na: conv 3x3 16\n", 5, 1, "'a' is already used", None),

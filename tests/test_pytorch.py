@@ -108,8 +108,8 @@ def test_generated_sources_are_black_formatted():
 
 
 def test_module_attribute_list_matches_torch():
-    """incdsl.naming refuses spec names that would shadow nn.Module attributes; keep it current."""
-    from incdsl.naming import MODULE_ATTRIBUTES
+    """incdsl.symbols refuses spec names that would shadow nn.Module attributes; keep it current."""
+    from incdsl.symbols import MODULE_ATTRIBUTES
 
     public = {n for n in dir(torch.nn.Module) if not n.startswith("_")}
     assert public <= MODULE_ATTRIBUTES

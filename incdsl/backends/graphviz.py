@@ -25,16 +25,18 @@ from collections.abc import Iterable
 from pathlib import Path
 from types import MappingProxyType
 
+from .. import layers as L
 from ..errors import OutputError, did_you_mean
 from ..files import write_atomic
-from ..ir import Network, Stage
-from ..layers import KINDS, Shape
-from ..report import COLUMNS, AuxRow, Row, Stats, compute, kilo, mega, size
+from ..ir import INPUT, Call, Fork, Layer, Network, Node, Seq, Stage
+from ..layers import Shape
+from ..passes import is_lone
+from ..report import COLUMNS, PATCHES, AuxRow, Row, Stats, compute, kilo, mega, size, spell
 
 LEVELS = ("network", "block")
 FORMATS = ("dot", "svg", "png", "pdf")
 
-# Not an attribute path of the IR (those never hold '@' outside a concat's id), so no clash.
+# Not a node id of the dataflow graph (those never hold '@' outside a merge's id), so no clash.
 OUTPUT = "@output"
 
 # newrank=true lets dot keep a block's branches left to right in the order the template writes them.
@@ -42,19 +44,19 @@ GRAPH_STYLE = 'fontname="Helvetica", fontsize=12, labelloc=t, nodesep=0.3, ranks
 NODE_STYLE = 'shape=box, style="rounded,filled", fillcolor="#ffffff", fontname="Helvetica", fontsize=10'
 EDGE_STYLE = 'fontname="Helvetica", fontsize=8, color="#555555", arrowsize=0.6'
 
+# Fill colours by layer kind and merge kind (the nearest base kind's when a kind has none).
+TEMPLATE_FILL = "#d9efd3"
 FILLS = MappingProxyType(
     {
-        "template": "#d9efd3",
-        "conv": "#d6e6f5",
-        "maxpool": "#fbe3c9",
-        "avgpool": "#fbe3c9",
-        "adaptive_avgpool": "#fbe3c9",
-        "global_avgpool": "#fbe3c9",
-        "lrn": "#ececec",
-        "dropout": "#ececec",
-        "linear": "#e4d7f0",
-        "softmax": "#f5d5d5",
-        "concat": "#f4f4f4",
+        L.Conv: "#d6e6f5",
+        L.MaxPool: "#fbe3c9",
+        L.AvgPool: "#fbe3c9",
+        L.AdaptiveAvgPool: "#fbe3c9",
+        L.LRN: "#ececec",
+        L.Dropout: "#ececec",
+        L.Linear: "#e4d7f0",
+        L.Softmax: "#f5d5d5",
+        L.Concat: "#f4f4f4",
     }
 )
 
@@ -89,7 +91,7 @@ def fold(stages: Iterable[Stage]) -> list[tuple[Stage, ...]]:
     """
     groups: list[list[Stage]] = []
     for stage in stages:
-        if groups and groups[-1][0].row.span == stage.row.span:
+        if groups and groups[-1][0].group == stage.group:
             groups[-1].append(stage)
         else:
             groups.append([stage])
@@ -102,22 +104,22 @@ def fold(stages: Iterable[Stage]) -> list[tuple[Stage, ...]]:
 def _network_level(net: Network, stats: Stats) -> list[str]:
     rows = {row.name: row for row in stats.rows}
     groups = fold(net.stages)
-    lines = [_node("input", label=Html("<B>input</B>"), shape="ellipse", group="main")]
-    lines += [_stage_node(net, group, [rows[s.attr] for s in group]) for group in groups]
+    lines = [_node(INPUT, label=Html("<B>input</B>"), shape="ellipse", group="main")]
+    lines += [_stage_node(group, [rows[s.attr] for s in group]) for group in groups]
     lines += [_aux_node(row) for row in stats.aux]
     lines.append(_node(OUTPUT, label=Html("<B>output</B>"), shape="ellipse", group="main"))
-    tails = ["input", *(group[0].attr for group in groups)]
-    shapes = [net.input, *(_shape(net, group[-1].output) for group in groups)]
+    tails = [INPUT, *(group[0].attr for group in groups)]
+    shapes = [net.input, *(group[-1].node.facts.output for group in groups)]
     heads = [*tails[1:], OUTPUT]
     lines += [_edge(tail, head, label=str(shape)) for tail, head, shape in zip(tails, heads, shapes)]
     owner = {stage.attr: group[0].attr for group in groups for stage in group}
     for aux in net.auxes:
-        shape = _shape(net, _stage(net, aux.after).output)
-        lines.append(_edge(owner[aux.after], aux.name, label=str(shape), style="dashed"))
+        shape = aux.after.node.facts.output
+        lines.append(_edge(owner[aux.after.attr], aux.name, label=str(shape), style="dashed"))
     return lines
 
 
-def _stage_node(net: Network, group: tuple[Stage, ...], rows: list[Row]) -> str:
+def _stage_node(group: tuple[Stage, ...], rows: list[Row]) -> str:
     first = rows[0]
     title = f"{first.type} {first.patch}".strip()
     if len(group) > 1:
@@ -127,7 +129,7 @@ def _stage_node(net: Network, group: tuple[Stage, ...], rows: list[Row]) -> str:
         group[0].attr,
         label=_table_label(title, first.columns, _counts(params, macs)),
         tooltip=", ".join(s.attr for s in group),
-        fillcolor=_fill(net, group[0]),
+        fillcolor=_fill(group[0].node),
         group="main",
     )
 
@@ -169,37 +171,27 @@ def _table_label(title: str, columns: dict, counts: str) -> Html:
 
 def _block_level(net: Network, stats: Stats) -> list[str]:
     rows = {row.name: row for row in stats.rows}
-    members = _members_by_stage(net)
     groups = fold(net.stages)
-    lines = [_node("input", label=Html("<B>input</B>"), shape="ellipse")]
+    lines = [_node(INPUT, label=Html("<B>input</B>"), shape="ellipse")]
     for group in groups:
-        lines += _stage_block(net, group, members[group[0].attr], [rows[s.attr] for s in group])
+        lines += _stage_block(group, [rows[s.attr] for s in group])
     for aux, row in zip(net.auxes, stats.aux):
-        lines += _aux_block(net, aux.stage, members[aux.name], row)
+        lines += _aux_block(aux.node, row)
     lines.append(_node(OUTPUT, label=Html("<B>output</B>"), shape="ellipse"))
-    stand_ins = _stand_ins(groups)
-    lines += _block_edges(net, _drawn(groups, members, net), stand_ins)
-    last = net.stages[-1].output if net.stages else "input"
+    g = net.graph
+    outputs = g.graph["outputs"]
+    stand_ins = {outputs[s.attr]: outputs[group[0].attr] for group in groups for s in group[1:]}
+    shown = _first_instances(groups, net)
+    drawn = {INPUT, *(n for n, data in g.nodes(data=True) if data["stage"] in shown)}
+    lines += _block_edges(net, drawn, stand_ins)
+    last = outputs[net.stages[-1].attr] if net.stages else INPUT
     lines.append(_edge(stand_ins.get(last, last), OUTPUT, label=str(_shape(net, last))))
     return lines
 
 
-def _members_by_stage(net: Network) -> dict[str, list[str]]:
-    members: dict[str, list[str]] = {}
-    for node in net.nodes():
-        members.setdefault(net.graph.nodes[node]["stage"], []).append(node)
-    return members
-
-
-def _drawn(groups: list[tuple[Stage, ...]], members: dict[str, list[str]], net: Network) -> set[str]:
-    """The IR nodes drawn as themselves: the input, the first instance of each group, the aux heads."""
-    stages = [group[0].attr for group in groups] + [aux.name for aux in net.auxes]
-    return {"input", *(node for stage in stages for node in members[stage])}
-
-
-def _stand_ins(groups: list[tuple[Stage, ...]]) -> dict[str, str]:
-    """A folded stage's output -> its first instance's, which draws the edges leaving the group."""
-    return {stage.output: group[0].output for group in groups for stage in group[1:]}
+def _first_instances(groups: list[tuple[Stage, ...]], net: Network) -> set[str]:
+    """The stages drawn as themselves: the first of each folded group, and the aux heads."""
+    return {group[0].attr for group in groups} | {aux.name for aux in net.auxes}
 
 
 def _block_edges(net: Network, drawn: set[str], stand_ins: dict[str, str]) -> list[str]:
@@ -218,62 +210,61 @@ def _block_edges(net: Network, drawn: set[str], stand_ins: dict[str, str]) -> li
     return lines
 
 
-def _stage_block(net: Network, group: tuple[Stage, ...], nodes: list[str], rows: list[Row]) -> list[str]:
+def _stage_block(group: tuple[Stage, ...], rows: list[Row]) -> list[str]:
     stage = group[0]
     times = f" x{len(group)}" if len(group) > 1 else ""
-    if stage.template is None:
-        return [_layer_node(net, stage.output, times)]
+    if not isinstance(stage.node, Call):
+        return [_layer_node(stage.node, times)]
     title = (_fold_title(group, rows) if times else rows[0].type) + times
     params, macs = sum(r.params for r in rows), sum(r.macs for r in rows)
     label = _lines(title, _counts(params, macs))
-    return _cluster(
-        stage.attr, label, 'style="rounded,filled", fillcolor="#f1f8ee"', _nested(net, stage.attr, nodes)
-    )
+    style = 'style="rounded,filled", fillcolor="#f1f8ee"'
+    return _cluster(stage.attr, label, style, _inside(stage.node.body))
 
 
-def _aux_block(net: Network, stage: Stage, nodes: list[str], row: AuxRow) -> list[str]:
+def _aux_block(node: Layer | Call, row: AuxRow) -> list[str]:
     weight = f"loss weight {row.weight:g}"
-    if stage.template is None:
-        data = net.graph.nodes[stage.output]
-        label = _lines(f"{row.name} ({_layer_title(data)})", weight, f"{data['shape'].channels} channels")
-        fill = FILLS.get(data["kind"], "#ffffff")
+    if isinstance(node, Layer):
+        label = _lines(f"{row.name} ({_layer_title(node)})", weight, f"{node.facts.output.channels} channels")
         return [
             _node(
-                stage.output, label=label, tooltip=stage.output, fillcolor=fill, style="rounded,filled,dashed"
+                node.key, label=label, tooltip=node.key, fillcolor=_fill(node), style="rounded,filled,dashed"
             )
         ]
     label = _lines(f"{row.name} ({row.type})", weight, _counts(row.params, row.macs))
-    return _cluster(stage.attr, label, 'style="rounded,dashed"', _nested(net, stage.attr, nodes))
+    return _cluster(node.key, label, 'style="rounded,dashed"', _inside(node.body))
 
 
-def _nested(net: Network, prefix: str, nodes: list[str]) -> list[str]:
-    """The layer nodes under ``prefix``, each sub-container (a named branch, an inner template call)
-    in a nested cluster of its own, in the order their first layers appear."""
-    lines, seen = [], set()
-    for node in nodes:
-        head, dot, _ = node[len(prefix) + 1 :].partition(".")
-        if not dot:
-            lines.append(_layer_node(net, node))
-        elif head not in seen:
-            seen.add(head)
-            inner = f"{prefix}.{head}"
-            members = [n for n in nodes if n.startswith(inner + ".")]
-            style = 'style="rounded,dotted", fontsize=9'
-            lines += _cluster(inner, Html(_esc(head)), style, _nested(net, inner, members))
-    return lines
+def _inside(node: Node) -> list[str]:
+    """The nodes of a block's body: a layer or merge each, a named branch or an inner template
+    call each a nested cluster, in the order the spec writes them."""
+    if isinstance(node, Layer):
+        return [_layer_node(node)]
+    if isinstance(node, Seq):
+        return [line for item in node.items for line in _inside(item)]
+    if isinstance(node, Fork):
+        lines = []
+        for branch in node.branches:
+            inner = _inside(branch.body)
+            if branch.container is not None and not is_lone(branch):
+                inner = _cluster(branch.key, Html(_esc(branch.container)), _NESTED, inner)
+            lines += inner
+        label = _lines(node.merge.kind.name, f"{node.facts.output.channels} channels")
+        return [*lines, _node(node.key, label=label, tooltip=node.key, fillcolor=_fill(node))]
+    return _cluster(node.key, Html(_esc(node.attr)), _NESTED, _inside(node.body))
 
 
-def _layer_node(net: Network, node: str, times: str = "", **attrs: str) -> str:
+_NESTED = 'style="rounded,dotted", fontsize=9'
+
+
+def _layer_node(layer: Layer, times: str = "", **attrs: str) -> str:
     """A layer drawn as its kind, patch and output channels (``conv 3x3/1``, ``128 channels``)."""
-    data = net.graph.nodes[node]
-    label = _lines(_layer_title(data) + times, f"{data['shape'].channels} channels")
-    return _node(node, label=label, tooltip=node, fillcolor=FILLS.get(data["kind"], "#ffffff"), **attrs)
+    label = _lines(_layer_title(layer) + times, f"{layer.facts.output.channels} channels")
+    return _node(layer.key, label=label, tooltip=layer.key, fillcolor=_fill(layer), **attrs)
 
 
-def _layer_title(data: dict) -> str:
-    layer = data["layer"]
-    patch = KINDS[layer.kind].patch(layer) if layer is not None else ""
-    return f"{data['kind']} {patch}".strip()
+def _layer_title(layer: Layer) -> str:
+    return f"{layer.op.kind.name} {spell(PATCHES, layer.op)}".strip()
 
 
 def _cluster(name: str, label: Html, style: str, inner: list[str]) -> list[str]:
@@ -340,17 +331,19 @@ def _counts(params: int, macs: int) -> str:
     return ", ".join(part for part in parts if part)
 
 
-def _shape(net: Network, node: str) -> Shape:
-    return net.graph.nodes[node]["shape"]
+def _shape(net: Network, node_id: str) -> Shape:
+    node = net.graph.nodes[node_id]["node"]
+    return net.input if node is None else node.facts.output
 
 
-def _stage(net: Network, attr: str) -> Stage:
-    return next(stage for stage in net.stages if stage.attr == attr)
-
-
-def _fill(net: Network, stage: Stage) -> str:
-    kind = "template" if stage.template else net.graph.nodes[stage.output]["kind"]
-    return FILLS.get(kind, "#ffffff")
+def _fill(node: Node) -> str:
+    if isinstance(node, Call):
+        return TEMPLATE_FILL
+    kind = node.op.kind if isinstance(node, Layer) else node.merge.kind
+    for cls in type(kind).__mro__:
+        if cls in FILLS:
+            return FILLS[cls]
+    return "#ffffff"
 
 
 # rendering ----------------------------------------------------------------------------------

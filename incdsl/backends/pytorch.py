@@ -2,10 +2,13 @@
 
 The file reads like torchvision's ``googlenet.py``: small helper classes, one class per block template
 (template parameters become constructor arguments), submodules declared in reading order, and a
-straight-line ``forward`` with the shape after each stage. Everything placed in the file is computed
-here; ``templates/model.py.j2`` only lays it out. Names come from the spec through
-:mod:`incdsl.naming`, which admits only identifiers; values are ints and floats. Nothing else from a
-spec reaches the file.
+straight-line ``forward`` with the shape after each stage.
+
+The backend only reads the IR: every name comes from it (allocated by :mod:`incdsl.symbols`), every
+channel count is an expression the IR computed, every value an int, a float or a parameter's name.
+Code is composed from pieces, each returned by a small function (``visit_<Kind>`` spells a layer
+kind, ``merge_<Kind>`` a merge); nothing is edited after it is written, and the imports and helper
+classes are those the pieces used. ``templates/model.py.j2`` only lays the pieces out.
 """
 
 from __future__ import annotations
@@ -14,21 +17,16 @@ import re
 import sys
 import types
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
 import jinja2
 
-from .. import ast
-from ..errors import IncdslError
-from ..ir import Network, bind_arguments
-from ..layers import KINDS, FileDefaults, Layer, Sym, resolve
-from ..naming import BranchPlan, Member, plan_block
-
-
-class CompileError(IncdslError):
-    """The spec is valid but cannot be written as PyTorch the way it is structured."""
+from ..ir import BlockClass, Branch, Call, Fork, Layer, ModelClass, Network, Node, Seq
+from ..layers import Conv, Op
+from ..passes import is_lone
+from ..symbolic import Sym
 
 
 @cache
@@ -43,22 +41,21 @@ def _template() -> jinja2.Template:
     return env.get_template("model.py.j2")
 
 
-def generate(net: Network) -> str:
-    """The model file's source text, formatted."""
-    helpers: set[str] = set()
-    file = _file_defaults(net)
-    blocks = [_block(net, name, helpers, file) for name in _templates_in_use(net)]
-    network = _network(net, helpers, file)
+def generate(net: Network, formatted: bool = True) -> str:
+    """The model file's source text (formatted with black unless ``formatted`` is False)."""
+    writer = Writer(net)
+    blocks = [writer.block_class(cls) for cls in net.blocks]
+    model = writer.model_class(net.model)
     text = _template().render(
-        network=network,
+        network=model,
         blocks=blocks,
-        helpers=helpers,
-        bn_eps=repr(file.bn_eps),
+        used=writer.used,
+        bn_eps=repr(writer.bn_eps),
+        conv_bias=writer.conv_bias,
         metadata=repr(_metadata(net)),
-        ordered_dict=any("OrderedDict(" in line for b in [*blocks, network] for line in b["init"]),
         source_name=_safe_file_name(net.spec.path),
     )
-    return _format(text)
+    return _format(text) if formatted else text
 
 
 def instantiate(source: str, **overrides):
@@ -88,23 +85,6 @@ def _safe_file_name(path: str) -> str:
     return re.sub(r"[^\w.\-]", "_", path.replace("\\", "/").rsplit("/", 1)[-1]) or "spec"
 
 
-def class_name(name: str) -> str:
-    """``aux_classifier`` -> ``AuxClassifier``; ``InceptionA`` stays."""
-    if "_" not in name and name[:1].isupper():
-        return name
-    return "".join(part[:1].upper() + part[1:] for part in name.split("_") if part)
-
-
-def _file_defaults(net: Network) -> FileDefaults:
-    """The BatchNorm eps most conv layers use becomes the helper classes' default."""
-    eps = Counter(
-        data["layer"]["eps"]
-        for _, data in net.graph.nodes(data=True)
-        if data["kind"] == "conv" and data["layer"]["bn"]
-    )
-    return FileDefaults(bn_eps=eps.most_common(1)[0][0]) if eps else FileDefaults()
-
-
 def _metadata(net: Network) -> dict:
     return {
         "network": net.name,
@@ -114,335 +94,286 @@ def _metadata(net: Network) -> dict:
     }
 
 
-def _templates_in_use(net: Network) -> list[str]:
-    """Templates the network calls, callees before callers, in first-use order."""
-    order = list(dict.fromkeys(net.graph.graph.get("calls", {}).values()))
-    return sorted(order, key=lambda n: -_nesting(net, n))
-
-
-def _nesting(net: Network, name: str) -> int:
-    calls = net.graph.graph.get("calls", {})
-    return max((p.count(".") for p, t in calls.items() if t == name), default=0)
-
-
-# walking a block -------------------------------------------------------------------------------
-
-
-@dataclass
-class _Flow:
-    """What the forward pass holds at one point: a variable, its channels, whether it is flat."""
-
-    var: str
-    channels: tuple  # ints and parameter names, summed
-    flat: bool = False
-
-    def channels_src(self) -> str:
-        const = sum(c for c in self.channels if isinstance(c, int))
-        names = [str(c) for c in self.channels if not isinstance(c, int)]
-        return " + ".join(names + ([str(const)] if const or not names else []))
-
-
-@dataclass
-class _Writer:
-    """Emits ``__init__`` and ``forward`` lines for one block's members."""
-
-    net: Network
-    env: dict
-    spatial: object  # callable(relative path) -> (height, width) of that layer's input
-    helpers: set
-    file: FileDefaults = field(default_factory=FileDefaults)
-    comment: object = None  # callable(relative path) -> shape comment, for the network class
-    symbolic: dict = field(default_factory=dict)  # path -> {argument: Sym}: constructor arguments
-    init: list = field(default_factory=list)
-    forward: list = field(default_factory=list)
-
-    def members(self, members: tuple[Member, ...], flow: _Flow, scope: str = "") -> _Flow:
-        for member in members:
-            flow = self.member(member, flow, scope)
-        return flow
-
-    def member(self, member: Member, flow: _Flow, scope: str) -> _Flow:
-        if member.group:
-            return self.group(member.group, flow, scope)
-        path = f"{scope}.{member.attr}" if scope else member.attr
-        expr, out = self.module(member.row, flow, path)
-        if expr is None:
-            self.forward.append(f"# {member.row.kind}: left to the loss and to callers (logits out)")
-            return flow
-        self.init.append(f"self.{member.attr} = {expr}")
-        self.apply(f"self.{member.attr}", member.row, flow, out, path)
-        return out
-
-    def apply(self, module: str, row: ast.Row, flow: _Flow, out: _Flow, path: str) -> None:
-        if out.flat and not flow.flat and row.kind == "linear":
-            self.forward.append(f"{flow.var} = torch.flatten({flow.var}, 1)")
-        call = f"{module}({flow.var})"
-        if row.kind in KINDS:
-            call = KINDS[row.kind].call(self.layer(row), call)
-        self.forward.append(f"{out.var} = {call}")
-        if self.comment:
-            self.forward.append(self.comment(path))
-
-    def layer(self, row: ast.Row) -> Layer:
-        return resolve(row, self.env, self.net.defaults)
-
-    def module(self, row: ast.Row, flow: _Flow, path: str):
-        """(constructor source, flow after it); (None, flow) for a kind with no module."""
-        template = self.net.templates.get(row.kind)
-        if template is not None:
-            return self.call(template, row, flow, path)
-        kind, layer = KINDS[row.kind], self.layer(row)
-        if path in self.symbolic:
-            layer = replace(layer, args={**layer.args, **self.symbolic[path]})
-        if not kind.has_module:
-            return None, flow
-        self.helpers.update(kind.helpers(layer))
-        channels = flow.channels_src()
-        if row.kind == "linear" and not flow.flat:
-            h, w = self.spatial(path)
-            channels = channels if h * w == 1 else f"{channels} * {h} * {w}"
-        out_channels = (layer["out"],) if "out" in layer.args else flow.channels
-        flat = flow.flat or row.kind == "linear"
-        return kind.module(layer, channels, self.file), _Flow(flow.var, out_channels, flat)
-
-    def call(self, template: ast.Template, row: ast.Row, flow: _Flow, path: str):
-        values = bind_arguments(template, row, self.env)
-        args = [flow.channels_src()] + [_literal(values[p]) for p in template.params]
-        if _uses_classes(self.net, template.name):
-            args.append(_literal(self.env["classes"]))
-        channels, flat = _template_output(self.net, template, values, flow)
-        return f"{class_name(template.name)}({', '.join(args)})", _Flow(flow.var, channels, flat)
-
-    def group(self, group: tuple[BranchPlan, ...], flow: _Flow, scope: str) -> _Flow:
-        outputs: list[_Flow] = []
-        taken: set[str] = set()
-        for i, plan in enumerate(group, start=1):
-            var = _unique(_branch_var(plan, i), taken)
-            outputs.append(self.branch(plan, _Flow(flow.var, flow.channels, flow.flat), var, scope))
-        out_var = flow.var
-        self.forward.append(f"{out_var} = torch.cat([{', '.join(o.var for o in outputs)}], 1)")
-        return _Flow(out_var, sum((o.channels for o in outputs), ()))
-
-    def branch(self, plan: BranchPlan, flow: _Flow, var: str, scope: str) -> _Flow:
-        if plan.attr is None:  # flattened: its layers are attributes of this block
-            first, *rest = plan.members
-            out = self.member(first, flow, scope)
-            self._rename_last(flow.var, var)
-            return self.members(tuple(rest), _Flow(var, out.channels, out.flat), scope)
-        path = f"{scope}.{plan.attr}" if scope else plan.attr
-        if len(plan.members) == 1 and plan.members[0].attr == "":
-            row = plan.members[0].row
-            expr, out = self.module(row, flow, path)
-            self.init.append(f"self.{plan.attr} = {expr}")
-            out = _Flow(var, out.channels, out.flat)
-            self.apply(f"self.{plan.attr}", row, flow, out, path)
-            return out
-        return self.sequential(plan, flow, var, path)
-
-    def sequential(self, plan: BranchPlan, flow: _Flow, var: str, path: str) -> _Flow:
-        parts, named, current = [], False, flow
-        for member in plan.members:
-            if member.row.kind == "linear":
-                raise CompileError(
-                    "a linear layer cannot sit in a named multi-layer branch",
-                    member.row.span,
-                    "leave the branch unnamed and name its layers",
-                )
-            expr, current = self.module(member.row, current, f"{path}.{member.attr}")
-            if expr is not None:
-                parts.append((member.attr, expr))
-                named = named or not member.attr.isdigit()
-        if named:
-            items = ", ".join(f"({name!r}, {expr})" for name, expr in parts)
-            self.init.append(f"self.{plan.attr} = nn.Sequential(OrderedDict([{items}]))")
-        else:
-            self.init.append(f"self.{plan.attr} = nn.Sequential({', '.join(e for _, e in parts)})")
-        self.forward.append(f"{var} = self.{plan.attr}({flow.var})")
-        return _Flow(var, current.channels, current.flat)
-
-    def _rename_last(self, old: str, new: str) -> None:
-        """Make the first layer of a flattened branch write to the branch's own variable."""
-        for i in range(len(self.forward) - 1, -1, -1):
-            if self.forward[i].startswith(f"{old} = "):
-                self.forward[i] = f"{new} = " + self.forward[i][len(old) + 3 :]
-                return
-
-
-def _branch_var(plan: BranchPlan, index: int) -> str:
-    if plan.attr is not None:
-        return plan.attr
-    for member in plan.members:
-        if member.row is not None and member.row.name is not None:
-            return re.sub(r"_\d+[a-z]?$", "", member.attr)
-    return f"branch{index}"
-
-
-def _unique(name: str, taken: set[str]) -> str:
-    base, i = name, 2
-    while name in taken or name in ("x", "self"):
-        name, i = f"{base}_{i}", i + 1
-    taken.add(name)
-    return name
-
-
-def _literal(value) -> str:
+def literal(value) -> str:
+    """A value as Python source: a parameter's name, or a number."""
     return str(value) if isinstance(value, Sym) else repr(value)
 
 
-def _template_output(net: Network, template: ast.Template, values: dict, flow: _Flow):
-    """Channels a call produces, in the caller's terms (its input channels and its values)."""
-    env = {**values, "classes": Sym("num_classes")}
-    writer = _Writer(net, env, spatial=lambda path: (1, 1), helpers=set())
-    out = writer.members(plan_block(template.body), _Flow("x", flow.channels, flow.flat))
-    return out.channels, out.flat
+def _pair_src(value) -> str:
+    """A kernel/stride/padding value as PyTorch source: 3, or (1, 7) when it is not square."""
+    a, b = value if isinstance(value, tuple) else (value, value)
+    return literal(a) if a == b else f"({literal(a)}, {literal(b)})"
 
 
-def _uses_classes(net: Network, name: str, seen: frozenset = frozenset()) -> bool:
-    template = net.templates[name]
-    for row in _rows(template.body):
-        if any(isinstance(a.value, ast.Ref) and a.value.name == "classes" for a in row.args):
-            return True
-        if row.kind in net.templates and row.kind not in seen:
-            if _uses_classes(net, row.kind, seen | {name}):
-                return True
-    return False
+@dataclass(frozen=True)
+class Code:
+    """A piece of a class: lines of ``__init__`` and lines of ``forward``."""
+
+    init: tuple[str, ...] = ()
+    forward: tuple[str, ...] = ()
+
+    def __add__(self, other: Code) -> Code:
+        return Code(self.init + other.init, self.forward + other.forward)
 
 
-def _rows(items):
-    for item in items:
-        if isinstance(item, ast.Branch):
-            yield from _rows(item.items)
-        else:
-            yield item
+def join(pieces) -> Code:
+    return sum(pieces, Code())
 
 
-# the two kinds of class -------------------------------------------------------------------------
+# Helper classes by (BatchNorm, ReLU): a convolution with neither is nn.Conv2d itself.
+CONV_HELPERS = {(True, True): "BasicConv2d", (True, False): "ConvBN", (False, True): "ConvReLU"}
 
 
-def _block(net: Network, name: str, helpers: set, file: FileDefaults) -> dict:
-    template = net.templates[name]
-    env = {p: Sym(p) for p in template.params}
-    floats = _float_params(template)
-    signature = ["in_channels: int"] + [f"{p}: {'float' if p in floats else 'int'}" for p in template.params]
-    if _uses_classes(net, name):
-        env["classes"] = Sym("num_classes")
-        signature.append("num_classes: int")
-    writer = _Writer(
-        net, env, spatial=lambda path: _instance_spatial(net, name, path), helpers=helpers, file=file
-    )
-    flow = writer.members(plan_block(template.body), _Flow("x", ("in_channels",)))
-    writer.forward.append(f"return {flow.var}")
-    return {
-        "template": name,
-        "class_name": class_name(name),
-        "signature": ", ".join(signature),
-        "init": writer.init,
-        "forward": writer.forward,
-    }
+class Writer:
+    """Writes the classes of one file; records the imports and helper classes the pieces use."""
 
-
-def _float_params(template: ast.Template) -> set[str]:
-    """Parameters used as probabilities or other real-valued options rather than counts."""
-    floats = set()
-    for row in _rows(template.body):
-        for arg in row.args:
-            real = row.kind == "dropout" or (arg.key is not None and arg.key not in ("pad", "groups"))
-            if real and isinstance(arg.value, ast.Ref):
-                floats.add(arg.value.name)
-    return floats
-
-
-def _instance_spatial(net: Network, template: str, path: str) -> tuple[int, int]:
-    """Height and width reaching ``path`` in every call of ``template``; they must agree."""
-    calls = net.graph.graph.get("calls", {})
-    sizes = {
-        (s.height, s.width)
-        for prefix, name in calls.items()
-        if name == template
-        for s in [net.graph.nodes[f"{prefix}.{path}"]["in_shape"]]
-    }
-    if len(sizes) != 1:
-        raise CompileError(
-            f"template '{template}' flattens inputs of different sizes ({sorted(sizes)}) at '{path}'",
-            net.templates[template].span,
-            "use adaptive_avgpool before the linear layer so every call sees the same size",
+    def __init__(self, net: Network):
+        self.net = net
+        self.used: set[str] = {"nn", "Tensor"}
+        self.bn_eps = _common_eps(net)
+        self.conv_bias = any(
+            layer.op["bias"] and layer.op["bn"] for layer in _layers(net) if _is_conv(layer.op)
         )
-    return sizes.pop()
 
+    # classes ---------------------------------------------------------------------------------
+    def block_class(self, cls: BlockClass) -> dict:
+        signature = ["in_channels: int", *(f"{p}: {t}" for p, t in cls.params)]
+        if cls.uses_classes:
+            signature.append("num_classes: int")
+        code, out = self.visit(cls.body, "x", "x")
+        return {
+            "template": cls.template.name,
+            "class_name": cls.name,
+            "signature": ", ".join(signature),
+            "init": code.init,
+            "forward": (*code.forward, f"return {out}"),
+        }
 
-def _network(net: Network, helpers: set, file: FileDefaults) -> dict:
-    env = {} if net.classes is None else {"classes": Sym("num_classes")}
-    dropouts = [s for s in net.stages if s.row.kind == "dropout"]
-    signature = [] if net.classes is None else [f"num_classes: int = {net.classes}"]
-    if net.auxes:
-        signature.append("aux_logits: bool = True")
-    symbolic = {}
-    if len(dropouts) == 1:  # the classifier's dropout becomes a constructor argument
-        signature.append(f"dropout: float = {_p(dropouts[0], net)!r}")
-        symbolic[dropouts[0].attr] = {"p": Sym("dropout")}
+    def model_class(self, model: ModelClass) -> dict:
+        net = self.net
+        signature = [] if net.classes is None else [f"num_classes: int = {net.classes}"]
+        if model.auxes:
+            signature.append("aux_logits: bool = True")
+            self.used |= {"NamedTuple", "Optional"}
+        if model.dropout is not None:
+            signature.append(f"dropout: float = {model.dropout!r}")
+        s = net.input
+        pieces = [Code(forward=(f"# N x {s.channels} x {s.height} x {s.width}",))]
+        for twin, stage in zip(model.stages, net.stages):
+            code, _ = self.visit(twin.node, "x", "x")
+            shape = () if _identity(twin.node) else (_shape_comment(stage.node.facts.output),)
+            pieces.append(code + Code(forward=shape))
+            pieces += [self.aux_head(aux) for aux in model.auxes if aux.after is twin]
+        pieces.append(self.returns(model))
+        code = join(pieces)
+        return {
+            "name": net.name,
+            "class_name": model.name,
+            "outputs": model.outputs,
+            "input": f"{s.height}x{s.width}x{s.channels}",
+            "signature": ", ".join(signature),
+            "aux": [aux.name for aux in model.auxes],
+            "init": code.init,
+            "forward": code.forward,
+        }
 
-    def comment(path: str) -> str:
-        s = net.graph.nodes[_stage_output(net, path)]["shape"]
-        return f"# N x {s.channels}" + ("" if s.flat else f" x {s.height} x {s.width}")
+    def aux_head(self, aux) -> Code:
+        source = "torch.flatten(x, 1)" if self.flattens(aux.node) else "x"
+        self.used.add("torch") if source != "x" else None
+        return Code(
+            init=(f"self.{aux.name} = {self.module(aux.node)} if aux_logits else None",),
+            forward=(
+                f"{aux.var}: Optional[Tensor] = None",
+                f"if self.{aux.name} is not None and self.training:",
+                f"    {aux.var} = {self.call(aux.node, f'self.{aux.name}', source)}",
+            ),
+        )
 
-    def spatial(path: str) -> tuple[int, int]:
-        s = net.graph.nodes[path]["in_shape"]
-        return s.height, s.width
+    def returns(self, model: ModelClass) -> Code:
+        if not model.auxes:
+            return Code(forward=("return x",))
+        names = ", ".join(aux.var for aux in model.auxes)
+        return Code(
+            forward=(
+                "if self.training and self.aux_logits:",
+                f"    return {model.outputs}(x, {names})",
+                "return x",
+            )
+        )
 
-    writer = _Writer(
-        net, env, spatial=spatial, helpers=helpers, file=file, comment=comment, symbolic=symbolic
-    )
-    s = net.input
-    writer.forward.append(f"# N x {s.channels} x {s.height} x {s.width}")
-    flow = _Flow("x", (net.input.channels,))
-    aux_after = {a.after: a for a in net.auxes}
-    for stage, member in zip(net.stages, plan_block(net.spec.rows)):
-        flow = writer.member(member, flow, "")
-        if stage.attr in aux_after:
-            _aux(writer, net, aux_after[stage.attr], flow)
-    _returns(writer, net, flow)
-    name = class_name(net.name)
-    return {
-        "name": net.name,
-        "class_name": name,
-        "outputs": f"{name}Outputs",
-        "input": f"{s.height}x{s.width}x{s.channels}",
-        "signature": ", ".join(signature),
-        "aux": [a.name for a in net.auxes],
-        "init": writer.init,
-        "forward": writer.forward,
-    }
+    # nodes: each returns its Code and the variable holding its output -------------------------
+    def visit(self, node: Node, src: str, dst: str) -> tuple[Code, str]:
+        return getattr(self, f"visit_{type(node).__name__}")(node, src, dst)
 
+    def visit_Seq(self, seq: Seq, src: str, dst: str) -> tuple[Code, str]:
+        pieces, current = [], src
+        for item in seq.items:
+            code, current = self.visit(item, current, dst)
+            pieces.append(code)
+        return join(pieces), current
 
-def _p(stage, net: Network) -> float:
-    return resolve(stage.row, {"classes": net.classes}, net.defaults)["p"]
+    def visit_Layer(self, layer: Layer, src: str, dst: str) -> tuple[Code, str]:
+        if layer.op.kind.identity:
+            return Code(
+                forward=(f"# {layer.op.kind.name}: left to the loss and to callers (logits out)",)
+            ), src
+        return self.attribute(layer, layer.attr, src, dst)
 
+    def visit_Call(self, call: Call, src: str, dst: str) -> tuple[Code, str]:
+        return self.attribute(call, call.attr, src, dst)
 
-def _stage_output(net: Network, path: str) -> str:
-    for stage in (*net.stages, *(a.stage for a in net.auxes)):
-        if stage.attr == path.split(".", 1)[0]:
-            return stage.output
-    return path
+    def visit_Fork(self, fork: Fork, src: str, dst: str) -> tuple[Code, str]:
+        if len(fork.branches) == 1 and fork.merge.kind.unary_identity:
+            return self.visit(fork.branches[0], src, dst)
+        pieces, outputs = [], []
+        for branch in fork.branches:
+            code, out = self.visit(branch, src, branch.var)
+            pieces.append(code)
+            outputs.append(out)
+        merge = getattr(self, f"merge_{type(fork.merge.kind).__name__}")(fork.merge, outputs)
+        return join(pieces) + Code(forward=(f"{dst} = {merge}",)), dst
 
-
-def _aux(writer: _Writer, net: Network, aux, flow: _Flow) -> None:
-    row = aux.stage.row
-    if row.kind not in net.templates:
-        raise CompileError("an aux head is written as a template call", row.span)
-    expr, _ = writer.module(row, flow, aux.name)
-    writer.init.append(f"self.{aux.name} = {expr} if aux_logits else None")
-    writer.forward += [
-        f"{aux.name}: Optional[Tensor] = None",
-        f"if self.{aux.name} is not None and self.training:",
-        f"    {aux.name} = self.{aux.name}({flow.var})",
-    ]
-
-
-def _returns(writer: _Writer, net: Network, flow: _Flow) -> None:
-    if net.auxes:
-        names = ", ".join(a.name for a in net.auxes)
-        writer.forward += [
-            "if self.training and self.aux_logits:",
-            f"    return {class_name(net.name)}Outputs({flow.var}, {names})",
+    def visit_Branch(self, branch: Branch, src: str, dst: str) -> tuple[Code, str]:
+        if branch.container is None:  # flattened: its layers are attributes of this class
+            return self.visit(branch.body, src, dst)
+        if is_lone(branch):
+            return self.attribute(branch.body.items[0], branch.container, src, dst)
+        parts = [
+            (node.attr, "nn.Identity()" if _identity(node) else self.module(node))
+            for node in branch.body.items
         ]
-    writer.forward.append(f"return {flow.var}")
+        if all(attr.isdigit() for attr, _ in parts):
+            module = f"nn.Sequential({', '.join(expr for _, expr in parts)})"
+        else:
+            self.used.add("OrderedDict")
+            items = ", ".join(f"({attr!r}, {expr})" for attr, expr in parts)
+            module = f"nn.Sequential(OrderedDict([{items}]))"
+        return Code(
+            (f"self.{branch.container} = {module}",), (f"{dst} = self.{branch.container}({src})",)
+        ), dst
+
+    def attribute(self, node: Layer | Call, attr: str, src: str, dst: str) -> tuple[Code, str]:
+        """A submodule at ``self.attr``, applied to ``src`` into ``dst``."""
+        forward = []
+        if self.flattens(node):
+            self.used.add("torch")
+            forward.append(f"{dst} = torch.flatten({src}, 1)")
+            src = dst
+        forward.append(f"{dst} = {self.call(node, f'self.{attr}', src)}")
+        return Code((f"self.{attr} = {self.module(node)}",), tuple(forward)), dst
+
+    @staticmethod
+    def flattens(node: Layer | Call) -> bool:
+        """Whether the node's input is flattened before it (a linear layer on a feature map)."""
+        return isinstance(node, Layer) and node.op.kind.flattens and not node.channels.flat_input
+
+    def call(self, node: Layer | Call, module: str, source: str) -> str:
+        """The forward expression applying ``module`` to ``source``."""
+        expr = f"{module}({source})"
+        if isinstance(node, Call):
+            return expr
+        spell = self._spelling("apply", node.op)
+        return spell(node.op, expr) if spell else expr
+
+    def module(self, node: Layer | Call) -> str:
+        """Source constructing the node's module."""
+        if isinstance(node, Call):
+            args = [str(node.channels.input), *(literal(node.args[p]) for p, _ in node.cls.params)]
+            if node.cls.uses_classes:
+                args.append("num_classes")
+            return f"{node.cls.name}({', '.join(args)})"
+        channels = node.channels
+        cin = channels.input.times(*channels.spatial) if node.op.kind.flattens else str(channels.input)
+        return self._spelling("module", node.op)(node.op, cin)
+
+    def _spelling(self, prefix: str, op: Op):
+        for cls in type(op.kind).__mro__:
+            method = getattr(self, f"{prefix}_{cls.__name__}", None)
+            if method is not None:
+                return method
+        return None
+
+    # how each layer kind is spelt: module_<Kind> constructs it, apply_<Kind> applies it ----
+    def module_Conv(self, op: Op, cin: str) -> str:
+        helper = CONV_HELPERS.get((op["bn"], op["relu"]), "nn.Conv2d")
+        self.used.add(helper if helper != "nn.Conv2d" else "nn")
+        if helper in ("BasicConv2d", "ConvReLU"):
+            self.used.add("F")
+        kw = [f"kernel_size={_pair_src(op['kernel'])}"]
+        if op["stride"] != 1:
+            kw.append(f"stride={op['stride']}")
+        if op["pad"] != (0, 0):
+            kw.append(f"padding={_pair_src(op['pad'])}")
+        if op["groups"] != 1:
+            kw.append(f"groups={literal(op['groups'])}")
+        if op["bias"] != (helper in ("nn.Conv2d", "ConvReLU")):
+            kw.append(f"bias={op['bias']}")
+        if op["bn"] and op["eps"] != self.bn_eps:
+            kw.append(f"eps={literal(op['eps'])}")
+        return f"{helper}({cin}, {literal(op['out'])}, {', '.join(kw)})"
+
+    def _pool(self, torch_class: str, op: Op) -> str:
+        kw = [_pair_src(op["kernel"]), f"stride={op['stride']}"]
+        if op["pad"] != (0, 0):
+            kw.append(f"padding={_pair_src(op['pad'])}")
+        if op["ceil"]:
+            kw.append("ceil_mode=True")
+        return f"nn.{torch_class}({', '.join(kw)})"
+
+    def module_MaxPool(self, op: Op, cin: str) -> str:
+        return self._pool("MaxPool2d", op)
+
+    def module_AvgPool(self, op: Op, cin: str) -> str:
+        return self._pool("AvgPool2d", op)
+
+    def module_AdaptiveAvgPool(self, op: Op, cin: str) -> str:
+        return f"nn.AdaptiveAvgPool2d({tuple(op['size'])})"
+
+    def module_LRN(self, op: Op, cin: str) -> str:
+        k = op["k"] if isinstance(op["k"], Sym) else float(op["k"])
+        return (
+            f"nn.LocalResponseNorm({literal(op['size'])}, alpha={literal(op['alpha'])}, "
+            f"beta={literal(op['beta'])}, k={literal(k)})"
+        )
+
+    def module_Dropout(self, op: Op, cin: str) -> str:
+        return f"nn.Dropout(p={literal(op['p'])})"
+
+    def module_Linear(self, op: Op, cin: str) -> str:
+        bias = "" if op["bias"] else ", bias=False"
+        return f"nn.Linear({cin}, {literal(op['out'])}{bias})"
+
+    def apply_Linear(self, op: Op, expr: str) -> str:
+        if op["relu"]:
+            self.used.add("F")
+            return f"F.relu({expr}, inplace=True)"
+        return expr
+
+    # how each merge kind is spelt ----------------------------------------------------------------
+    def merge_Concat(self, merge, outputs: list[str]) -> str:
+        self.used.add("torch")
+        return f"torch.cat([{', '.join(outputs)}], 1)"
+
+
+def _identity(node: Node) -> bool:
+    return isinstance(node, Layer) and node.op.kind.identity
+
+
+def _shape_comment(shape) -> str:
+    return f"# N x {shape.channels}" + ("" if shape.flat else f" x {shape.height} x {shape.width}")
+
+
+def _layers(net: Network):
+    for node in net.walk():
+        if isinstance(node, Layer):
+            yield node
+
+
+def _is_conv(op: Op) -> bool:
+    return isinstance(op.kind, Conv)
+
+
+def _common_eps(net: Network) -> float:
+    """The BatchNorm eps most convolutions use becomes the helper classes' default."""
+    eps = Counter(layer.op["eps"] for layer in _layers(net) if _is_conv(layer.op) and layer.op["bn"])
+    return eps.most_common(1)[0][0] if eps else 1e-5

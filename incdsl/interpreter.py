@@ -1,0 +1,176 @@
+"""Run a network's IR directly with torch's functional ops: no code generated, no module built.
+
+Useful on its own (try a spec without writing a file), and the oracle the generated modules are
+tested against: it reads nothing the PyTorch backend writes, only the IR, and it keeps its weights
+under the same state_dict keys (the layer table's :meth:`~incdsl.layers.LayerKind.state`), so the two
+can be given the same weights and must then compute the same outputs and gradients.
+
+>>> import torch, incdsl
+>>> run = Interpreter(incdsl.load("mini_googlenet"))
+>>> run(torch.randn(2, 3, 32, 32)).shape
+torch.Size([2, 10])
+>>> list(run.state)[:2]
+['conv1.conv.weight', 'conv1.bn.weight']
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import layers as L
+from .ir import Branch, Call, Fork, Layer, Network, Node, Seq
+from .layers import BATCHES, BIAS, NORM_BIAS, NORM_WEIGHT, RUNNING_MEAN, RUNNING_VAR, WEIGHT
+
+BN_MOMENTUM = 0.1  # nn.BatchNorm2d's default
+
+
+class Interpreter:
+    """A network's IR, executable: ``Interpreter(net)(x)``. ``state`` maps state_dict keys to the
+    tensors (parameters with ``requires_grad``, and buffers); give it a module's ``state_dict()`` to
+    run the same weights."""
+
+    def __init__(self, net: Network, state: dict[str, Tensor] | None = None, seed: int = 0):
+        self.net = net
+        self.state = dict(state) if state is not None else initial_state(net, seed)
+        self.training = False
+
+    def train(self, mode: bool = True) -> Interpreter:
+        self.training = mode
+        return self
+
+    def eval(self) -> Interpreter:
+        return self.train(False)
+
+    def parameters(self) -> dict[str, Tensor]:
+        return {key: t for key, t in self.state.items() if t.requires_grad}
+
+    def __call__(self, x: Tensor) -> Tensor | tuple[Tensor, ...]:
+        """The logits; in training mode with aux heads, (logits, aux logits...) as the model returns."""
+        heads = self.net.auxes if self.training else ()
+        aux_outputs = {}
+        for stage in self.net.stages:
+            x = self.visit(stage.node, x)
+            for aux in heads:  # right after its stage, as the generated forward runs it
+                if aux.after is stage:
+                    aux_outputs[aux.name] = self.visit(aux.node, x)
+        return (x, *(aux_outputs[aux.name] for aux in heads)) if heads else x
+
+    def visit(self, node: Node, x: Tensor) -> Tensor:
+        if isinstance(node, Layer):
+            return self.layer(node, x)
+        if isinstance(node, Seq):
+            for item in node.items:
+                x = self.visit(item, x)
+            return x
+        if isinstance(node, Fork):
+            outputs = [self.visit(branch, x) for branch in node.branches]
+            return _MERGES[type(node.merge.kind)](node.merge, outputs)
+        assert isinstance(node, (Branch, Call))
+        return self.visit(node.body, x)
+
+    def layer(self, layer: Layer, x: Tensor) -> Tensor:
+        tensors = {t.role: self.state[f"{layer.key}.{t.key}"] for t in layer.facts.state}
+        for cls in type(layer.op.kind).__mro__:
+            if cls in _OPS:
+                return _OPS[cls](self, layer.op, x, tensors)
+        raise NotImplementedError(f"the interpreter cannot run {layer.op.kind.name} layers")
+
+
+def initial_state(net: Network, seed: int = 0) -> dict[str, Tensor]:
+    """Weights for every layer, drawn as PyTorch's default initialisation draws them (uniform in
+    +-1/sqrt(fan_in)); BatchNorm's scale 1, shift 0, running statistics 0 and 1."""
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for node in net.walk():
+        if not isinstance(node, Layer):
+            continue
+        fan_in = next((math.prod(t.shape[1:]) for t in node.facts.state if t.role == WEIGHT), 1)
+        for t in node.facts.state:
+            state[f"{node.key}.{t.key}"] = _initial(t, fan_in, generator)
+    return state
+
+
+def _initial(t: L.Tensor, fan_in: int, generator: torch.Generator) -> Tensor:
+    if t.role in (WEIGHT, BIAS):
+        bound = 1 / math.sqrt(fan_in)
+        value = (torch.rand(t.shape, generator=generator) * 2 - 1) * bound
+        return value.requires_grad_()
+    if t.role == NORM_WEIGHT:
+        return torch.ones(t.shape, requires_grad=True)
+    if t.role == NORM_BIAS:
+        return torch.zeros(t.shape, requires_grad=True)
+    if t.role == RUNNING_VAR:
+        return torch.ones(t.shape)
+    if t.role == BATCHES:
+        return torch.zeros(t.shape, dtype=torch.long)
+    return torch.zeros(t.shape)  # RUNNING_MEAN
+
+
+# one function per layer kind and merge kind: how it computes ----------------------------------
+
+
+def _conv(run: Interpreter, op: L.Op, x: Tensor, t: dict) -> Tensor:
+    y = F.conv2d(x, t[WEIGHT], t.get(BIAS), op["stride"], op["pad"], 1, op["groups"])
+    if op["bn"]:
+        if run.training:
+            t[BATCHES].add_(1)
+        y = F.batch_norm(
+            y,
+            t[RUNNING_MEAN],
+            t[RUNNING_VAR],
+            t[NORM_WEIGHT],
+            t[NORM_BIAS],
+            run.training,
+            BN_MOMENTUM,
+            op["eps"],
+        )
+    return F.relu(y) if op["relu"] else y
+
+
+def _max_pool(run, op, x, t):
+    return F.max_pool2d(x, op["kernel"], op["stride"], op["pad"], ceil_mode=op["ceil"])
+
+
+def _avg_pool(run, op, x, t):
+    return F.avg_pool2d(x, op["kernel"], op["stride"], op["pad"], ceil_mode=op["ceil"])
+
+
+def _adaptive_avg_pool(run, op, x, t):
+    return F.adaptive_avg_pool2d(x, op["size"])
+
+
+def _lrn(run, op, x, t):
+    return F.local_response_norm(x, op["size"], op["alpha"], op["beta"], op["k"])
+
+
+def _dropout(run, op, x, t):
+    return F.dropout(x, op["p"], run.training)
+
+
+def _linear(run, op, x, t):
+    y = F.linear(x.flatten(1), t[WEIGHT], t.get(BIAS))
+    return F.relu(y) if op["relu"] else y
+
+
+def _identity(run, op, x, t):
+    return x
+
+
+_OPS = {
+    L.Conv: _conv,
+    L.MaxPool: _max_pool,
+    L.AvgPool: _avg_pool,
+    L.AdaptiveAvgPool: _adaptive_avg_pool,
+    L.LRN: _lrn,
+    L.Dropout: _dropout,
+    L.Linear: _linear,
+    L.Softmax: _identity,
+}
+
+_MERGES = {
+    L.Concat: lambda merge, outputs: torch.cat(outputs, 1),
+}
