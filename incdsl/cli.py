@@ -72,6 +72,17 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("specs", help="list the shipped specs")
     p.set_defaults(func=cmd_specs)
 
+    p = sub.add_parser("fit", help="scale a spec's widths to the largest network within a MAC budget")
+    p.add_argument("spec", help=spec_help)
+    p.add_argument("--budget", help="multiply-adds allowed, like 1.5G (default: the spec's budget)")
+    p.add_argument("-o", "--output", help="the .inc file to write (default: print it)")
+    p.add_argument("--multiple", type=int, default=8, help="round every width to a multiple of this (8)")
+    p.add_argument(
+        "--per-stage", action="store_true", help="a multiplier per stage, keeping each stage's share of MACs"
+    )
+    p.add_argument("--depth", action="store_true", help="scale the repeat counts of Nx rows too")
+    p.set_defaults(func=cmd_fit)
+
     # Listed for `incdsl --help`; main() hands their arguments to incdsl.train's parser.
     sub.add_parser("train", help="train a spec or model.py (incdsl train --help)")
     sub.add_parser("eval", help="evaluate checkpoints (incdsl eval --help)")
@@ -184,6 +195,37 @@ def cmd_specs(args) -> int:
     for name, path in shipped_specs().items():
         first = next((line for line in path.read_text().splitlines() if line.startswith("#")), "#")
         print(f"{name:20} {first.lstrip('# ')}")
+    return 0
+
+
+def cmd_fit(args) -> int:
+    from . import fit, read
+    from .parser import parse
+
+    text, path = read(args.spec)
+    spec = parse(text, path)
+    budget = _quantity(args.budget) if args.budget else spec.budget
+    if budget is None:
+        raise IncdslError(f"{path} declares no budget", hint="pass --budget, like --budget 1.5G")
+    command = " ".join(
+        ["incdsl fit", args.spec, f"--budget {args.budget or budget}"]
+        + [f"--multiple {args.multiple}"] * (args.multiple != 8)
+        + ["--per-stage"] * args.per_stage
+        + ["--depth"] * args.depth
+    )
+    fitted = fit.fit(spec, budget, args.multiple, args.per_stage, args.depth, command)
+    how = "per stage, MACs ratio" if args.per_stage else "width multiplier"
+    summary = (
+        f"{how} {fitted.multiplier:.4f}: {fitted.macs:,} multiply-adds, {fitted.macs / budget:.1%} of "
+        f"{budget:,} (was {fitted.original_macs:,}); {fitted.params:,} params"
+    )
+    if args.output:
+        write_atomic(args.output, fitted.text)
+        print(summary)
+        print(f"wrote {args.output} (compare: incdsl diff {args.spec} {args.output})")
+    else:
+        print(summary, file=sys.stderr)
+        print(fitted.text, end="")
     return 0
 
 
