@@ -83,6 +83,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--depth", action="store_true", help="scale the repeat counts of Nx rows too")
     p.set_defaults(func=cmd_fit)
 
+    p = sub.add_parser("diff", help="compare two specs stage by stage")
+    p.add_argument("a", help=spec_help)
+    p.add_argument("b", help=spec_help)
+    p.add_argument("--format", choices=("table", "markdown", "json"), default="table")
+    p.set_defaults(func=cmd_diff)
+
     # Listed for `incdsl --help`; main() hands their arguments to incdsl.train's parser.
     sub.add_parser("train", help="train a spec or model.py (incdsl train --help)")
     sub.add_parser("eval", help="evaluate checkpoints (incdsl eval --help)")
@@ -226,6 +232,26 @@ def cmd_fit(args) -> int:
     else:
         print(summary, file=sys.stderr)
         print(fitted.text, end="")
+    return 0
+
+
+def cmd_diff(args) -> int:
+    from . import diff
+
+    names = (args.a, args.b)
+    result = diff.compare(report.compute(load(args.a)), report.compute(load(args.b)))
+    if args.format == "json":
+        import json
+
+        print(json.dumps(diff.to_dict(result, names), indent=2))
+    elif args.format == "markdown":
+        print(diff.to_markdown(result, names))
+    else:
+        from rich.console import Console
+
+        console = Console(width=200 if not sys.stdout.isatty() else None)
+        console.print(diff.to_rich(result, names))
+        console.print(diff.totals(result, names), highlight=False, markup=False)
     return 0
 
 
