@@ -89,6 +89,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("table", "markdown", "json"), default="table")
     p.set_defaults(func=cmd_diff)
 
+    p = sub.add_parser("runs", help="a table of training runs: spec, params, MACs, best top-1, time")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="directories written by incdsl train --out")
+    p.add_argument("--format", choices=("table", "markdown", "json"), default="table")
+    p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("plot", help="draw the training curves of runs (needs matplotlib)")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="directories written by incdsl train --out")
+    p.add_argument("-o", "--output", required=True, help="curves.png, .svg or .pdf")
+    p.add_argument("--title", help="the figure's title")
+    p.set_defaults(func=cmd_plot)
+
     # Listed for `incdsl --help`; main() hands their arguments to incdsl.train's parser.
     sub.add_parser("train", help="train a spec or model.py (incdsl train --help)")
     sub.add_parser("eval", help="evaluate checkpoints (incdsl eval --help)")
@@ -252,6 +263,31 @@ def cmd_diff(args) -> int:
         console = Console(width=200 if not sys.stdout.isatty() else None)
         console.print(diff.to_rich(result, names))
         console.print(diff.totals(result, names), highlight=False, markup=False)
+    return 0
+
+
+def cmd_runs(args) -> int:
+    from . import runs
+
+    found = [runs.read_run(path) for path in args.runs]
+    if args.format == "json":
+        import json
+
+        print(json.dumps([runs.to_dict(run) for run in found], indent=2))
+    elif args.format == "markdown":
+        print(runs.to_markdown(found), end="")
+    else:
+        from rich.console import Console
+
+        Console(width=200 if not sys.stdout.isatty() else None).print(runs.to_rich(found))
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from . import runs
+
+    runs.plot([runs.read_run(path) for path in args.runs], args.output, args.title)
+    print(f"wrote {args.output}")
     return 0
 
 
