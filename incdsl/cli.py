@@ -100,6 +100,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--title", help="the figure's title")
     p.set_defaults(func=cmd_plot)
 
+    p = sub.add_parser("lsp", help="run the language server over stdio, for editors (needs pygls)")
+    p.set_defaults(func=cmd_lsp)
+
     # Listed for `incdsl --help`; main() hands their arguments to incdsl.train's parser.
     sub.add_parser("train", help="train a spec or model.py (incdsl train --help)")
     sub.add_parser("eval", help="evaluate checkpoints (incdsl eval --help)")
@@ -289,6 +292,16 @@ def cmd_plot(args) -> int:
     runs.plot([runs.read_run(path) for path in args.runs], args.output, args.title)
     print(f"wrote {args.output}")
     return 0
+
+
+def cmd_lsp(args) -> int:
+    try:
+        from . import lsp
+    except ImportError as error:
+        raise IncdslError(
+            f"incdsl lsp needs pygls ({error})", hint="pip install 'incdsl[lsp]' (or pip install pygls)"
+        ) from None
+    return lsp.main()
 
 
 def training(argv: list[str]) -> int:
