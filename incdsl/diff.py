@@ -126,7 +126,8 @@ def _delta(a, b, key: str, unit) -> str:
     if old == new:
         return ""
     sign = "+" if new > old else "-"
-    change = f"{sign}{unit(abs(new - old))}"
+    shown = unit(abs(new - old))
+    change = f"{sign}{abs(new - old):,}" if shown.startswith("0.0") else f"{sign}{shown}"  # too small for K/M
     return f"{change} ({new / old - 1:+.1%})" if old and new else change
 
 
