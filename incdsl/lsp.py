@@ -117,6 +117,9 @@ def analyze(text: str, path: str = "<spec>") -> Analysis:
         good, stats = _longest_prefix(spec)
         failing = good if good < len(spec.rows) else None
         return Analysis(path, text, spec, stats, error, failing)
+    except Exception as error:  # a bug in incdsl, not in the spec: say so rather than go quiet
+        internal = IncdslError(f"internal error in incdsl: {type(error).__name__}: {error}")
+        return Analysis(path, text, spec, error=internal)
 
 
 def _longest_prefix(spec: ast.Spec):
@@ -128,7 +131,7 @@ def _longest_prefix(spec: ast.Spec):
         try:
             best = (mid, _build(format_spec(trial), spec.path))
             lo = mid
-        except IncdslError:
+        except Exception:  # an IncdslError, or whatever made the whole spec fail
             hi = mid - 1
     if best is None or best[0] != lo:
         return lo, None
@@ -215,6 +218,10 @@ def _error_diagnostic(analysis: Analysis, error: IncdslError, lines: list[str]) 
         span = _row_start(row) if row is not None else Span(analysis.path, 1, 1, width=len(lines[0]) or 1)
         if row is not None:
             span = replace(span, width=len(lines[span.line - 1]) - span.column + 1)
+    elif _failing_row(analysis) is not None and _row_start(_failing_row(analysis)).line != span.line:
+        call = _row_start(_failing_row(analysis))  # the error is in a template's body: say which call
+        where = types.Location(_uri(analysis.path), _span_range(lines, call))
+        related = [types.DiagnosticRelatedInformation(where, f"in the call on line {call.line}")]
     if error.hint:
         message = f"{message}\nhint: {error.hint}"
     return types.Diagnostic(

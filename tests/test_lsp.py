@@ -348,3 +348,11 @@ def test_positions_are_utf16_offsets():
     assert diagnostic.range.start == types.Position(1, 9)  # the character is one code point, two units
     assert diagnostic.range.end == types.Position(1, 11)
     assert lsp._codepoints("a𝄞b", 3) == 2 and lsp._utf16("a𝄞b", 2) == 3
+
+
+def test_an_error_in_a_templates_body_points_at_the_call_too():
+    text = TINY.replace("3a: block 32 16", "3a: block 32 0")
+    (diagnostic,) = lsp.diagnostics(lsp.analyze(text, "/tmp/net.inc"))
+    assert diagnostic.range.start == types.Position(line_of(text, "        conv 1x1 reduce"), 8)
+    (related,) = diagnostic.related_information
+    assert related.location.range.start == types.Position(line_of(text, "3a:"), 0)
