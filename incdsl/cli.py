@@ -235,8 +235,9 @@ def cmd_fit(args) -> int:
     )
     fitted = fit.fit(spec, budget, args.multiple, args.per_stage, args.depth, command)
     how = "per stage, MACs ratio" if args.per_stage else "width multiplier"
+    depth = f", repeats x {fitted.scaling.depth:.4f}" if args.depth else ""
     summary = (
-        f"{how} {fitted.multiplier:.4f}: {fitted.macs:,} multiply-adds, {fitted.macs / budget:.1%} of "
+        f"{how} {fitted.multiplier:.4f}{depth}: {fitted.macs:,} multiply-adds, {fitted.macs / budget:.1%} of "
         f"{budget:,} (was {fitted.original_macs:,}); {fitted.params:,} params"
     )
     if args.output:
