@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 
 from conftest import ROOT
 
@@ -37,3 +38,15 @@ def test_vim_syntax_names_every_kind():
     syntax = (EDITORS / "nvim" / "syntax" / "incdsl.vim").read_text()
     line = next(line for line in syntax.splitlines() if line.startswith("syn keyword incdslKind"))
     assert set(line.split()[3:]) == set(KINDS) | {"inception"}
+
+
+def test_lsp_without_pygls_says_how_to_get_it(capsys, monkeypatch):
+    import incdsl
+    from incdsl import cli
+
+    monkeypatch.delitem(sys.modules, "incdsl.lsp", raising=False)
+    monkeypatch.delattr(incdsl, "lsp", raising=False)  # set when another test imported it
+    monkeypatch.setitem(sys.modules, "lsprotocol", None)
+    monkeypatch.setitem(sys.modules, "pygls", None)
+    assert cli.main(["lsp"]) == 2
+    assert "pip install 'incdsl[lsp]'" in capsys.readouterr().err
