@@ -75,6 +75,9 @@ def fit(
         raise IncdslError("fit scales per stage or with depth, not both", hint="drop --per-stage or --depth")
     original = _measure(spec)
     if original is None:
+        import incdsl
+
+        incdsl.from_text(spec.source, spec.path)  # raises the spec's error, with its place in the text
         raise IncdslError(f"{spec.path} does not compile; run `incdsl check {spec.path}` to see why")
     scaler = _Scaler(spec, _templates(spec), multiple)
     if per_stage:

@@ -121,3 +121,10 @@ def test_fit_command_without_a_budget(capsys, tmp_path):
     assert cli.main(["fit", str(spec)]) == 2
     assert "declares no budget" in capsys.readouterr().err
     assert cli.main(["fit", str(ROOT / "specs" / "mini_googlenet.inc"), "--budget", "2x"]) == 2
+
+
+def test_a_spec_with_an_error_reports_it_where_it_is(capsys, spec_file):
+    path = spec_file("input 8x8x3\nbudget 1M\nconv 3x3 8\nconv 9x9/1 8 pad=0\n")
+    assert cli.main(["fit", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"{path}:4:1: error: conv 9x9/1 (pad 0x0) does not fit its 8x8 input")
