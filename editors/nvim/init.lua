@@ -16,7 +16,7 @@ local function start()
 end
 vim.api.nvim_create_autocmd("FileType", { pattern = "incdsl", callback = start })
 
--- Diagnostics at the end of their line, a hint on the line after the message joined to it.
+-- Diagnostics at the end of their line, the hint joined to the message.
 vim.diagnostic.config({
   virtual_text = { format = function(d) return (d.message:gsub("\n", "  ")) end },
   severity_sort = true,
