@@ -72,6 +72,37 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("specs", help="list the shipped specs")
     p.set_defaults(func=cmd_specs)
 
+    p = sub.add_parser("fit", help="scale a spec's widths to the largest network within a MAC budget")
+    p.add_argument("spec", help=spec_help)
+    p.add_argument("--budget", help="multiply-adds allowed, like 1.5G (default: the spec's budget)")
+    p.add_argument("-o", "--output", help="the .inc file to write (default: print it)")
+    p.add_argument("--multiple", type=int, default=8, help="round every width to a multiple of this (8)")
+    p.add_argument(
+        "--per-stage", action="store_true", help="a multiplier per stage, keeping each stage's share of MACs"
+    )
+    p.add_argument("--depth", action="store_true", help="scale the repeat counts of Nx rows too")
+    p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser("diff", help="compare two specs stage by stage")
+    p.add_argument("a", help=spec_help)
+    p.add_argument("b", help=spec_help)
+    p.add_argument("--format", choices=("table", "markdown", "json"), default="table")
+    p.set_defaults(func=cmd_diff)
+
+    p = sub.add_parser("runs", help="a table of training runs: spec, params, MACs, best top-1, time")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="directories written by incdsl train --out")
+    p.add_argument("--format", choices=("table", "markdown", "json"), default="table")
+    p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("plot", help="draw the training curves of runs (needs matplotlib)")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="directories written by incdsl train --out")
+    p.add_argument("-o", "--output", required=True, help="curves.png, .svg or .pdf")
+    p.add_argument("--title", help="the figure's title")
+    p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("lsp", help="run the language server over stdio, for editors (needs pygls)")
+    p.set_defaults(func=cmd_lsp)
+
     # Listed for `incdsl --help`; main() hands their arguments to incdsl.train's parser.
     sub.add_parser("train", help="train a spec or model.py (incdsl train --help)")
     sub.add_parser("eval", help="evaluate checkpoints (incdsl eval --help)")
@@ -185,6 +216,93 @@ def cmd_specs(args) -> int:
         first = next((line for line in path.read_text().splitlines() if line.startswith("#")), "#")
         print(f"{name:20} {first.lstrip('# ')}")
     return 0
+
+
+def cmd_fit(args) -> int:
+    from . import fit, read
+    from .parser import parse
+
+    text, path = read(args.spec)
+    spec = parse(text, path)
+    budget = _quantity(args.budget) if args.budget else spec.budget
+    if budget is None:
+        raise IncdslError(f"{path} declares no budget", hint="pass --budget, like --budget 1.5G")
+    command = " ".join(
+        ["incdsl fit", args.spec, f"--budget {args.budget or budget}"]
+        + [f"--multiple {args.multiple}"] * (args.multiple != 8)
+        + ["--per-stage"] * args.per_stage
+        + ["--depth"] * args.depth
+    )
+    fitted = fit.fit(spec, budget, args.multiple, args.per_stage, args.depth, command)
+    how = "per stage, MACs ratio" if args.per_stage else "width multiplier"
+    depth = f", repeats x {fitted.scaling.depth:.4f}" if args.depth else ""
+    summary = (
+        f"{how} {fitted.multiplier:.4f}{depth}: {fitted.macs:,} multiply-adds, {fitted.macs / budget:.1%} of "
+        f"{budget:,} (was {fitted.original_macs:,}); {fitted.params:,} params"
+    )
+    if args.output:
+        write_atomic(args.output, fitted.text)
+        print(summary)
+        print(f"wrote {args.output} (compare: incdsl diff {args.spec} {args.output})")
+    else:
+        print(summary, file=sys.stderr)
+        print(fitted.text, end="")
+    return 0
+
+
+def cmd_diff(args) -> int:
+    from . import diff
+
+    names = (args.a, args.b)
+    result = diff.compare(report.compute(load(args.a)), report.compute(load(args.b)))
+    if args.format == "json":
+        import json
+
+        print(json.dumps(diff.to_dict(result, names), indent=2))
+    elif args.format == "markdown":
+        print(diff.to_markdown(result, names))
+    else:
+        from rich.console import Console
+
+        console = Console(width=200 if not sys.stdout.isatty() else None)
+        console.print(diff.to_rich(result, names))
+        console.print(diff.totals(result, names), highlight=False, markup=False)
+    return 0
+
+
+def cmd_runs(args) -> int:
+    from . import runs
+
+    found = [runs.read_run(path) for path in args.runs]
+    if args.format == "json":
+        import json
+
+        print(json.dumps([runs.to_dict(run) for run in found], indent=2))
+    elif args.format == "markdown":
+        print(runs.to_markdown(found), end="")
+    else:
+        from rich.console import Console
+
+        Console(width=200 if not sys.stdout.isatty() else None).print(runs.to_rich(found))
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from . import runs
+
+    runs.plot([runs.read_run(path) for path in args.runs], args.output, args.title)
+    print(f"wrote {args.output}")
+    return 0
+
+
+def cmd_lsp(args) -> int:
+    try:
+        from . import lsp
+    except ImportError as error:
+        raise IncdslError(
+            f"incdsl lsp needs pygls ({error})", hint="pip install 'incdsl[lsp]' (or pip install pygls)"
+        ) from None
+    return lsp.main()
 
 
 def training(argv: list[str]) -> int:

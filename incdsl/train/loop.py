@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
+from incdsl.runs import write_run_info
 from incdsl.train import TrainError
 from incdsl.train.augment import augment_batch
 from incdsl.train.checkpoint import (
@@ -98,6 +99,7 @@ def run(config: TrainConfig, processes: Processes) -> list[dict[str, Any]]:
         config.out.mkdir(parents=True, exist_ok=True)
         remove_temporaries(config.out)
         log = MetricsLog(config.out, history)
+        write_run_info(config, bundle, images_per_epoch=len(train_loader) * config.batch_size)
     best_top1 = max((record["val_top1"] for record in history), default=-1.0)
     first_epoch = len(history) + 1
     if first_epoch > config.epochs:

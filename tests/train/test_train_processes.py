@@ -29,7 +29,8 @@ def test_torchrun_with_two_processes(tiny_model, tmp_path, command_env):
     state = load_checkpoint(out / "checkpoint.pt")
     assert state["world_size"] == 2 and state["epoch"] == 2
     assert state["scheduler"]["last_epoch"] == 2 * 64 // 16  # each process took half the images per step
-    assert sorted(path.name for path in out.iterdir()) == ["best.pt", "checkpoint.pt", "metrics.jsonl"]
+    files = ["best.pt", "checkpoint.pt", "metrics.jsonl", "run.json"]
+    assert sorted(path.name for path in out.iterdir()) == files
 
 
 def test_a_killed_run_leaves_a_loadable_checkpoint(tiny_model, tmp_path, command_env):

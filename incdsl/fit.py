@@ -1,0 +1,434 @@
+"""Fit a spec to a multiply-add budget with a width multiplier, as architecture papers scale networks.
+
+Every conv's output channels, every hidden linear layer's width and every channel argument of a template
+call is multiplied by ``m`` and rounded to a multiple of ``multiple`` (at least ``multiple``); the
+largest ``m`` whose network fits the budget is found by bracketing and bisection. Table 1's columns
+stay consistent because they are the inception template's arguments, all six of them channel counts.
+
+What is a channel count is read from the AST: a conv's (or linear layer's) output argument, and a
+template parameter used as one inside its template (through nested template calls too). The classifier
+(``linear classes``, or a linear as wide as the classes), kernel sizes, dropout rates and options stay.
+
+>>> import incdsl
+>>> result = fit(incdsl.parse(*incdsl.read("googlenet")), 1_500_000_000)
+>>> 0.97 <= result.macs / result.budget <= 1.0
+True
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+from . import ast
+from .errors import IncdslError
+from .formatter import format_spec
+
+MIN_MULTIPLIER, MAX_MULTIPLIER = 1 / 64, 64.0
+BISECTIONS = 30
+STAGE_BISECTIONS, RATIO_BISECTIONS = 12, 6
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """Multipliers: one per top-level row (``stages``), per template body, and for the aux heads."""
+
+    stages: tuple[float, ...]
+    templates: dict[str, float] = field(default_factory=dict)
+    aux: float = 1.0
+    depth: float = 1.0  # repeat counts of ``Nx`` rows are multiplied by this
+    grouped: tuple[bool, ...] = ()  # per stage: whether the stage has widths of its own to scale
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """A fitted spec: the scaled AST, its text (with a header comment), and what it costs."""
+
+    spec: ast.Spec
+    text: str
+    scaling: Scaling
+    macs: int
+    params: int
+    budget: int
+    original_macs: int
+    multiplier: float  # the uniform multiplier, or the MAC ratio each stage was fitted to (per stage)
+
+
+def fit(
+    spec: ast.Spec,
+    budget: int,
+    multiple: int = 8,
+    per_stage: bool = False,
+    depth: bool = False,
+    command: str = "",
+) -> Fitted:
+    """The largest scaled copy of ``spec`` whose inference multiply-adds fit ``budget``.
+
+    ``per_stage``: each stage (top-level row) gets its own multiplier, chosen so that every stage keeps
+    its share of the original multiply-adds. ``depth``: the repeat counts of ``Nx`` rows scale too, by
+    the square of the width multiplier (so depth and width change the cost about equally).
+    """
+    if multiple < 1:
+        raise IncdslError(f"--multiple must be at least 1, not {multiple}")
+    if per_stage and depth:
+        raise IncdslError("fit scales per stage or with depth, not both", hint="drop --per-stage or --depth")
+    original = _measure(spec)
+    if original is None:
+        import incdsl
+
+        incdsl.from_text(spec.source, spec.path)  # raises the spec's error, with its place in the text
+        raise IncdslError(f"{spec.path} does not compile; run `incdsl check {spec.path}` to see why")
+    scaler = _Scaler(spec, _templates(spec), multiple)
+    if per_stage:
+        scaling, multiplier = _fit_per_stage(scaler, spec, budget, original.macs)
+    else:
+        multiplier = _largest(lambda m: _fits(scaler.apply(_uniform(spec, m, depth)), budget), budget)
+        if multiplier is None:
+            raise _too_small(budget)
+        scaling = _uniform(spec, multiplier, depth)
+    scaled = replace(scaler.apply(scaling), budget=budget)
+    result = _measure(scaled)
+    header = _header(
+        spec, command, scaling, multiplier, multiple, per_stage, result.macs, budget, original.macs
+    )
+    return Fitted(
+        scaled, header + format_spec(scaled), scaling, result.macs, result.params, budget,
+        original.macs, multiplier,
+    )  # fmt: skip
+
+
+# what counts as a channel count ----------------------------------------------------------------
+
+
+def _templates(spec: ast.Spec) -> dict[str, ast.Template]:
+    """The templates a spec can call: the prelude's, shadowed by its own."""
+    from . import parse
+    from .resources import prelude_path
+
+    path = prelude_path()
+    table = {t.name: t for t in parse(path.read_text(), str(path)).templates}
+    table.update({t.name: t for t in spec.templates})
+    return table
+
+
+def channel_params(templates: dict[str, ast.Template]) -> dict[str, frozenset[str]]:
+    """For each template, the parameters that are channel counts: used as a conv's or linear layer's
+    output inside it, or passed on to a channel parameter of a template it calls.
+
+    >>> import incdsl
+    >>> sorted(channel_params(_templates(incdsl.parse("input 8x8x3")))["inception"])
+    ['n1x1', 'n3x3', 'n3x3red', 'n5x5', 'n5x5red', 'pool_proj']
+    """
+    found: dict[str, frozenset[str]] = {name: frozenset() for name in templates}
+    changed = True
+    while changed:  # a fixed point: a parameter passed through nested calls is found in a few rounds
+        changed = False
+        for name, template in templates.items():
+            used = {
+                value.name
+                for row in _rows(template.body)
+                for value in _channel_values(row, templates, found)
+                if isinstance(value, ast.Ref) and value.name in template.params
+            }
+            if used - found[name]:
+                found[name] = found[name] | used
+                changed = True
+    return found
+
+
+def _rows(items) -> list[ast.Row]:
+    rows = []
+    for item in items:
+        rows += [item] if isinstance(item, ast.Row) else _rows(item.items)
+    return rows
+
+
+def _channel_values(row: ast.Row, templates, params: dict[str, frozenset[str]]) -> list[ast.Value]:
+    """The values of ``row`` that are channel counts (whatever they are written as)."""
+    return [row.args[i].value for i in _channel_positions(row, templates, params)]
+
+
+def _channel_positions(row: ast.Row, templates, params: dict[str, frozenset[str]]) -> list[int]:
+    """Indices into ``row.args`` of the channel counts: a conv's or linear's output argument, or a
+    template call's arguments bound to channel parameters."""
+    template = templates.get(row.kind)
+    if template is not None:
+        positional = [i for i, a in enumerate(row.args) if a.key is None]
+        bound = dict(zip(template.params, positional))
+        bound.update({a.key: i for i, a in enumerate(row.args) if a.key is not None})
+        return sorted(i for name, i in bound.items() if name in params.get(template.name, ()))
+    if row.kind in ("conv", "linear"):  # conv KxK OUT, linear OUT: the first number after any size
+        for i, arg in enumerate(row.args):
+            if arg.key is None and isinstance(arg.value, int | ast.Ref) and not _is_flag(arg.value):
+                return [i]
+    return []
+
+
+def _is_flag(value: ast.Value) -> bool:
+    """A bare word that is an option (relu, nobias, bn), not a name standing for a number."""
+    from .layers import KINDS
+
+    if not isinstance(value, ast.Ref):
+        return False
+    flags = {k for kind in ("conv", "linear") for k in KINDS[kind].options}
+    return value.name in flags or (value.name.startswith("no") and value.name[2:] in flags)
+
+
+# applying multipliers to the AST ---------------------------------------------------------------
+
+
+class _Scaler:
+    """Rewrites a spec's channel counts under a :class:`Scaling`."""
+
+    def __init__(self, spec: ast.Spec, templates: dict[str, ast.Template], multiple: int):
+        self.spec, self.templates, self.multiple = spec, templates, multiple
+        self.params = channel_params(templates)
+        self.classifiers = _classifier_rows(spec)
+
+    def width(self, value: int, m: float) -> int:
+        return max(self.multiple, math.floor(value * m / self.multiple + 0.5) * self.multiple)
+
+    def row(self, row: ast.Row, m: float, depth: float = 1.0) -> ast.Row:
+        if id(row) in self.classifiers or (row.kind == "linear" and self._is_classes(row)):
+            return row
+        args = list(row.args)
+        for i in _channel_positions(row, self.templates, self.params):
+            if isinstance(args[i].value, int) and not isinstance(args[i].value, bool):
+                args[i] = replace(args[i], value=self.width(args[i].value, m))
+        repeat = max(1, math.floor(row.repeat * depth + 0.5)) if row.repeat > 1 else 1
+        return replace(row, args=tuple(args), repeat=repeat)
+
+    def scalable(self, row: ast.Row) -> bool:
+        """Whether a top-level row has a width of its own to scale (not counting template bodies)."""
+        return self.row(row, 2.0) != row
+
+    def _is_classes(self, row: ast.Row) -> bool:
+        values = _channel_values(row, self.templates, self.params)
+        return any(v == ast.Ref("classes") or v == self.spec.classes for v in values)
+
+    def items(self, items, m: float):
+        return tuple(
+            self.row(item, m) if isinstance(item, ast.Row) else replace(item, items=self.items(item.items, m))
+            for item in items
+        )
+
+    def apply(self, scaling: Scaling) -> ast.Spec:
+        spec = self.spec
+        rows = tuple(self.row(r, m, scaling.depth) for r, m in zip(spec.rows, scaling.stages))
+        templates = tuple(
+            replace(t, body=self.items(t.body, scaling.templates.get(t.name, 1.0))) for t in spec.templates
+        )
+        auxes = tuple(replace(a, head=self.row(a.head, scaling.aux)) for a in spec.auxes)
+        return replace(spec, rows=rows, templates=templates, auxes=auxes)
+
+
+def _classifier_rows(spec: ast.Spec) -> set[int]:
+    """The main network's last linear row: the logits, never scaled even when written as a number."""
+    linears = [row for row in spec.rows if row.kind == "linear"]
+    return {id(linears[-1])} if linears else set()
+
+
+def _uniform(spec: ast.Spec, m: float, depth: bool) -> Scaling:
+    return Scaling(
+        tuple(m for _ in spec.rows), {t.name: m for t in spec.templates}, m, m * m if depth else 1.0
+    )
+
+
+# measuring and searching -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Cost:
+    macs: int
+    params: int
+    stage_macs: tuple[int, ...]  # per top-level row of the AST (a repeated row's stages summed)
+
+
+def _measure(spec: ast.Spec) -> _Cost | None:
+    """The spec's cost, or None when it does not compile (a scaled width can break a constraint)."""
+    import incdsl
+
+    try:
+        stats = incdsl.stats(incdsl.from_text(format_spec(spec), spec.path))
+    except IncdslError:
+        return None
+    return _Cost(stats.macs, stats.params, _stage_macs(spec, stats))
+
+
+def _stage_macs(spec: ast.Spec, stats) -> tuple[int, ...]:
+    """IR glue: the k-th AST row with repeat N covers the next N rows of ``incdsl.stats``."""
+    sums, start = [], 0
+    for row in spec.rows:
+        sums.append(sum(r.macs for r in stats.rows[start : start + row.repeat]))
+        start += row.repeat
+    return tuple(sums)
+
+
+def _fits(spec: ast.Spec, budget: int) -> bool:
+    cost = _measure(spec)
+    return cost is not None and cost.macs <= budget
+
+
+def _largest(fits: Callable[[float], bool], budget: int, bisections: int = BISECTIONS) -> float | None:
+    """The largest multiplier in [1/64, 64] for which ``fits`` holds (bracket, then bisect); None if
+    even 1/64 does not fit."""
+    lo = hi = 1.0
+    if fits(1.0):
+        while hi < MAX_MULTIPLIER and fits(hi * 2):
+            hi *= 2
+        lo, hi = hi, hi * 2
+    else:
+        while not fits(lo / 2):
+            lo /= 2
+            if lo / 2 < MIN_MULTIPLIER:
+                return None
+        lo, hi = lo / 2, lo
+    for _ in range(bisections):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
+
+
+def _too_small(budget: int) -> IncdslError:
+    return IncdslError(
+        f"no width multiplier down to 1/64 brings the network within {budget:,} multiply-adds",
+        hint="layers without channels to scale (or the minimum width) cost more than the budget",
+    )
+
+
+def _fit_per_stage(scaler: _Scaler, spec: ast.Spec, budget: int, original: int) -> tuple[Scaling, float]:
+    """One multiplier per stage (stages sharing a template with fixed widths share one), each the
+    largest that keeps the stage within ``ratio`` x its original multiply-adds; ``ratio`` is the largest
+    for which the whole network fits."""
+    groups = _stage_groups(spec, scaler)
+    base = _measure(spec).stage_macs
+
+    def scaling_for(ratio: float) -> Scaling:
+        stages = [1.0] * len(spec.rows)
+        templates: dict[str, float] = {}
+        for group, names in groups:
+            target = ratio * sum(base[i] for i in group)
+
+            def fits(m, group=group, names=names, target=target):
+                trial = _with(stages, templates, group, names, m, ratio)
+                cost = _measure(_truncated(scaler.apply(trial), max(group) + 1))
+                return cost is not None and sum(cost.stage_macs[i] for i in group) <= target
+
+            m = _largest(fits, budget, STAGE_BISECTIONS) if target else 1.0
+            m = MIN_MULTIPLIER if m is None else m  # as small as it gets; later stages make up for it
+            for i in group:
+                stages[i] = m
+            templates.update(dict.fromkeys(names, m))
+        scaling = _with(stages, templates, [], [], 1.0, ratio)
+        return replace(scaling, grouped=tuple(i in scaled for i in range(len(spec.rows))))
+
+    scaled = {i for group, _ in groups for i in group}
+
+    def fits(ratio: float) -> bool:
+        return _fits(scaler.apply(scaling_for(ratio)), budget)
+
+    lo = budget / original
+    while not fits(lo):  # stages that cannot shrink (a classifier) take more than their share
+        lo *= 0.9
+        if lo < MIN_MULTIPLIER**2:
+            raise _too_small(budget)
+    hi = lo * 1.25
+    for _ in range(RATIO_BISECTIONS):  # rounding leaves slack under the budget: use it
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return scaling_for(lo), lo
+
+
+def _with(stages, templates, group, names, m, ratio) -> Scaling:
+    stages = [m if i in group else s for i, s in enumerate(stages)]
+    templates = {**templates, **dict.fromkeys(names, m)}
+    return Scaling(tuple(stages), templates, aux=math.sqrt(ratio))
+
+
+def _truncated(spec: ast.Spec, rows: int) -> ast.Spec:
+    return replace(spec, rows=spec.rows[:rows], auxes=(), budget=None)
+
+
+def _stage_groups(spec: ast.Spec, scaler: _Scaler) -> list[tuple[list[int], list[str]]]:
+    """Top-level rows that must share a multiplier: those calling (directly or not) the same template
+    of the spec that has fixed widths in its body. Each group with those templates' names, in order."""
+    fixed = {t.name for t in spec.templates if _has_fixed_widths(t, scaler)}
+    owner: dict[str, int] = {}
+    groups: list[tuple[list[int], set[str]]] = []
+    for i, row in enumerate(spec.rows):
+        names = _called(row.kind, scaler.templates) & fixed
+        joined = {owner[n] for n in names if n in owner}
+        if joined:
+            g = min(joined)
+            for other in sorted(joined - {g}, reverse=True):
+                groups[g][0].extend(groups[other][0])
+                groups[g][1].update(groups[other][1])
+                groups[other] = ([], set())
+        else:
+            g = len(groups)
+            groups.append(([], set()))
+        groups[g][0].append(i)
+        groups[g][1].update(names)
+        owner.update(dict.fromkeys(groups[g][1], g))
+    return [
+        (sorted(rows), sorted(names))
+        for rows, names in groups
+        if names or any(scaler.scalable(spec.rows[i]) for i in rows)
+    ]
+
+
+def _has_fixed_widths(template: ast.Template, scaler: _Scaler) -> bool:
+    return any(
+        isinstance(v, int)
+        for row in _rows(template.body)
+        for v in _channel_values(row, scaler.templates, scaler.params)
+    )
+
+
+def _called(kind: str, templates: dict[str, ast.Template], seen: frozenset[str] = frozenset()) -> set[str]:
+    """The template ``kind`` and every template it calls, transitively."""
+    if kind not in templates or kind in seen:
+        return set()
+    called = {kind}
+    for row in _rows(templates[kind].body):
+        called |= _called(row.kind, templates, seen | {kind})
+    return called
+
+
+# the header comment -----------------------------------------------------------------------------
+
+
+def _header(spec, command, scaling, multiplier, multiple, per_stage, macs, budget, original) -> str:
+    lines = [f"Fitted by `{command}`." if command else "Fitted by incdsl fit."]
+    if per_stage:
+        scaled = [
+            f"{row.name.text if row.name else row.kind} {m:.3f}"
+            for row, m, group in zip(spec.rows, scaling.stages, scaling.grouped)
+            if group
+        ]
+        lines.append(
+            f"Each stage's widths scaled to keep {multiplier:.4f} x its multiply-adds (multipliers: "
+            + ", ".join(scaled)
+            + "); aux heads' by the square root of that."
+        )
+    else:
+        lines.append(
+            f"Width multiplier {multiplier:.4f} on every conv's output channels, every hidden linear layer "
+            "and every channel argument of a template call (Table 1's columns)."
+        )
+    if scaling.depth != 1.0:
+        lines.append(f"Repeat counts of Nx rows x {scaling.depth:.4f} (the width multiplier squared).")
+    lines += [
+        f"Widths rounded to a multiple of {multiple} (at least {multiple}); the classifier, kernel sizes, "
+        "dropout rates and options are unchanged.",
+        f"Multiply-adds: {macs:,} = {macs / budget:.1%} of the budget {budget:,} (was {original:,}).",
+        "Comments of the original spec are not kept.",
+    ]
+    return "".join(f"# {line}\n" for line in _wrap(lines)) + "\n"
+
+
+def _wrap(lines: list[str], width: int = 100) -> list[str]:
+    import textwrap
+
+    return [part for line in lines for part in textwrap.wrap(line, width)]

@@ -1,0 +1,130 @@
+"""incdsl fit: width multipliers found by search, what counts as a channel count, and the fitted spec."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import ROOT
+
+import incdsl
+from incdsl import cli
+from incdsl.fit import channel_params, fit
+
+GOOGLENET = incdsl.parse(*incdsl.read("googlenet"))
+
+
+def test_googlenet_fits_the_papers_budget():
+    result = fit(GOOGLENET, 1_500_000_000)
+    assert 0.97 * 1.5e9 <= result.macs <= 1.5e9
+    assert result.original_macs == 1_582_671_872
+    stats = incdsl.stats(incdsl.from_text(result.text, "fitted.inc"))
+    assert stats.macs == result.macs and stats.budget == 1_500_000_000
+
+
+def test_the_fitted_googlenet_builds_and_runs_in_torch():
+    torch = pytest.importorskip("torch")
+    net = incdsl.from_text(fit(GOOGLENET, 1_500_000_000).text, "fitted.inc")
+    model = incdsl.build_module(net).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 224, 224)).shape == (1, 1000)
+    inference = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("aux"))
+    assert inference == incdsl.stats(net).params
+
+
+def test_every_table1_column_is_scaled_consistently():
+    result = fit(GOOGLENET, 1_000_000_000)
+    m, before, after = result.multiplier, GOOGLENET.rows, result.spec.rows
+    for old, new in zip(before, after):
+        if old.kind != "inception":
+            continue
+        for a, b in zip(old.args, new.args):
+            assert b.value == max(8, round(a.value * m / 8) * 8)
+            assert b.value % 8 == 0
+
+
+def test_what_is_not_a_channel_count_stays():
+    spec = fit(GOOGLENET, 1_000_000_000).spec
+    rows = {r.name.text: r for r in spec.rows if r.name}
+    assert str(rows["conv1"].args[0].value) == "7x7/2"  # the kernel
+    assert rows["dropout"].args[0].value == 0.4
+    assert rows["fc"].args[0].value == incdsl.ast.Ref("classes")
+    assert [str(a.value) for a in rows["norm1"].args] == ["5", "0.0001", "0.75"]
+
+
+def test_a_budget_above_the_network_grows_it():
+    result = fit(GOOGLENET, 3_000_000_000)
+    assert result.multiplier > 1.3 and 0.97 * 3e9 <= result.macs <= 3e9
+
+
+def test_channel_parameters_are_found_through_nested_templates():
+    spec = incdsl.parse(
+        "input 32x32x3\n"
+        "template inner(w, p) {\n    conv 3x3 w\n    dropout p\n}\n"
+        "template outer(a, b, q) {\n    inner a q\n    branch: conv 1x1 b\n    branch: maxpool 3x3/1 pad=1\n}\n"
+        "s: outer 32 16 0.5\n"
+    )
+    templates = {t.name: t for t in spec.templates}
+    params = channel_params(templates)
+    assert params["inner"] == {"w"} and params["outer"] == {"a", "b"}
+    result = fit(spec, 4_000_000, multiple=4)
+    (row,) = result.spec.rows
+    assert row.args[2].value == 0.5  # a dropout rate passed through a template stays
+
+
+def test_a_linear_classifier_written_as_a_number_is_not_scaled():
+    spec = incdsl.parse("input 8x8x3\nclasses 10\nconv 3x3 64\nlinear 256 relu\nlinear 10\n")
+    result = fit(spec, 200_000)
+    conv, hidden, logits = result.spec.rows
+    assert conv.args[1].value < 64 and hidden.args[0].value < 256
+    assert logits.args[0].value == 10
+
+
+def test_fixed_widths_in_template_bodies_scale_too():
+    result = fit(incdsl.parse(*incdsl.read("inception_v3")), 2_000_000_000)
+    assert 0.97 * 2e9 <= result.macs <= 2e9
+    body = {t.name: t for t in result.spec.templates}["InceptionA"].body
+    assert body[0].items[0].args[1].value == max(8, round(64 * result.multiplier / 8) * 8)
+
+
+def test_per_stage_keeps_each_stages_share():
+    result = fit(GOOGLENET, 1_500_000_000, per_stage=True)
+    assert 0.97 * 1.5e9 <= result.macs <= 1.5e9
+    assert "Each stage's widths scaled" in result.text
+    assert len(set(result.scaling.stages)) > 2  # not one multiplier
+
+
+def test_depth_scales_repeat_counts():
+    spec = incdsl.parse(
+        "input 16x16x8\nblock: 4x conv 3x3 16\nfc: linear 10\n",
+    )
+    result = fit(spec, 1_000_000, multiple=4, depth=True)
+    assert result.spec.rows[0].repeat < 4 and result.macs <= 1_000_000
+
+
+def test_an_impossible_budget_is_an_error():
+    with pytest.raises(incdsl.IncdslError, match="no width multiplier"):
+        fit(GOOGLENET, 1_000)
+
+
+def test_fit_command_writes_a_spec_that_checks(capsys, tmp_path):
+    out = tmp_path / "fitted.inc"
+    assert cli.main(["fit", "googlenet", "--budget", "1.5G", "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "width multiplier 0.96" in printed and f"wrote {out}" in printed
+    text = out.read_text()
+    assert text.startswith("# Fitted by `incdsl fit googlenet --budget 1.5G`.")
+    assert cli.main(["check", str(out)]) == 0
+
+
+def test_fit_command_without_a_budget(capsys, tmp_path):
+    spec = tmp_path / "nobudget.inc"
+    spec.write_text("input 8x8x3\nconv 3x3 8\n")
+    assert cli.main(["fit", str(spec)]) == 2
+    assert "declares no budget" in capsys.readouterr().err
+    assert cli.main(["fit", str(ROOT / "specs" / "mini_googlenet.inc"), "--budget", "2x"]) == 2
+
+
+def test_a_spec_with_an_error_reports_it_where_it_is(capsys, spec_file):
+    path = spec_file("input 8x8x3\nbudget 1M\nconv 3x3 8\nconv 9x9/1 8 pad=0\n")
+    assert cli.main(["fit", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"{path}:4:1: error: conv 9x9/1 (pad 0x0) does not fit its 8x8 input")
