@@ -175,12 +175,20 @@ def test_a_misspelt_kind_is_reported_at_its_word_with_a_hint(editor, tmp_path):
     assert editor.change(uri, TINY) == []
 
 
-def test_a_shape_error_inside_the_prelude_is_reported_on_the_calling_row(editor, tmp_path):
+def test_a_bad_argument_to_a_prelude_template_is_reported_at_the_argument(editor, tmp_path):
     uri = uri_of(tmp_path)
     text = TINY + "5a: inception 8 8 8 8 8 0\n"
     (diagnostic,) = editor.open(uri, text)
-    assert diagnostic.range.start == types.Position(line_of(text, "5a:"), 0)
+    assert diagnostic.range.start == types.Position(line_of(text, "5a:"), len("5a: inception 8 8 8 8 8 "))
     assert "out must be a positive integer, not 0" in diagnostic.message
+
+
+def test_a_shape_error_inside_the_prelude_is_reported_on_the_calling_row(editor, tmp_path):
+    uri = uri_of(tmp_path)
+    text = TINY.replace("fc: linear classes", "fc: linear classes\n5a: inception 8 8 8 8 8 8")
+    (diagnostic,) = editor.open(uri, text)
+    assert diagnostic.range.start == types.Position(line_of(text, "5a:"), 0)
+    assert "needs a spatial input" in diagnostic.message or "does not fit" in diagnostic.message
     assert "prelude.inc" in diagnostic.message
     (related,) = diagnostic.related_information
     assert related.location.uri.endswith("grammars/prelude.inc")
@@ -351,8 +359,16 @@ def test_positions_are_utf16_offsets():
 
 
 def test_an_error_in_a_templates_body_points_at_the_call_too():
-    text = TINY.replace("3a: block 32 16", "3a: block 32 0")
+    text = TINY.replace("        conv 1x1 reduce", "        conv 9x9/8 reduce pad=0")
     (diagnostic,) = lsp.diagnostics(lsp.analyze(text, "/tmp/net.inc"))
-    assert diagnostic.range.start == types.Position(line_of(text, "        conv 1x1 reduce"), 8)
+    assert "branches must agree" in diagnostic.message
+    assert diagnostic.range.start.line == line_of(text, "    branch wide")
     (related,) = diagnostic.related_information
     assert related.location.range.start == types.Position(line_of(text, "3a:"), 0)
+
+
+def test_a_bad_value_passed_into_a_template_is_reported_at_the_call():
+    text = TINY.replace("3a: block 32 16", "3a: block 32 0")
+    (diagnostic,) = lsp.diagnostics(lsp.analyze(text, "/tmp/net.inc"))
+    assert diagnostic.range.start == types.Position(line_of(text, "3a:"), len("3a: block 32 "))
+    assert "out must be a positive integer, not 0" in diagnostic.message
