@@ -56,13 +56,15 @@ class Name:
 
 @dataclass(frozen=True)
 class Row:
-    """``[name:] [Nx] kind args...``: a layer, or a call of a template."""
+    """``[name:] [Nx] kind args...``: a layer, or a call of a template. A top-level row written inside
+    ``sequential NAME { ... }`` has that group's name as ``sequence``."""
 
     kind: str
     args: tuple[Arg, ...]
     span: Span = field(compare=False)
     name: Name | None = None
     repeat: int = 1
+    sequence: Name | None = None
 
 
 @dataclass(frozen=True)
@@ -74,15 +76,42 @@ class Branch:
     name: Name | None = None
 
 
-Item = Row | Branch
+@dataclass(frozen=True)
+class Residual:
+    """``residual [scale=S] [relu|norelu] { ... }``: ``act(shortcut(x) + scale * body(x))``. The body's
+    items are those of the enclosing block; a ``shortcut`` item among them projects ``x``."""
+
+    items: tuple[Item, ...]
+    args: tuple[Arg, ...]
+    span: Span = field(compare=False)
+
+
+@dataclass(frozen=True)
+class Shortcut:
+    """``shortcut [NAME]: row`` or ``shortcut [NAME] { rows }``: a residual's projection of its input."""
+
+    items: tuple[Row, ...]
+    span: Span = field(compare=False)
+    name: Name | None = None
+
+
+Item = Row | Branch | Residual | Shortcut
 
 
 @dataclass(frozen=True)
 class Template:
+    """``template NAME(param "title", ...) { body }``: a titled parameter is a column of the stats
+    table (``n1x1 "#1x1"``)."""
+
     name: str
     params: tuple[str, ...]
     body: tuple[Item, ...]
     span: Span = field(compare=False)
+    titles: tuple[str | None, ...] = ()
+
+    def title(self, param: str) -> str | None:
+        titles = dict(zip(self.params, self.titles))
+        return titles.get(param)
 
 
 @dataclass(frozen=True)

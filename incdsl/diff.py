@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from . import report
-from .report import COLUMNS, Row, Stats
+from .report import Row, Stats
 
 # What is compared, beyond params and MACs, and how each reads in a table.
 FIELDS = {"type": "type", "patch": "patch", "input": "input", "output": "output", "depth": "depth"}
@@ -80,7 +80,7 @@ def _changes(a, b) -> dict[str, tuple]:
     keys = [k for k in (*FIELDS, "params", "macs") if hasattr(a, k)]
     changed = {k: (getattr(a, k), getattr(b, k)) for k in keys if getattr(a, k) != getattr(b, k)}
     columns_a, columns_b = getattr(a, "columns", {}), getattr(b, "columns", {})
-    for key in COLUMNS:
+    for key in dict.fromkeys([*columns_a, *columns_b]):
         if columns_a.get(key) != columns_b.get(key):
             changed[key] = (columns_a.get(key), columns_b.get(key))
     return changed
@@ -92,14 +92,20 @@ HEADERS = ["stage", "", "type", "output size", "columns changed", "params", "Δ 
 MARKS = {"same": "", "changed": "~", "added": "+", "removed": "-"}
 
 
-def cells(stage: StageDiff) -> list[str]:
-    """One stage's row of the table, as text."""
+def titles(diff: Diff) -> dict[str, str]:
+    """The template columns of either spec, by key: their titles."""
+    return {**diff.a.titles, **diff.b.titles}
+
+
+def cells(stage: StageDiff, titles: dict[str, str] | None = None) -> list[str]:
+    """One stage's row of the table, as text (``titles``: the columns' titles, see :func:`titles`)."""
+    titles = titles or {}
     a, b = stage.a, stage.b
     shown = b or a
     type_ = _arrow(a.type, b.type) if a and b and a.type != b.type else shown.type
     output = _arrow(*(report.size(r.output) if r else "" for r in (a, b)), same=stage.status == "same")
     columns = ", ".join(
-        f"{COLUMNS[k]} {_blank(old)}→{_blank(new)}" for k, (old, new) in stage.changed.items() if k in COLUMNS
+        f"{titles[k]} {_blank(old)}→{_blank(new)}" for k, (old, new) in stage.changed.items() if k in titles
     )
     params = _arrow(
         *(report.kilo(r.params) if r else "" for r in (a, b)), same=a and b and a.params == b.params
@@ -180,7 +186,7 @@ def to_rich(diff: Diff, names: tuple[str, str] = ("A", "B")):
         table.add_column(header, justify="right" if header in right else "left")
     styles = {"added": "green", "removed": "red", "same": "dim"}
     for stage in diff.stages:
-        table.add_row(*cells(stage), style=styles.get(stage.status))
+        table.add_row(*cells(stage, titles(diff)), style=styles.get(stage.status))
     return table
 
 
@@ -188,7 +194,7 @@ def to_markdown(diff: Diff, names: tuple[str, str] = ("A", "B")) -> str:
     lines = [f"# {names[0]} ({diff.a.network}) → {names[1]} ({diff.b.network})", ""]
     lines.append("| " + " | ".join(HEADERS) + " |")
     lines.append("|" + "---|" * len(HEADERS))
-    lines += ["| " + " | ".join(cells(s)) + " |" for s in diff.stages]
+    lines += ["| " + " | ".join(cells(s, titles(diff))) + " |" for s in diff.stages]
     lines += ["", totals(diff, names), ""]
     return "\n".join(lines)
 

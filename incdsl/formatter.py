@@ -26,7 +26,7 @@ def format_spec(spec: ast.Spec) -> str:
         [line for line in header if line],
         [f"defaults {d.kind}: {_args(d.args)}".rstrip() for d in spec.defaults],
         *[_template(t) for t in spec.templates],
-        [_row(r) for r in spec.rows],
+        _rows(spec.rows),
         [_aux(a) for a in spec.auxes],
     ]
     return "\n\n".join("\n".join(s) for s in sections if s) + "\n"
@@ -50,6 +50,21 @@ def _row(row: ast.Row) -> str:
     return f"{name}{repeat}{row.kind} {_args(row.args)}".rstrip()
 
 
+def _rows(rows: tuple[ast.Row, ...]) -> list[str]:
+    """Top-level rows; consecutive rows of one sequential group inside its braces."""
+    lines: list[str] = []
+    group: ast.Name | None = None
+    for row in rows:
+        if group is not None and (row.sequence is None or row.sequence.text != group.text):
+            lines.append("}")
+            group = None
+        if row.sequence is not None and group is None:
+            group = row.sequence
+            lines.append(f"sequential {group.text} {{")
+        lines.append(INDENT * (group is not None) + _row(row))
+    return lines + ["}"] * (group is not None)
+
+
 def _items(items: tuple[ast.Item, ...], depth: int) -> list[str]:
     lines = []
     for item in items:
@@ -57,19 +72,29 @@ def _items(items: tuple[ast.Item, ...], depth: int) -> list[str]:
         if isinstance(item, ast.Row):
             lines.append(pad + _row(item))
             continue
+        if isinstance(item, ast.Residual):
+            head = f"residual {_args(item.args)}".rstrip()
+            lines += [f"{pad}{head} {{", *_items(item.items, depth + 1), pad + "}"]
+            continue
+        word = "shortcut" if isinstance(item, ast.Shortcut) else "branch"
         name = f" {item.name.text}" if item.name else ""
         if len(item.items) == 1 and isinstance(item.items[0], ast.Row):
-            lines.append(f"{pad}branch{name}: {_row(item.items[0])}")
+            lines.append(f"{pad}{word}{name}: {_row(item.items[0])}")
             continue
-        lines.append(f"{pad}branch{name} {{")
+        lines.append(f"{pad}{word}{name} {{")
         lines += _items(item.items, depth + 1)
         lines.append(pad + "}")
     return lines
 
 
 def _template(template: ast.Template) -> list[str]:
-    params = f"({', '.join(template.params)})" if template.params else ""
-    return [f"template {template.name}{params} {{", *_items(template.body, 1), "}"]
+    params = [p if t is None else f'{p} "{t}"' for p, t in zip(template.params, _titles(template))]
+    head = f"({', '.join(params)})" if params else ""
+    return [f"template {template.name}{head} {{", *_items(template.body, 1), "}"]
+
+
+def _titles(template: ast.Template) -> tuple:
+    return template.titles or (None,) * len(template.params)
 
 
 def _aux(aux: ast.Aux) -> str:

@@ -136,7 +136,12 @@ def _max_pool(run, op, x, t):
 
 
 def _avg_pool(run, op, x, t):
-    return F.avg_pool2d(x, op["kernel"], op["stride"], op["pad"], ceil_mode=op["ceil"])
+    include_pad = not op["exclude_pad"]
+    return F.avg_pool2d(x, op["kernel"], op["stride"], op["pad"], op["ceil"], include_pad)
+
+
+def _relu(run, op, x, t):
+    return F.relu(x)
 
 
 def _adaptive_avg_pool(run, op, x, t):
@@ -166,11 +171,20 @@ _OPS = {
     L.AvgPool: _avg_pool,
     L.AdaptiveAvgPool: _adaptive_avg_pool,
     L.LRN: _lrn,
+    L.ReLU: _relu,
     L.Dropout: _dropout,
     L.Linear: _linear,
     L.Softmax: _identity,
 }
 
+
+def _add(merge: L.Op, outputs: list[Tensor]) -> Tensor:
+    shortcut, body = outputs
+    y = body * merge["scale"] + shortcut
+    return F.relu(y) if merge["relu"] else y
+
+
 _MERGES = {
     L.Concat: lambda merge, outputs: torch.cat(outputs, 1),
+    L.Add: _add,
 }

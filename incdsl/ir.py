@@ -47,8 +47,8 @@ from types import MappingProxyType
 
 from . import ast
 from .errors import IncdslError, Span, SpecArgumentError, SpecNameError, SpecSyntaxError, did_you_mean
-from .layers import KINDS, MERGES, Dropout, Merge, Op, Shape, Tensor, check_defaults, resolve
-from .naming import BranchPlan, Member, plan_block
+from .layers import KINDS, MERGES, Add, Dropout, Op, Shape, Tensor, bind, check_defaults, resolve
+from .naming import BranchPlan, Member, ResidualPlan, plan_block, stage_name
 from .symbolic import Expr, Num, Sym
 from .symbols import (
     Scope,
@@ -120,8 +120,9 @@ class Branch(Node):
 @dataclass(eq=False)
 class Fork(Node):
     branches: tuple[Branch, ...]
-    merge: Merge
+    merge: Op  # merge.kind is a MergeKind (concat, add); merge.args its options
     key: str  # an id for the merge point (``inception3a.concat@9:5``), not an attribute
+    stored: dict[str, str] = field(default_factory=dict)  # a class body's: option -> attribute holding it
 
 
 @dataclass(eq=False)
@@ -140,9 +141,11 @@ class BlockClass:
 
     template: ast.Template
     plan: tuple[Member, ...] = field(repr=False)
+    zeros: frozenset[str] = frozenset()  # parameters fixed at 0, whose branches this variant drops
+    attrs: Scope | None = field(default=None, repr=False)
     body: Seq | None = field(default=None, repr=False)
     name: str = ""  # the Python class name (allocated once the network is built)
-    params: tuple[tuple[str, str], ...] = ()  # (name, 'int' | 'float'), the template's order
+    params: tuple[tuple[str, str], ...] = ()  # (name, 'int' | 'float'), the template's order, but zeros
     uses_classes: bool = False  # takes num_classes too
     calls: list[Call] = field(default_factory=list, repr=False)
     out: Expr | None = None  # output channels, in terms of in_channels and params (a pass sets it)
@@ -152,16 +155,18 @@ class BlockClass:
 class Stage:
     """A top-level row after repetition: one row of the paper's table."""
 
-    attr: str
+    attr: str  # its path in the network (``inception3a``, or ``features.3`` in a sequential group)
     node: Layer | Call
     row: ast.Row
     group: int  # the index of the written row (an Nx row gives several stages of one group)
+    name: str = ""  # what tables and diagrams call it: its attribute, or its own name in a group
+    sequence: str | None = None  # the sequential group it is a position of
 
     @property
     def label(self) -> str | None:
         """``3a`` for a row written ``3a: inception ...`` (after repetition: 4b, 4c, ...)."""
         if self.row.name is not None and self.row.name.is_label:
-            return self.attr[len(self.row.kind) :]
+            return self.name[len(self.row.kind) :]
         return None
 
     @property
@@ -195,6 +200,7 @@ class ModelClass:
     stages: tuple[Stage, ...]
     auxes: tuple[AuxHead, ...]
     dropout: float | None  # the default of the ``dropout`` argument, when there is one
+    attrs: Scope | None = field(default=None, repr=False)
 
 
 @dataclass(eq=False)
@@ -248,8 +254,9 @@ INPUT = "input"
 def dataflow(net: Network):
     """The network as a networkx DiGraph: one node per layer (its key) and per merge (its Fork's key),
     plus ``input``; edges carry data. Node attributes: ``node`` (the IR node; None for the input),
-    ``stage`` (the stage or aux head it belongs to) and ``aux`` (the aux head's name, or None). The
-    graph's ``outputs`` maps each stage and aux head to the id of the node that gives its output."""
+    ``stage`` (the stage or aux head it belongs to) and ``aux`` (the aux head's name, or None); an
+    edge into a residual's add from its shortcut has ``shortcut=True``. The graph's ``outputs`` maps
+    each stage and aux head to the id of the node that gives its output."""
     import networkx as nx  # only drawing needs the graph; stats and check never import networkx
 
     g = nx.DiGraph(outputs={})
@@ -275,7 +282,8 @@ def _flow(g, node: Node, source: str, stage: str, aux: str | None) -> str:
     if isinstance(node, Fork):
         outputs = [_flow(g, branch, source, stage, aux) for branch in node.branches]
         g.add_node(node.key, node=node, stage=stage, aux=aux)
-        g.add_edges_from((output, node.key) for output in outputs)
+        for i, output in enumerate(outputs):  # a residual's first branch is its shortcut
+            g.add_edge(output, node.key, shortcut=i == 0 and isinstance(node.merge.kind, Add))
         return node.key
     return _flow(g, node.body, source, stage, aux)
 
@@ -335,7 +343,7 @@ class _Builder:
 
     def __init__(self, spec: ast.Spec, templates, defaults):
         self.spec, self.templates, self.defaults = spec, templates, defaults
-        self.classes: dict[str, BlockClass] = {}  # by template name, in first-use order
+        self.classes: dict[tuple, BlockClass] = {}  # by (template name, zeros), in first-use order
         self.stack: list[ast.Template] = []  # templates being built, to catch recursion
         self.depth = 0
 
@@ -351,6 +359,7 @@ class _Builder:
         stages = self._stages(members, _Frame(concrete, {}, "", "", False))
         auxes = tuple(self._aux(aux, stages, concrete, attrs) for aux in spec.auxes)
         model = self._model(name, members, stages, auxes)
+        model.attrs = attrs
         self._check_uncalled_templates()
         blocks = _callees_first([c for c in self.classes.values() if c.calls])
         _link_instances(blocks, model, stages, auxes)
@@ -369,7 +378,8 @@ class _Builder:
                     "define a template with the branches and call it as a row",
                 )  # fmt: skip
             node = self._row(member.row, member.attr, frame)
-            stages.append(Stage(member.attr, node, member.row, groups[member.row.span]))
+            group = groups[member.row.span]
+            stages.append(Stage(member.attr, node, member.row, group, stage_name(member), member.sequence))
         return tuple(stages)
 
     def _aux(self, aux: ast.Aux, stages: tuple[Stage, ...], env, attrs: Scope) -> AuxHead:
@@ -406,6 +416,8 @@ class _Builder:
     def _member(self, member: Member, frame: _Frame) -> Node:
         if member.group:
             return self._fork(member.group, frame)
+        if member.residual is not None:
+            return self._residual(member.residual, frame)
         return self._row(member.row, member.attr, frame)
 
     def _row(self, row: ast.Row, attr: str, frame: _Frame) -> Layer | Call:
@@ -422,11 +434,27 @@ class _Builder:
         return Layer(row.span, op, attr, _join(frame.local, attr), _join(frame.key, attr))
 
     def _fork(self, group: tuple[BranchPlan, ...], frame: _Frame) -> Fork:
-        with self._deeper(group[0].branch.span):
-            branches = tuple(self._branch(plan, frame) for plan in group)
+        """A parallel group, concatenated; a branch a 0 in a template column empties is dropped."""
         first = group[0].branch.span
-        merge_id = _join(frame.key, f"concat@{first.line}:{first.column}")
-        return Fork(first, branches, Merge(MERGES["concat"]), merge_id)
+        kept = [plan for plan in group if not _zero_width(plan, frame.env)]
+        if not kept:
+            raise SpecArgumentError("every branch of this group has 0 channels", first)
+        with self._deeper(first):
+            branches = tuple(self._branch(plan, frame) for plan in kept)
+        merge = bind(MERGES["concat"], (), (), frame.env, None, first)
+        return Fork(first, branches, merge, _join(frame.key, f"concat@{first.line}:{first.column}"))
+
+    def _residual(self, plan: ResidualPlan, frame: _Frame) -> Fork:
+        """``act(shortcut(x) + scale * body(x))`` as a Fork: the shortcut first, then the body."""
+        span = plan.residual.span
+        with self._deeper(span):
+            if plan.shortcut is None:
+                shortcut = Branch(span, Seq(span, ()), None, var_hint="identity")
+            else:
+                shortcut = self._branch(plan.shortcut, frame)
+            body = Branch(span, self._seq(plan.body, frame, span), None, var_hint="out")
+        merge = bind(MERGES["add"], (), plan.residual.args, frame.env, frame.origins, span)
+        return Fork(span, (shortcut, body), merge, _join(frame.key, f"add@{span.line}:{span.column}"))
 
     def _branch(self, plan: BranchPlan, frame: _Frame) -> Branch:
         inner = frame if plan.attr is None else frame.inside(plan.attr)
@@ -441,8 +469,9 @@ class _Builder:
         env = dict(args)
         if "classes" in frame.env:
             env.setdefault("classes", frame.env["classes"])
+        zeros = frozenset(p for p, v in args.items() if v == 0 and not isinstance(v, (float, Sym)))
         with self._inside(template, row):
-            cls = self._class(template)
+            cls = self._class(template, zeros)
             inner = _Frame(env, origins, _join(frame.key, attr), "", frame.symbolic)
             body = self._seq(cls.plan, inner, template.span)
         call = Call(row.span, cls, MappingProxyType(args), body, attr, _join(frame.local, attr), inner.key)
@@ -450,23 +479,25 @@ class _Builder:
             cls.calls.append(call)
         return call
 
-    def _class(self, template: ast.Template) -> BlockClass:
-        """The template's class, its symbolic body built on first use."""
-        if template.name in self.classes:
-            return self.classes[template.name]
-        cls = BlockClass(template, plan_block(template.body, attributes_scope()))
-        self.classes[template.name] = cls
-        env = {p: Sym(p) for p in template.params}
+    def _class(self, template: ast.Template, zeros: frozenset[str] = frozenset()) -> BlockClass:
+        """The template's class (one per set of parameters fixed at 0), built on first use."""
+        key = (template.name, zeros)
+        if key in self.classes:
+            return self.classes[key]
+        attrs = attributes_scope()
+        cls = BlockClass(template, plan_block(template.body, attrs), zeros, attrs)
+        self.classes[key] = cls
+        env = {p: 0 if p in zeros else Sym(p) for p in template.params}
         env.setdefault("classes", NUM_CLASSES)
         cls.body = self._seq(cls.plan, _Frame(env, {}, "", "", True), template.span)
-        cls.params = tuple((p, _param_type(cls.body, p)) for p in template.params)
+        cls.params = tuple((p, _param_type(cls.body, p)) for p in template.params if p not in zeros)
         cls.uses_classes = _mentions(cls.body, NUM_CLASSES)
         return cls
 
     def _check_uncalled_templates(self) -> None:
         """A spec's own templates are checked even when no row calls them yet."""
         for template in self.spec.templates:
-            if template.name not in self.classes:
+            if not any(name == template.name for name, _ in self.classes):
                 with self._inside(template, None):
                     self._class(template)
 
@@ -577,6 +608,23 @@ def _value(arg: ast.Arg, env) -> Num:
     return value
 
 
+def _zero_width(plan: BranchPlan, env: Mapping[str, Num]) -> bool:
+    """Whether a row of the branch (not of a group nested in it) asks for 0 output channels: a 0 in a
+    template column drops the branch, as the BN paper's table writes "#1x1: 0"."""
+    for member in plan.members:
+        row = member.row
+        if row is None or row.kind not in KINDS:
+            continue
+        names = [p.name for p in KINDS[row.kind].positional]
+        values = [a for a in row.args if a.key is None]
+        if "out" in names and len(values) > names.index("out"):
+            arg = values[names.index("out")]
+            value = env.get(arg.value.name) if isinstance(arg.value, ast.Ref) else arg.value
+            if value == 0 and not isinstance(value, (float, Sym)):
+                return True
+    return False
+
+
 def _arity(template: ast.Template, row: ast.Row, got: int) -> SpecArgumentError:
     n = len(template.params)
     return SpecArgumentError(
@@ -588,9 +636,9 @@ def _arity(template: ast.Template, row: ast.Row, got: int) -> SpecArgumentError:
 
 def _find_stage(name: ast.Name, stages: tuple[Stage, ...]) -> Stage:
     for stage in stages:
-        if name.text in (stage.attr, stage.label):
+        if name.text in (stage.name, stage.attr, stage.label):
             return stage
-    names = [s.attr for s in stages] + [s.label for s in stages if s.label]
+    names = [s.name for s in stages] + [s.label for s in stages if s.label]
     raise SpecNameError(f"no stage named '{name.text}'", name.span, did_you_mean(name.text, names))
 
 
@@ -609,8 +657,9 @@ def _param_type(body: Seq, param: str) -> str:
     eps), else 'int' (a channel count, a size)."""
     uses = set()
     for node in walk(body):
-        if isinstance(node, Layer):
-            uses |= {node.op.kind.arg_type(k) for k, v in node.op.args.items() if v == Sym(param)}
+        if isinstance(node, (Layer, Fork)):
+            op = node.op if isinstance(node, Layer) else node.merge
+            uses |= {op.kind.arg_type(k) for k, v in op.args.items() if v == Sym(param)}
         elif isinstance(node, Call):
             types = dict(node.cls.params)
             uses |= {types[k] for k, v in node.args.items() if v == Sym(param)}
@@ -675,11 +724,12 @@ class _Names:
         if self.model.outputs:
             self.file.claim(self.model.outputs, f"the outputs class of {network}", self.span)
         for cls in self.blocks:
-            what = f"the class of template '{cls.template.name}'"
-            cls.name = self.file.claim(class_name(cls.template.name), what, cls.template.span)
+            what = f"the class of template '{cls.template.name}'" + _variant(cls)
+            cls.name = self.file.claim(class_name(_class_stem(cls, self.blocks)), what, cls.template.span)
         for cls in self.blocks:
             self._parameters(cls)
             _locals(cls.body, locals_scope())
+            _stored(cls.body, cls.attrs)
         self._auxes()
 
     def _parameters(self, cls: BlockClass) -> None:
@@ -708,3 +758,26 @@ def _locals(body: Node, scope: Scope) -> None:
     for node in walk(body):
         if isinstance(node, Branch):
             node.var = scope.fresh(node.var_hint)
+
+
+def _stored(body: Node, attrs: Scope) -> None:
+    """A merge option given by a class argument (a residual's ``scale``) is kept as an attribute."""
+    for node in walk(body):
+        if isinstance(node, Fork):
+            for key, value in node.merge.args.items():
+                if isinstance(value, Sym):
+                    node.stored[key] = attrs.fresh(key, f"the stored {key} of a {node.merge.kind.name}")
+
+
+def _class_stem(cls: BlockClass, blocks) -> str:
+    """A template's name for its class; a variant dropping branches (a 0 in a column) other than the
+    template's plain one, or its first, is named for what it drops: ``inception_without_n1x1``."""
+    variants = [c for c in blocks if c.template is cls.template]
+    plain = next((c for c in variants if not c.zeros), variants[0])
+    if cls is plain:
+        return cls.template.name
+    return f"{cls.template.name}_without_{'_'.join(p for p in cls.template.params if p in cls.zeros)}"
+
+
+def _variant(cls: BlockClass) -> str:
+    return f" with {', '.join(sorted(cls.zeros))} = 0" if cls.zeros else ""

@@ -25,7 +25,7 @@ from . import ast
 from .errors import ShapeError, Span, SpecArgumentError, SpecNameError, did_you_mean
 from .symbolic import Expr, Num, Sym
 
-__all__ = ["KINDS", "MERGES", "Expr", "LayerKind", "MergeKind", "Num", "Op", "Shape", "Sym", "Tensor"]
+__all__ = ["KINDS", "MERGES", "Expr", "Kind", "LayerKind", "MergeKind", "Num", "Op", "Shape", "Sym", "Tensor"]
 
 
 @dataclass(frozen=True)
@@ -50,12 +50,12 @@ class Shape:
 
 @dataclass(frozen=True)
 class Op:
-    """A row of a known kind with every argument and option resolved.
+    """A row of a known kind (or a merge) with every argument and option resolved.
 
     ``spans`` says where each argument's value was written (for a value passed into a template, the
     call's argument), so a bad value is reported where the user can change it."""
 
-    kind: LayerKind
+    kind: Kind
     args: Mapping[str, Any]
     span: Span = field(compare=False)
     spans: Mapping[str, Span] = field(default_factory=dict, compare=False, repr=False)
@@ -94,14 +94,13 @@ class Param:
     type: str  # 'size' (HxW[/s]), 'int', 'float'
 
 
-class LayerKind:
-    """Base of the table's entries. Subclasses set the class attributes and override what differs."""
+class Kind:
+    """What layer kinds and merge kinds share: positional arguments and options, resolved from a row
+    (or a ``residual`` line) into an :class:`Op`."""
 
     name: str = ""
     positional: tuple[Param, ...] = ()
     options: Mapping[str, Any] = MappingProxyType({})
-    identity = False  # True: computes nothing (softmax: the model returns logits, the loss applies it)
-    flattens = False  # True: the output is flat (N x C), whatever the input
 
     def flags(self) -> frozenset[str]:
         """Options written as bare words: ``relu`` sets, ``norelu`` clears."""
@@ -120,6 +119,14 @@ class LayerKind:
     def finish(self, args: dict, op_span: Span, spans: Mapping[str, Span]) -> dict:
         """Fill derived arguments and check values; ``args`` holds positionals and options."""
         return args
+
+
+class LayerKind(Kind):
+    """Base of the layer table's entries. Subclasses set the class attributes and override what
+    differs."""
+
+    identity = False  # True: computes nothing (softmax: the model returns logits, the loss applies it)
+    flattens = False  # True: the output is flat (N x C), whatever the input
 
     def out_channels(self, op: Op, channels: int | Expr) -> int | Expr:
         return channels
@@ -316,9 +323,11 @@ class MaxPool(_Pool):
 
 @register
 class AvgPool(_Pool):
-    """``avgpool KxK[/s] [pad=P] [ceil]`` (padding counts toward the average, as in PyTorch)."""
+    """``avgpool KxK[/s] [pad=P] [ceil] [exclude_pad]``: padding counts toward the average, as in
+    PyTorch and Caffe, unless ``exclude_pad`` (TF-slim's and timm's Inception-v4 and -ResNet-v2)."""
 
     name = "avgpool"
+    options = MappingProxyType({"pad": 0, "ceil": False, "exclude_pad": False})
 
 
 @register
@@ -415,6 +424,13 @@ class Linear(LayerKind):
 
 
 @register
+class ReLU(LayerKind):
+    """``relu``: a rectifier on its own row (after a convolution written ``norelu``, say)."""
+
+    name = "relu"
+
+
+@register
 class Softmax(LayerKind):
     """``softmax``: the classifier's output, as the paper's table ends; the model returns logits and
     the loss applies softmax, so it computes nothing here."""
@@ -426,28 +442,16 @@ class Softmax(LayerKind):
 # merges: how the branches of a parallel group become one output --------------------------------
 
 
-class MergeKind:
-    """Base of the merge table: how branch outputs combine."""
+class MergeKind(Kind):
+    """Base of the merge table: how the outputs of a parallel group's branches combine."""
 
-    name = ""
     unary_identity = False  # True: merging a single branch gives that branch's output unchanged
 
-    def out_channels(self, merge: Merge, channels: list) -> int | Expr:
+    def out_channels(self, merge: Op, channels: list) -> int | Expr:
         raise NotImplementedError
 
-    def out_shape(self, merge: Merge, shapes: list[Shape], span: Span) -> Shape:
+    def out_shape(self, merge: Op, shapes: list[Shape], span: Span) -> Shape:
         raise NotImplementedError
-
-
-@dataclass(frozen=True)
-class Merge:
-    """A merge of a parallel group: its kind and options."""
-
-    kind: MergeKind
-    args: Mapping[str, Any] = field(default_factory=dict)
-
-    def __getitem__(self, key: str) -> Any:
-        return self.args[key]
 
 
 MERGES: dict[str, MergeKind] = {}
@@ -490,6 +494,41 @@ class Concat(MergeKind):
         return Shape(sum(s.channels for s in shapes), shapes[0].height, shapes[0].width)
 
 
+@register_merge
+class Add(MergeKind):
+    """A residual connection: ``relu(shortcut + scale * body)``, Inception-ResNet's (with the scale
+    that keeps its sums small) and ResNet's (scale 1). The first branch is the shortcut."""
+
+    name = "add"
+    options = MappingProxyType({"scale": 1.0, "relu": True})
+
+    def finish(self, args, op_span, spans):
+        scale = args["scale"]
+        ok = not known(scale) or scale > 0
+        _require(ok, f"a residual's scale must be positive, not {scale}", spans.get("scale", op_span))
+        return args
+
+    def out_channels(self, merge, channels):
+        return channels[0]
+
+    def out_shape(self, merge, shapes, span):
+        shortcut, *body = shapes
+        for shape in body:
+            if shape != shortcut:
+                raise ShapeError(
+                    f"a residual adds its block's output ({_shape_text(shape)}) to its input "
+                    f"({_shape_text(shortcut)}): they must agree",
+                    span,
+                    "end the block with a 1x1 conv back to the input's channels, or project the input "
+                    "with a shortcut: conv 1x1/S C norelu",
+                )
+        return shortcut
+
+
+def _shape_text(shape: Shape) -> str:
+    return f"{shape.channels} (flat)" if shape.flat else str(shape)
+
+
 # resolving a row into an Op -------------------------------------------------------------------
 
 
@@ -502,25 +541,36 @@ def resolve(
     """Turn a row of a known kind into an :class:`Op`, binding names through ``env``. ``origins``
     says where a name's value was written (a template argument at its call), for error spans."""
     kind = KINDS[row.kind]
+    return bind(kind, defaults.get(row.kind, ()), row.args, env, origins, row.span)
+
+
+def bind(
+    kind: Kind,
+    inherited: tuple[ast.Arg, ...],
+    given: tuple[ast.Arg, ...],
+    env: Mapping[str, Num],
+    origins: Mapping[str, Span] | None,
+    span: Span,
+) -> Op:
+    """An :class:`Op` of ``kind`` from the ``defaults`` it inherits and the arguments ``given``."""
     args, spans = dict(kind.options), {}
     positionals = []
     own: dict[str, ast.Arg] = {}
-    inherited = defaults.get(row.kind, ())
-    for i, arg in enumerate(inherited + row.args):
+    for i, arg in enumerate(inherited + given):
         value = _bind(arg, env, kind)
-        span = _origin(arg, origins)
+        where = _origin(arg, origins)
         key = arg.key if arg.key is not None else value[0] if isinstance(value, tuple) else None
         if key is not None and i >= len(inherited):
             _once(key, arg, own)
         if arg.key is not None:
-            _check_option(kind, arg.key, value, span)
-            args[arg.key], spans[arg.key] = value, span
+            _check_option(kind, arg.key, value, where)
+            args[arg.key], spans[arg.key] = value, where
         elif isinstance(value, tuple):  # a flag: ("relu", True)
-            args[value[0]], spans[value[0]] = value[1], span
+            args[value[0]], spans[value[0]] = value[1], where
         else:
-            positionals.append((value, span))
-    _take_positionals(kind, row, positionals, args, spans)
-    return Op(kind, MappingProxyType(kind.finish(args, row.span, spans)), row.span, MappingProxyType(spans))
+            positionals.append((value, where))
+    _take_positionals(kind, span, positionals, args, spans)
+    return Op(kind, MappingProxyType(kind.finish(args, span, spans)), span, MappingProxyType(spans))
 
 
 def _origin(arg: ast.Arg, origins: Mapping[str, Span] | None) -> Span:
@@ -538,7 +588,7 @@ def _once(key: str, arg: ast.Arg, seen: dict[str, ast.Arg]) -> None:
     seen[key] = arg
 
 
-def _bind(arg: ast.Arg, env: Mapping[str, Num], kind: LayerKind):
+def _bind(arg: ast.Arg, env: Mapping[str, Num], kind: Kind):
     """A value with names bound; a bare unbound name becomes a flag ``(option, bool)``."""
     if arg.key is not None and arg.key not in kind.options:
         raise SpecArgumentError(
@@ -556,7 +606,7 @@ def _bind(arg: ast.Arg, env: Mapping[str, Num], kind: LayerKind):
     raise SpecNameError(f"unknown name '{name}'", arg.span, did_you_mean(name, candidates))
 
 
-def _flag(name: str, kind: LayerKind) -> tuple[str, bool] | None:
+def _flag(name: str, kind: Kind) -> tuple[str, bool] | None:
     """``relu`` -> ("relu", True); ``norelu`` -> ("relu", False); None if not a flag of the kind."""
     flags = kind.flags()
     if name in flags:
@@ -566,7 +616,7 @@ def _flag(name: str, kind: LayerKind) -> tuple[str, bool] | None:
     return None
 
 
-def _check_option(kind: LayerKind, key: str, value, span: Span) -> None:
+def _check_option(kind: Kind, key: str, value, span: Span) -> None:
     """An option takes a value of its default's type; a flag is written bare (bn, nobn)."""
     default = kind.options[key]
     if isinstance(default, bool) or key in kind.flags():
@@ -577,18 +627,18 @@ def _check_option(kind: LayerKind, key: str, value, span: Span) -> None:
         raise SpecArgumentError(f"{kind.name}'s {key} must be an integer, not {value}", span)
 
 
-def _options_hint(key: str, kind: LayerKind) -> str:
+def _options_hint(key: str, kind: Kind) -> str:
     hint = did_you_mean(key, kind.options)
     return hint or "options: " + (", ".join(kind.options) or "none")
 
 
-def _take_positionals(kind: LayerKind, row: ast.Row, values: list, args: dict, spans: dict) -> None:
+def _take_positionals(kind: Kind, span: Span, values: list, args: dict, spans: dict) -> None:
     wanted = kind.positional
     if len(values) != len(wanted):
         expected = " ".join(p.name.upper() for p in wanted) or "no arguments"
         raise SpecArgumentError(
             f"{kind.name} takes {len(wanted)} argument{'s' * (len(wanted) != 1)}, got {len(values)}",
-            row.span,
+            span,
             f"write: {kind.name} {expected}",
         )
     for param, (value, span) in zip(wanted, values):
@@ -605,7 +655,7 @@ _TYPE_CHECKS: dict[str, Callable[[Any], bool]] = {
 _TYPE_WORDS = {"size": "a size like 3x3", "int": "an integer", "float": "a number"}
 
 
-def _check_type(param: Param, value, span: Span, kind: LayerKind) -> None:
+def _check_type(param: Param, value, span: Span, kind: Kind) -> None:
     if not _TYPE_CHECKS[param.type](value):
         raise SpecArgumentError(
             f"{kind.name}'s {param.name} must be {_TYPE_WORDS[param.type]}, not {value}", span

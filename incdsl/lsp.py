@@ -271,9 +271,14 @@ def _templates(spec: ast.Spec | None) -> dict[str, ast.Template]:
 
 
 def _template_doc(template: ast.Template) -> str:
-    """Markdown: the definition's first line, where it is, and the comment block above it."""
+    """Markdown: the definition's head, where it is, and the comment block above it."""
     lines = template.span.source.split("\n")
-    first = lines[template.span.line - 1].strip()
+    head = []  # the definition's head, which may run over several lines, up to its '{'
+    for line in lines[template.span.line - 1 :]:
+        head.append(line.rstrip())
+        if "{" in line or len(head) == 4:
+            break
+    first = "\n".join(head).split("{")[0].rstrip() + " {"
     comments = []
     for line in reversed(lines[: template.span.line - 1]):
         if not line.lstrip().startswith("#"):

@@ -11,7 +11,11 @@ Within one block (the network, or a template's body), whose attributes form one
   their names or positions (``branch2.0``); an unnamed branch whose layers are all unnamed is named
   ``branch<i>`` by its position in the group;
 - an unnamed branch with named layers is flattened: its layers are attributes of the enclosing block,
-  as in torchvision's Inception-v3 (``Mixed_5b.branch5x5_1``), and it may fork again.
+  as in torchvision's Inception-v3 (``Mixed_5b.branch5x5_1``), and it may fork again;
+- a residual's body is flattened too (timm's ``Block35.branch0``, ``Block35.conv2d``); its shortcut is
+  a named branch (``shortcut`` when unnamed);
+- the rows of a top-level ``sequential NAME { ... }`` group are its positions (``features.0``, ...),
+  as in timm's Inception-v4; their own names label them in tables and ``aux ... after``.
 
 ``Nx`` repeats a row: ``4b: 3x inception ...`` gives 4b, 4c, 4d; other names get ``_1``, ``_2``, ...
 
@@ -35,11 +39,24 @@ SEQUENTIAL_METHODS = {name: "a method of nn.Sequential" for name in ("append", "
 
 @dataclass(frozen=True)
 class Member:
-    """One step of a block: a row at attribute ``attr``, or a parallel group of branches."""
+    """One step of a block: a row at attribute ``attr``, a parallel group of branches, or a residual.
+    A top-level row of a ``sequential`` group is at position ``attr`` (``features.3``) of it."""
 
     attr: str | None
     row: ast.Row | None = None
     group: tuple[BranchPlan, ...] = ()
+    residual: ResidualPlan | None = None
+    sequence: str | None = None
+
+
+@dataclass(frozen=True)
+class ResidualPlan:
+    """A residual: its body's members (attributes of the enclosing block) and its shortcut, a named
+    container, or None for the identity."""
+
+    body: tuple[Member, ...]
+    shortcut: BranchPlan | None
+    residual: ast.Residual
 
 
 @dataclass(frozen=True)
@@ -90,6 +107,7 @@ def plan_block(items: tuple[ast.Item, ...], scope: Scope) -> tuple[Member, ...]:
 def _plan(items: list[ast.Item], unnamed: list[ast.Row]) -> tuple[Member, ...]:
     members: list[Member] = []
     group: list[ast.Branch] = []
+    positions: dict[str, int] = {}
     for item in [*items, None]:
         if isinstance(item, ast.Branch):
             group.append(item)
@@ -97,11 +115,39 @@ def _plan(items: list[ast.Item], unnamed: list[ast.Row]) -> tuple[Member, ...]:
         if group:
             members.append(Member(None, group=_plan_group(group, unnamed)))
             group = []
-        if isinstance(item, ast.Row):
+        if isinstance(item, ast.Residual):
+            members.append(Member(None, residual=_plan_residual(item, unnamed)))
+        elif isinstance(item, ast.Shortcut):
+            raise SpecArgumentError(
+                "a shortcut belongs inside a residual", item.span, "residual { ...; shortcut: conv 1x1/2 C }"
+            )
+        elif isinstance(item, ast.Row) and item.sequence is not None:
+            name = item.sequence.text
+            position = positions.setdefault(name, 0)
+            positions[name] += 1
+            members.append(Member(f"{name}.{position}", item, sequence=name))
+        elif isinstance(item, ast.Row):
             if item.name is None:
                 unnamed.append(item)
             members.append(Member(attribute_name(item), item))
     return tuple(members)
+
+
+def _plan_residual(residual: ast.Residual, unnamed: list[ast.Row]) -> ResidualPlan:
+    shortcuts = [item for item in residual.items if isinstance(item, ast.Shortcut)]
+    if len(shortcuts) > 1:
+        raise SpecArgumentError("a residual has one shortcut", shortcuts[1].span)
+    body = _plan(expand_repeats(tuple(i for i in residual.items if not isinstance(i, ast.Shortcut))), unnamed)
+    if not body:
+        raise SpecArgumentError("a residual needs a body: the layers whose output is added to its input",
+                                residual.span)  # fmt: skip
+    shortcut = None
+    if shortcuts:
+        item = shortcuts[0]
+        attr = item.name.text if item.name else "shortcut"
+        branch = ast.Branch(item.items, item.span, item.name)
+        shortcut = BranchPlan(attr, _container(list(item.items)), branch, attr)
+    return ResidualPlan(body, shortcut, residual)
 
 
 def _plan_group(branches: list[ast.Branch], unnamed: list[ast.Row]) -> tuple[BranchPlan, ...]:
@@ -150,16 +196,46 @@ def _container(items: list[ast.Item]) -> tuple[Member, ...]:
 
 
 def _claim_names(members: tuple[Member, ...], scope: Scope) -> None:
+    sequences: set[str] = set()
     for member in members:
-        if member.row is not None and member.attr is not None:
+        if member.sequence is not None:
+            _claim_sequence(member, scope, sequences)
+        elif member.row is not None and member.attr is not None:
             scope.claim(member.attr, f"row '{member.row.name.text}'", member.row.name.span)
         for plan in member.group:
-            if plan.attr is None:
-                _claim_names(plan.members, scope)
-            elif plan.branch.name is not None:
-                scope.claim(plan.attr, f"branch '{plan.attr}'", plan.branch.name.span, "branch name")
-            else:
-                scope.claim(plan.attr, f"the unnamed branch '{plan.attr}'", plan.branch.span)
+            _claim_branch(plan, scope)
+        if member.residual is not None:
+            _claim_names(member.residual.body, scope)
+            if member.residual.shortcut is not None:
+                _claim_branch(member.residual.shortcut, scope)
+
+
+def _claim_branch(plan: BranchPlan, scope: Scope) -> None:
+    if plan.attr is None:
+        _claim_names(plan.members, scope)
+    elif plan.branch.name is not None:
+        scope.claim(plan.attr, f"branch '{plan.attr}'", plan.branch.name.span, "branch name")
+    else:
+        scope.claim(plan.attr, f"the unnamed branch '{plan.attr}'", plan.branch.span)
+
+
+def _claim_sequence(member: Member, scope: Scope, seen: set[str]) -> None:
+    """A sequential group's name is one attribute; its rows' names label them (and must be unique)."""
+    row = member.row
+    if member.sequence not in seen:
+        seen.add(member.sequence)
+        what = f"sequential group '{member.sequence}'"
+        scope.claim(member.sequence, what, row.sequence.span, "group name")
+    if row.name is not None:
+        scope.claim(stage_name(member), f"row '{row.name.text}'", row.name.span)
+
+
+def stage_name(member: Member) -> str:
+    """What a top-level row is called in tables, diagrams and ``aux ... after``: its attribute, or
+    for a row of a sequential group its own name when it has one (``features.3`` otherwise)."""
+    if member.sequence is not None and member.row.name is not None:
+        return attribute_name(member.row)
+    return member.attr
 
 
 def _auto_names(rows: list[ast.Row], scope: Scope) -> dict[int, str]:
@@ -184,6 +260,9 @@ def _fill(members: tuple[Member, ...], auto: dict[int, str]) -> tuple[Member, ..
                 replace(p, members=_fill(p.members, auto)) if p.attr is None else p for p in member.group
             )
             out.append(replace(member, group=group))
+        elif member.residual is not None:
+            body = _fill(member.residual.body, auto)
+            out.append(replace(member, residual=replace(member.residual, body=body)))
         elif member.attr is None:
             out.append(replace(member, attr=auto[id(member.row)]))
         else:

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import cache
 
 from lark import Lark, Token, Transformer, v_args
@@ -41,6 +42,7 @@ _TERMINAL_WORDS = {
     "COLON": "':'",
     "COMMA": "','",
     "EQUAL": "'='",
+    "STRING": 'a title like "#1x1"',
     "$END": "end of file",
 }
 
@@ -106,6 +108,10 @@ def quantity(text: str) -> int:
     return int(text)
 
 
+class _Rows(list):
+    """The rows of a ``sequential`` group, in order, for ``start`` to add to the spec's rows."""
+
+
 class _ToAst(Transformer):
     """One method per grammar rule, each building one AST node."""
 
@@ -163,13 +169,48 @@ class _ToAst(Transformer):
         items = content if isinstance(content, tuple) else (content,)
         return ast.Branch(items, self._span(meta), name)
 
+    @v_args(meta=True)
+    def residual(self, meta, children):
+        *args, body = children
+        return ast.Residual(body, tuple(args), self._span(meta))
+
+    @v_args(meta=True)
+    def shortcut(self, meta, children):
+        name, content = children
+        items = content if isinstance(content, tuple) else (content,)
+        for item in items:
+            if not isinstance(item, ast.Row):
+                raise SpecSyntaxError("a shortcut holds rows only (its projection)", item.span)
+        return ast.Shortcut(items, self._span(meta), name)
+
+    @v_args(inline=True)
+    def param(self, name, title):
+        return str(name), None if title is None else str(title)[1:-1]
+
     def params(self, children):
-        return tuple(str(c) for c in children if c is not None)
+        return tuple(c for c in children if c is not None)
 
     @v_args(meta=True)
     def template_def(self, meta, children):
         name, params, body = children
-        return ast.Template(str(name), params or (), body, self._span(name))
+        params = params or ()
+        return ast.Template(
+            str(name), tuple(p for p, _ in params), body, self._span(name), tuple(t for _, t in params)
+        )
+
+    @v_args(inline=True)
+    def sequential_def(self, name, body):
+        group = ast.Name(str(name), self._span(name))
+        rows = []
+        for item in body:
+            if not isinstance(item, ast.Row):
+                raise SpecSyntaxError(
+                    "a sequential group holds rows, one per position",
+                    item.span,
+                    "write the branches in a template and call it as a row of the group",
+                )
+            rows.append(replace(item, sequence=group))
+        return _Rows(rows)
 
     @v_args(meta=True)
     def aux_def(self, meta, children):
@@ -203,7 +244,9 @@ class _ToAst(Transformer):
         spans: dict = {}
         groups: dict[type, list] = {ast.Defaults: [], ast.Template: [], ast.Row: [], ast.Aux: []}
         for statement in statements:
-            if isinstance(statement, tuple):
+            if isinstance(statement, _Rows):
+                groups[ast.Row] += statement
+            elif isinstance(statement, tuple):
                 key, value, span = statement
                 if key in header:
                     raise SpecSyntaxError(f"'{key}' is declared twice", span)

@@ -7,6 +7,7 @@ The dict :func:`to_dict` makes, printed as JSON by ``incdsl stats --format json`
      "conventions": {...},
      "layers": [{"name", "label", "kind", "type", "patch", "depth", "input": [C,H,W], "output": [C,H,W],
                  "columns": {"n1x1": int, ...} | {}, "params": int, "macs": int}],
+     "columns": {"n1x1": "#1x1", ...},
      "aux": [{"name", "after", "weight", "type", "output", "params", "macs"}],
      "total": {"params": int, "macs": int},
      "budget": {"macs": int, "within": bool} | null}
@@ -21,15 +22,8 @@ from dataclasses import asdict, dataclass, field
 from . import layers as L
 from .ir import Branch, Call, Fork, Layer, Network, Node, Seq, Stage
 
-# Table 1's six inception columns: template parameters of these names fill them.
-COLUMNS = {
-    "n1x1": "#1x1",
-    "n3x3red": "#3x3 reduce",
-    "n3x3": "#3x3",
-    "n5x5red": "#5x5 reduce",
-    "n5x5": "#5x5",
-    "pool_proj": "pool proj",
-}
+# A residual row's scale (Inception-ResNet's 0.17, 0.10, 0.20) is a column of its own.
+SCALE = "scale"
 
 CONVENTIONS = {
     "params": "weights, biases and norm scales/shifts: what numel() counts; not running statistics",
@@ -51,6 +45,7 @@ TITLES = {
     L.AvgPool: "avg pool",
     L.AdaptiveAvgPool: "avg pool",
     L.LRN: "local response norm",
+    L.ReLU: "relu",
     L.Dropout: lambda op: f"dropout ({op['p'] * 100:g}%)",
     L.Linear: "linear",
     L.Softmax: "softmax",
@@ -112,6 +107,7 @@ class Stats:
     params: int
     macs: int
     budget: int | None
+    titles: dict[str, str] = field(default_factory=dict)  # a column's key -> its title, in table order
 
     @property
     def within_budget(self) -> bool | None:
@@ -120,7 +116,8 @@ class Stats:
 
 def compute(net: Network) -> Stats:
     """Stats of a network whose passes have run (one walk of the tree)."""
-    rows = tuple(_row(stage) for stage in net.stages)
+    titles: dict[str, str] = {}
+    rows = tuple(_row(stage, titles) for stage in net.stages)
     aux = tuple(
         AuxRow(
             a.name,
@@ -135,17 +132,46 @@ def compute(net: Network) -> Stats:
     )
     return Stats(
         net.name, net.input.as_list(), net.classes, rows, aux,
-        sum(r.params for r in rows), sum(r.macs for r in rows), net.budget,
+        sum(r.params for r in rows), sum(r.macs for r in rows), net.budget, titles,
     )  # fmt: skip
 
 
-def _row(stage: Stage) -> Row:
+def _row(stage: Stage, titles: dict[str, str]) -> Row:
     node, facts = stage.node, stage.node.facts
-    columns = {k: v for k, v in stage.args.items() if k in COLUMNS}
+    columns = _columns(node, titles)
     return Row(
-        stage.attr, stage.label, _kind(node), _stage_type(stage), _patch(node), depth(node),
+        stage.name, stage.label, _kind(node), _stage_type(stage), _patch(node), depth(node),
         facts.input.as_list(), facts.output.as_list(), facts.params, facts.macs, columns,
     )  # fmt: skip
+
+
+def _columns(node: Layer | Call, titles: dict[str, str]) -> dict:
+    """A template call's titled arguments (the template says which are columns: ``n1x1 "#1x1"``),
+    and a residual's scale; ``titles`` collects each column's title, in the order they appear."""
+    if not isinstance(node, Call):
+        return {}
+    template = node.cls.template
+    columns = {}
+    for param, value in node.args.items():
+        title = template.title(param)
+        if title is not None:
+            columns[param] = value
+            titles.setdefault(param, title)
+    scale = _scale(node.body)
+    if scale is not None:
+        columns[SCALE] = scale
+        titles.setdefault(SCALE, SCALE)
+    return columns
+
+
+def _scale(node: Node) -> float | None:
+    """The scale of the first residual in a block's own body (not in the blocks it calls)."""
+    if isinstance(node, Fork) and isinstance(node.merge.kind, L.Add):
+        return node.merge["scale"]
+    children = node.items if isinstance(node, Seq) else node.branches if isinstance(node, Fork) else ()
+    if isinstance(node, Branch):
+        children = (node.body,)
+    return next((s for s in map(_scale, children) if s is not None), None)
 
 
 def _kind(node: Layer | Call) -> str:
@@ -191,6 +217,7 @@ def to_dict(stats: Stats) -> dict:
         "classes": stats.classes,
         "conventions": CONVENTIONS,
         "layers": [asdict(r) for r in stats.rows],
+        "columns": stats.titles,
         "aux": [asdict(a) for a in stats.aux],
         "total": {"params": stats.params, "macs": stats.macs},
         "budget": budget,
@@ -210,52 +237,57 @@ def mega(macs: int) -> str:
     return f"{macs / 1e6:,.1f}M" if macs else ""
 
 
-HEADERS = [
-    "type", "patch size/stride", "input size", "output size", "depth", *COLUMNS.values(), "params", "ops",
-]  # fmt: skip
+HEADERS = ["type", "patch size/stride", "input size", "output size", "depth", "params", "ops"]
 
 
-def shown_columns(stats: Stats) -> list[str]:
-    """Table 1's inception columns that some row fills (none in a network of other templates)."""
-    return [k for k in COLUMNS if any(k in r.columns for r in stats.rows)]
+def shown_titles(stats: Stats) -> list[str]:
+    """The template columns' titles, each once (two templates may title their parameters alike)."""
+    return list(dict.fromkeys(stats.titles.values()))
 
 
 def headers(stats: Stats) -> list[str]:
-    """The table's headers: :data:`HEADERS` without the inception columns no row fills."""
-    hidden = {COLUMNS[k] for k in COLUMNS if k not in shown_columns(stats)}
-    return [h for h in HEADERS if h not in hidden]
+    """The table's headers: the paper's, with the templates' columns before params and ops."""
+    return [*HEADERS[:5], *shown_titles(stats), *HEADERS[5:]]
 
 
-def cells(row: Row, columns=tuple(COLUMNS)) -> list[str]:
-    """The table's cells for one row, as text (``columns``: the inception columns shown)."""
+def cells(row: Row, titles: dict[str, str] | None = None) -> list[str]:
+    """The table's cells for one row, as text (``titles``: :attr:`Stats.titles`, the columns)."""
+    titles = titles or {}
+    shown = list(dict.fromkeys(titles.values()))
+    by_title = {titles[k]: v for k, v in row.columns.items() if k in titles}
     return [
         row.type, row.patch, size(row.input), size(row.output), str(row.depth) if row.depth else "0",
-        *(str(row.columns.get(k, "")) for k in columns), kilo(row.params), mega(row.macs),
+        *(_cell(by_title.get(t, "")) for t in shown), kilo(row.params), mega(row.macs),
     ]  # fmt: skip
+
+
+def _cell(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def to_csv(stats: Stats) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["name", "type", "patch", "input", "output", "depth", *COLUMNS, "params", "macs"])
+    keys = list(stats.titles)
+    writer.writerow(["name", "type", "patch", "input", "output", "depth", *keys, "params", "macs"])
     for r in stats.rows:
-        cols = [r.columns.get(k, "") for k in COLUMNS]
+        cols = [r.columns.get(k, "") for k in keys]
         shapes = [size(r.input), size(r.output)]
         writer.writerow([r.name, r.type, r.patch, *shapes, r.depth, *cols, r.params, r.macs])
     for a in stats.aux:
-        blank = [""] * len(COLUMNS)
+        blank = [""] * len(keys)
         place = [f"after {a.after}", "", size(a.output), ""]
         writer.writerow([a.name, a.type, *place, *blank, a.params, a.macs])
-    writer.writerow(["total", "", "", "", "", "", *[""] * len(COLUMNS), stats.params, stats.macs])
+    writer.writerow(["total", "", "", "", "", "", *[""] * len(keys), stats.params, stats.macs])
     return out.getvalue()
 
 
 def to_markdown(stats: Stats) -> str:
     lines = [f"# {stats.network}: {size(stats.input)} input", ""]
-    shown, columns = headers(stats), shown_columns(stats)
+    shown = headers(stats)
     lines.append("| " + " | ".join(shown) + " |")
     lines.append("|" + "---|" * len(shown))
-    lines += ["| " + " | ".join(cells(r, columns)) + " |" for r in stats.rows]
+    lines += ["| " + " | ".join(cells(r, stats.titles)) + " |" for r in stats.rows]
     lines += ["", summary(stats), ""]
     return "\n".join(lines)
 
@@ -288,16 +320,15 @@ def to_rich(stats: Stats, matches=None):
     from rich.table import Table
 
     table = Table(title=f"{stats.network}: {size(stats.input)} input", title_justify="left")
-    right = {"depth", "params", "ops", *COLUMNS.values()}
+    right = {"depth", "params", "ops", *stats.titles.values()}
     for header in headers(stats):
         table.add_column(header, justify="right" if header in right else "left")
     printed = _printed_by_row(matches or [])
     if matches:
         table.add_column("paper params", justify="right")
         table.add_column("paper ops", justify="right")
-    columns = shown_columns(stats)
     for row in stats.rows:
-        table.add_row(*cells(row, columns), *(printed.get(row.name, ("", "")) if matches else ()))
+        table.add_row(*cells(row, stats.titles), *(printed.get(row.name, ("", "")) if matches else ()))
     return table
 
 

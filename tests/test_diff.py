@@ -43,7 +43,7 @@ def test_changed_columns_shapes_and_counts():
         "output": ([64, 15, 15], [72, 15, 15]),
     }
     assert d.macs_delta == stats(wider).macs - stats(BASE).macs > 0
-    cells = diff.cells(a3)
+    cells = diff.cells(a3, diff.titles(d))
     assert cells[:2] == ["3a", "~"] and cells[3] == "32x32x64 → 32x32x72" and cells[4] == "#1x1 16→24"
 
 

@@ -177,10 +177,10 @@ def test_a_misspelt_kind_is_reported_at_its_word_with_a_hint(editor, tmp_path):
 
 def test_a_bad_argument_to_a_prelude_template_is_reported_at_the_argument(editor, tmp_path):
     uri = uri_of(tmp_path)
-    text = TINY + "5a: inception 8 8 8 8 8 0\n"
+    text = TINY.replace("pool: global_avgpool", "5a: inception 8 8 8 8 8 2.5\npool: global_avgpool")
     (diagnostic,) = editor.open(uri, text)
     assert diagnostic.range.start == types.Position(line_of(text, "5a:"), len("5a: inception 8 8 8 8 8 "))
-    assert "out must be a positive integer, not 0" in diagnostic.message
+    assert "conv's out must be an integer, not 2.5" in diagnostic.message
 
 
 def test_a_shape_error_inside_the_prelude_is_reported_on_the_calling_row(editor, tmp_path):
@@ -235,7 +235,7 @@ def test_hover_on_a_template_name_shows_its_definition(editor, tmp_path):
     call = TINY + "5a: inception 8 8 8 8 8 8\n"
     editor.change(uri, call)
     text = editor.hover(uri, line_of(call, "5a:"), 6)
-    assert "template inception(n1x1, n3x3red, n3x3, n5x5red, n5x5, pool_proj) {" in text
+    assert 'template inception(n1x1 "#1x1", n3x3red "#3x3 reduce"' in text
     assert "prelude.inc:" in text
 
 
@@ -368,7 +368,7 @@ def test_an_error_in_a_templates_body_points_at_the_call_too():
 
 
 def test_a_bad_value_passed_into_a_template_is_reported_at_the_call():
-    text = TINY.replace("3a: block 32 16", "3a: block 32 0")
+    text = TINY.replace("3a: block 32 16", "3a: block 32 1.5")
     (diagnostic,) = lsp.diagnostics(lsp.analyze(text, "/tmp/net.inc"))
     assert diagnostic.range.start == types.Position(line_of(text, "3a:"), len("3a: block 32 "))
-    assert "out must be a positive integer, not 0" in diagnostic.message
+    assert "conv's out must be an integer, not 1.5" in diagnostic.message

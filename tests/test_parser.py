@@ -5,7 +5,7 @@ from dataclasses import replace
 import pytest
 from conftest import ROOT
 from hypothesis import given, settings
-from test_properties import specs
+from test_differential import specs
 
 from incdsl import ast, cli
 from incdsl.errors import SpecSyntaxError

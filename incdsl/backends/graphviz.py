@@ -31,7 +31,7 @@ from ..files import write_atomic
 from ..ir import INPUT, Call, Fork, Layer, Network, Node, Seq, Stage
 from ..layers import Shape
 from ..passes import is_lone
-from ..report import COLUMNS, PATCHES, AuxRow, Row, Stats, compute, kilo, mega, size, spell
+from ..report import PATCHES, AuxRow, Row, Stats, _cell, compute, kilo, mega, size, spell
 
 LEVELS = ("network", "block")
 FORMATS = ("dot", "svg", "png", "pdf")
@@ -56,7 +56,9 @@ FILLS = MappingProxyType(
         L.Dropout: "#ececec",
         L.Linear: "#e4d7f0",
         L.Softmax: "#f5d5d5",
+        L.ReLU: "#ececec",
         L.Concat: "#f4f4f4",
+        L.Add: "#e6f2d8",
     }
 )
 
@@ -102,10 +104,10 @@ def fold(stages: Iterable[Stage]) -> list[tuple[Stage, ...]]:
 
 
 def _network_level(net: Network, stats: Stats) -> list[str]:
-    rows = {row.name: row for row in stats.rows}
+    rows = _rows_by_stage(net, stats)
     groups = fold(net.stages)
     lines = [_node(INPUT, label=Html("<B>input</B>"), shape="ellipse", group="main")]
-    lines += [_stage_node(group, [rows[s.attr] for s in group]) for group in groups]
+    lines += [_stage_node(group, [rows[s.attr] for s in group], stats.titles) for group in groups]
     lines += [_aux_node(row) for row in stats.aux]
     lines.append(_node(OUTPUT, label=Html("<B>output</B>"), shape="ellipse", group="main"))
     tails = [INPUT, *(group[0].attr for group in groups)]
@@ -119,7 +121,11 @@ def _network_level(net: Network, stats: Stats) -> list[str]:
     return lines
 
 
-def _stage_node(group: tuple[Stage, ...], rows: list[Row]) -> str:
+def _rows_by_stage(net: Network, stats: Stats) -> dict[str, Row]:
+    return {stage.attr: row for stage, row in zip(net.stages, stats.rows)}
+
+
+def _stage_node(group: tuple[Stage, ...], rows: list[Row], titles: dict[str, str]) -> str:
     first = rows[0]
     title = f"{first.type} {first.patch}".strip()
     if len(group) > 1:
@@ -127,8 +133,8 @@ def _stage_node(group: tuple[Stage, ...], rows: list[Row]) -> str:
     params, macs = sum(r.params for r in rows), sum(r.macs for r in rows)
     return _node(
         group[0].attr,
-        label=_table_label(title, first.columns, _counts(params, macs)),
-        tooltip=", ".join(s.attr for s in group),
+        label=_table_label(title, first.columns, titles, _counts(params, macs)),
+        tooltip=", ".join(s.name for s in group),
         fillcolor=_fill(group[0].node),
         group="main",
     )
@@ -152,14 +158,15 @@ def _aux_node(row: AuxRow) -> str:
     return _node(row.name, label=label, style="rounded,filled,dashed", fillcolor="#f7f7f7")
 
 
-def _table_label(title: str, columns: dict, counts: str) -> Html:
-    """Bold title, then Table 1's columns (in the paper's order) when the row has any, then counts."""
-    keys = [k for k in COLUMNS if k in columns]
+def _table_label(title: str, columns: dict, titles: dict[str, str], counts: str) -> Html:
+    """Bold title, then the row's template columns (Table 1's, in the paper's order) when it has any,
+    then counts."""
+    keys = [k for k in titles if k in columns]
     if not keys:
         return Html("<BR/>".join([f"<B>{_esc(title)}</B>", *([_esc(counts)] if counts else [])]))
     span = f'COLSPAN="{len(keys)}"'
-    heads = "".join(f'<TD><FONT POINT-SIZE="8">{_esc(COLUMNS[k])}</FONT></TD>' for k in keys)
-    values = "".join(f"<TD>{_esc(str(columns[k]))}</TD>" for k in keys)
+    heads = "".join(f'<TD><FONT POINT-SIZE="8">{_esc(titles[k])}</FONT></TD>' for k in keys)
+    values = "".join(f"<TD>{_esc(_cell(columns[k]))}</TD>" for k in keys)
     rows = [f"<TR><TD {span}><B>{_esc(title)}</B></TD></TR>", f"<TR>{heads}</TR>", f"<TR>{values}</TR>"]
     if counts:
         rows.append(f"<TR><TD {span}>{_esc(counts)}</TD></TR>")
@@ -170,7 +177,7 @@ def _table_label(title: str, columns: dict, counts: str) -> Html:
 
 
 def _block_level(net: Network, stats: Stats) -> list[str]:
-    rows = {row.name: row for row in stats.rows}
+    rows = _rows_by_stage(net, stats)
     groups = fold(net.stages)
     lines = [_node(INPUT, label=Html("<B>input</B>"), shape="ellipse")]
     for group in groups:
@@ -206,7 +213,9 @@ def _block_edges(net: Network, drawn: set[str], stand_ins: dict[str, str]) -> li
         leaves = g.nodes[tail]["stage"] != g.nodes[head]["stage"]
         label = str(_shape(net, tail)) if leaves and (tail, dashed) not in labelled else None
         labelled.add((tail, dashed))
-        lines.append(_edge(stand_ins.get(tail, tail), head, label=label, style="dashed" if dashed else None))
+        shortcut = SHORTCUT_STYLE if g.edges[tail, head].get("shortcut") else {}
+        style = "dashed" if dashed else None
+        lines.append(_edge(stand_ins.get(tail, tail), head, label=label, style=style, **shortcut))
     return lines
 
 
@@ -249,12 +258,24 @@ def _inside(node: Node) -> list[str]:
             if branch.container is not None and not is_lone(branch):
                 inner = _cluster(branch.key, Html(_esc(branch.container)), _NESTED, inner)
             lines += inner
-        label = _lines(node.merge.kind.name, f"{node.facts.output.channels} channels")
+        label = _lines(_merge_title(node.merge), f"{node.facts.output.channels} channels")
         return [*lines, _node(node.key, label=label, tooltip=node.key, fillcolor=_fill(node))]
     return _cluster(node.key, Html(_esc(node.attr)), _NESTED, _inside(node.body))
 
 
 _NESTED = 'style="rounded,dotted", fontsize=9'
+
+
+def _merge_title(merge) -> str:
+    """``concat``, or a residual's ``add x0.17, relu``."""
+    if isinstance(merge.kind, L.Add):
+        scale = "" if merge["scale"] == 1 else f" x{merge['scale']:g}"
+        return f"add{scale}" + (", relu" if merge["relu"] else "")
+    return merge.kind.name
+
+
+# A residual's shortcut: the edge from its input (or its projection) straight into the add.
+SHORTCUT_STYLE = {"color": "#2a7f62", "penwidth": "1.6", "xlabel": "shortcut"}
 
 
 def _layer_node(layer: Layer, times: str = "", **attrs: str) -> str:

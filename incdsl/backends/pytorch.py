@@ -160,7 +160,10 @@ class Writer:
         s = net.input
         pieces = [Code(forward=(f"# N x {s.channels} x {s.height} x {s.width}",))]
         for twin, stage in zip(model.stages, net.stages):
-            code, _ = self.visit(twin.node, "x", "x")
+            if twin.sequence is None:
+                code, _ = self.visit(twin.node, "x", "x")
+            else:
+                code = self.position(twin, model.stages)
             shape = () if _identity(twin.node) else (_shape_comment(stage.node.facts.output),)
             pieces.append(code + Code(forward=shape))
             pieces += [self.aux_head(aux) for aux in model.auxes if aux.after is twin]
@@ -176,6 +179,21 @@ class Writer:
             "init": code.init,
             "forward": code.forward,
         }
+
+    def position(self, stage, stages) -> Code:
+        """A stage of a sequential group: the group's nn.Sequential is declared with its first
+        position; each position is applied in turn (``self.features[3](x)``), so shapes can be shown
+        and aux heads attached between them."""
+        group = [s for s in stages if s.sequence == stage.sequence]
+        init = ()
+        if stage is group[0]:
+            parts = ", ".join("nn.Identity()" if _identity(s.node) else self.module(s.node) for s in group)
+            init = (f"self.{stage.sequence} = nn.Sequential({parts})",)
+        if _identity(stage.node):
+            code, _ = self.visit_Layer(stage.node, "x", "x")
+            return Code(init) + code
+        index = stage.attr.rsplit(".", 1)[1]
+        return Code(init, self.applied(stage.node, f"self.{stage.sequence}[{index}]", "x", "x"))
 
     def aux_head(self, aux) -> Code:
         source = "torch.flatten(x, 1)" if self.flattens(aux.node) else "x"
@@ -225,12 +243,13 @@ class Writer:
     def visit_Fork(self, fork: Fork, src: str, dst: str) -> tuple[Code, str]:
         if len(fork.branches) == 1 and fork.merge.kind.unary_identity:
             return self.visit(fork.branches[0], src, dst)
-        pieces, outputs = [], []
+        stored = tuple(f"self.{attr} = {literal(fork.merge[key])}" for key, attr in fork.stored.items())
+        pieces, outputs = [Code(init=stored)], []
         for branch in fork.branches:
             code, out = self.visit(branch, src, branch.var)
             pieces.append(code)
             outputs.append(out)
-        merge = getattr(self, f"merge_{type(fork.merge.kind).__name__}")(fork.merge, outputs)
+        merge = getattr(self, f"merge_{type(fork.merge.kind).__name__}")(fork, outputs)
         return join(pieces) + Code(forward=(f"{dst} = {merge}",)), dst
 
     def visit_Branch(self, branch: Branch, src: str, dst: str) -> tuple[Code, str]:
@@ -254,13 +273,19 @@ class Writer:
 
     def attribute(self, node: Layer | Call, attr: str, src: str, dst: str) -> tuple[Code, str]:
         """A submodule at ``self.attr``, applied to ``src`` into ``dst``."""
+        init = (f"self.{attr} = {self.module(node)}",)
+        return Code(init, self.applied(node, f"self.{attr}", src, dst)), dst
+
+    def applied(self, node: Layer | Call, module: str, src: str, dst: str) -> tuple[str, ...]:
+        """Forward lines applying ``module`` to ``src`` into ``dst`` (flattening a feature map first
+        for a linear layer)."""
         forward = []
         if self.flattens(node):
             self.used.add("torch")
             forward.append(f"{dst} = torch.flatten({src}, 1)")
             src = dst
-        forward.append(f"{dst} = {self.call(node, f'self.{attr}', src)}")
-        return Code((f"self.{attr} = {self.module(node)}",), tuple(forward)), dst
+        forward.append(f"{dst} = {self.call(node, module, src)}")
+        return tuple(forward)
 
     @staticmethod
     def flattens(node: Layer | Call) -> bool:
@@ -318,6 +343,8 @@ class Writer:
             kw.append(f"padding={_pair_src(op['pad'])}")
         if op["ceil"]:
             kw.append("ceil_mode=True")
+        if op.args.get("exclude_pad"):
+            kw.append("count_include_pad=False")
         return f"nn.{torch_class}({', '.join(kw)})"
 
     def module_MaxPool(self, op: Op, cin: str) -> str:
@@ -336,6 +363,9 @@ class Writer:
             f"beta={literal(op['beta'])}, k={literal(k)})"
         )
 
+    def module_ReLU(self, op: Op, cin: str) -> str:
+        return "nn.ReLU()"  # not in place: its input may feed another branch or a shortcut
+
     def module_Dropout(self, op: Op, cin: str) -> str:
         return f"nn.Dropout(p={literal(op['p'])})"
 
@@ -350,9 +380,22 @@ class Writer:
         return expr
 
     # how each merge kind is spelt ----------------------------------------------------------------
-    def merge_Concat(self, merge, outputs: list[str]) -> str:
+    def merge_Concat(self, fork: Fork, outputs: list[str]) -> str:
         self.used.add("torch")
         return f"torch.cat([{', '.join(outputs)}], 1)"
+
+    def merge_Add(self, fork: Fork, outputs: list[str]) -> str:
+        """``out * scale + x``, then ReLU: the order timm's Inception-ResNet blocks compute in."""
+        shortcut, body = outputs
+        scale = fork.merge["scale"]
+        if "scale" in fork.stored:
+            body = f"{body} * self.{fork.stored['scale']}"
+        elif scale != 1:
+            body = f"{body} * {literal(scale)}"
+        if fork.merge["relu"]:
+            self.used.add("F")
+            return f"F.relu({body} + {shortcut}, inplace=True)"
+        return f"{body} + {shortcut}"
 
 
 def _identity(node: Node) -> bool:

@@ -4,9 +4,10 @@ if exists("b:current_syntax")
 endif
 
 syn match   incdslComment   "#.*$" contains=@Spell
+syn region  incdslTitle     start=+"+ end=+"+ oneline
 syn keyword incdslHeader    network input classes budget defaults
-syn keyword incdslKeyword   template branch aux after
-syn keyword incdslKind      conv maxpool avgpool adaptive_avgpool global_avgpool lrn dropout linear softmax inception
+syn keyword incdslKeyword   template branch aux after residual shortcut sequential
+syn keyword incdslKind      conv maxpool avgpool adaptive_avgpool global_avgpool lrn relu dropout linear softmax inception
 syn match   incdslName      "^\s*\zs[A-Za-z0-9_]\+\ze\s*:"
 syn match   incdslTemplate  "\<template\s\+\zs[A-Za-z_][A-Za-z0-9_]*"
 syn match   incdslOption    "\<[A-Za-z_][A-Za-z0-9_]*\ze="
@@ -16,6 +17,7 @@ syn match   incdslQuantity  "\<\d\+\(\.\d\+\)\=[KMGT]\>"
 syn match   incdslRepeat    "\<\d\+x\ze\s\+[A-Za-z_]"
 
 hi def link incdslComment   Comment
+hi def link incdslTitle     String
 hi def link incdslHeader    PreProc
 hi def link incdslKeyword   Keyword
 hi def link incdslKind      Type
