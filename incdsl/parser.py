@@ -47,9 +47,9 @@ _TERMINAL_WORDS = {
 
 @cache
 def _lark() -> Lark:
-    # cache=True keeps the built LALR tables in the temp directory, keyed by the grammar's hash:
-    # building them is most of the parser's start-up time.
-    return Lark(grammar_text(), parser="lalr", propagate_positions=True, maybe_placeholders=True, cache=True)
+    # No cache=True: Lark's cache is a pickle at a predictable path in the shared temp directory, which
+    # anyone who can write there could plant. Building the tables takes about 45 ms, once per process.
+    return Lark(grammar_text(), parser="lalr", propagate_positions=True, maybe_placeholders=True)
 
 
 def parse(text: str, path: str = "<spec>") -> ast.Spec:
