@@ -9,6 +9,7 @@ import pickle
 import subprocess
 import sys
 
+import pytest
 from conftest import ROOT
 
 from incdsl import cli
@@ -73,3 +74,33 @@ def test_a_pickle_planted_in_the_temp_directory_never_runs(tmp_path):
     assert result.returncode == 0, result.stderr
     assert not marker.exists(), "incdsl unpickled a file from the shared temp directory"
     assert {p.name for p in temp.iterdir()} == {cache.name}  # and wrote nothing there
+
+
+# -- security: control characters in messages --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "raw, shown",
+    [("\x1b[2J", "\\x1b[2J"), ("\x00", "\\x00"), ("\u202e", "\\u202e"), ("\x9b", "\\x9b"), ("\x7f", "\\x7f")],
+    ids=["ESC", "NUL", "RLO", "CSI", "DEL"],
+)
+def test_control_characters_are_shown_escaped_and_the_caret_lines_up(capsys, tmp_path, raw, shown):
+    path = tmp_path / "evil\x1b[31m.inc"
+    path.write_text(HEADER + f"conv 3x3 4 \t{raw}@\n")
+    code, _, err = run(capsys, "check", path)
+    assert code == 2
+    assert all(c == "\n" or c.isprintable() for c in err), repr(err)
+    first, source, caret = err.splitlines()[:3]
+    assert first.startswith(f"{tmp_path}/evil\\x1b[31m.inc:4:")
+    column = int(first.split(":")[2]) - 1  # where the error is, in characters of the raw line
+    shown_line = f"conv 3x3 4 \t{raw}@".expandtabs(8).replace(raw, shown)
+    assert source == "    " + shown_line
+    assert caret.index("^") - 4 == shown_line.index(shown if column == 12 else "@")
+
+
+def test_a_tab_before_the_error_keeps_the_caret_under_it(capsys, tmp_path):
+    path = tmp_path / "tab.inc"
+    path.write_text(HEADER + "conv\t3x3\t@\n")
+    err = run(capsys, "check", path)[2]
+    source, caret = err.splitlines()[1:3]
+    assert source[caret.index("^")] == "@"
