@@ -6,11 +6,13 @@ Exit codes: 0 success; 1 the budget is exceeded (``check``); 2 a mistake in the 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from . import __version__, load, report
-from .errors import BudgetExceeded, IncdslError, SpecSyntaxError
+from .errors import BudgetExceeded, IncdslError
 from .files import write_atomic
+from .numbers import MAX_BUDGET, NumberError, read_quantity
 
 FORMATS = ("table", "markdown", "csv", "json")
 
@@ -23,14 +25,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if argv[:1] and argv[0] in TRAINING:  # their options belong to incdsl.train's own parser
             return training(argv)
-        args = _parser().parse_args(argv)
-        return args.func(args)
+        args = _parse_arguments(_parser(), argv)
+        return args.func(args) if isinstance(args, argparse.Namespace) else args
     except BudgetExceeded as exc:
         print(exc.format(), file=sys.stderr)
         return 1
     except IncdslError as exc:
         print(exc.format(), file=sys.stderr)
         return 2
+
+
+def _parse_arguments(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace | int:
+    """The parsed arguments, or the exit code argparse chose (2 for a usage error, 0 for --help), so
+    that ``main`` returns a code rather than raising SystemExit when called from Python."""
+    try:
+        return parser.parse_args(argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 2
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -47,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check", help="exit 0 if the spec is valid and within its budget")
     p.add_argument("spec", help=spec_help)
-    p.add_argument("--budget", help="multiply-adds allowed, like 1.5G (overrides the spec's)")
+    p.add_argument("--budget", type=_budget, help="multiply-adds allowed, like 1.5G (overrides the spec's)")
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("compile", help="write a standalone PyTorch model file (or ONNX)")
@@ -89,9 +100,7 @@ def cmd_stats(args) -> int:
         data = report.to_dict(stats)
         if matches is not None:
             data["reference"] = reference.to_dict(matches)
-        import json
-
-        print(json.dumps(data, indent=2))
+        print(json.dumps(data, indent=2, allow_nan=False))  # JSON has no Infinity or NaN
     elif args.format == "csv":
         print(report.to_csv(stats), end="")
     elif args.format == "markdown":
@@ -122,7 +131,7 @@ def _print_table(stats, matches) -> None:
 def cmd_check(args) -> int:
     net = load(args.spec)
     stats = report.compute(net)
-    budget = _quantity(args.budget) if args.budget else stats.budget
+    budget = args.budget if args.budget is not None else stats.budget
     print(f"{net.name}: {stats.params:,} params, {stats.macs:,} multiply-adds (inference)")
     if budget is None:
         print("no budget declared; the spec is valid")
@@ -134,13 +143,12 @@ def cmd_check(args) -> int:
     return 0
 
 
-def _quantity(text: str) -> int:
-    from .parser import quantity
-
+def _budget(text: str) -> int:
+    """``--budget``: a count of multiply-adds, validated as a spec's ``budget`` is (incdsl.numbers)."""
     try:
-        return quantity(text[:-1] + text[-1:].upper())
-    except ValueError:
-        raise SpecSyntaxError(f"--budget takes a count like 1.5G or 1500000000, not {text!r}") from None
+        return read_quantity(text, 1, MAX_BUDGET)
+    except NumberError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def cmd_compile(args) -> int:
@@ -195,8 +203,8 @@ def training(argv: list[str]) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     train_cli.add_train_parser(sub)
     train_cli.add_eval_parser(sub)
-    args = parser.parse_args(argv)
-    return args.func(args)
+    args = _parse_arguments(parser, argv)
+    return args.func(args) if isinstance(args, argparse.Namespace) else args
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import os
 import pickle
 import subprocess
 import sys
+import textwrap
 
 import pytest
 from conftest import ROOT
@@ -104,3 +105,237 @@ def test_a_tab_before_the_error_keeps_the_caret_under_it(capsys, tmp_path):
     err = run(capsys, "check", path)[2]
     source, caret = err.splitlines()[1:3]
     assert source[caret.index("^")] == "@"
+
+
+# -- numbers: one validation, in specs and on the command line ---------------------------------------
+
+# (spec body after the header, message fragment): each is exit 2 with the span at the number.
+BAD_NUMBERS = [
+    ("conv 3x3 4 bn eps=1e400\n", "'1e400' is too large for a 64-bit float"),
+    ("lrn 5 alpha=1e400\n", "'1e400' is too large for a 64-bit float"),
+    ("lrn 5 alpha=1e-400\n", "'1e-400' is too small for a 64-bit float"),
+    ("conv 3x3 4\nfc: linear 10\naux a after conv weight=1e400: linear 10\n", "'1e400' is too large"),
+    ("budget 0\n", "'0' is too small: it must be at least 1"),
+    ("budget 0.0K\n", "'0.0K' is too small: it must be at least 1"),
+    ("budget 99999999999999999999999T\n", "it must be at most 1,000,000,000,000,000,000"),
+    ("conv 3x3 99999999999\n", "'99999999999' is too large: it must be at most 2,147,483,647"),
+    ("conv 3x3 " + "9" * 5000 + "\n", "is too large"),  # Python refuses int() of 4300+ digits
+    ("conv 99999999999x3 4\n", "in the size '99999999999x3'"),
+    (
+        "c: 99999999999999999999x conv 1x1 3\n",
+        "repetition count: '99999999999999999999' is too large: it must be at most 10,000",
+    ),
+    ("c: 10001x conv 1x1 3\n", "it must be at most 10,000"),
+    ("c: 0x conv 1x1 3\n", "it must be at least 1"),
+    ("conv 3x3 １６\n", "unexpected character '１'"),
+    ("conv 3x3 1_000\n", "unknown name '_000'"),
+]
+
+
+@pytest.mark.parametrize("body, message", BAD_NUMBERS, ids=[m[:30] for _, m in BAD_NUMBERS])
+def test_every_number_in_a_spec_is_validated(capsys, tmp_path, body, message):
+    path = tmp_path / "n.inc"
+    text = HEADER.replace("classes 10\n", "") + "classes 10\n" + body
+    path.write_text(text)
+    code, _, err = run(capsys, "check", path)
+    assert code == 2 and message in err, err
+    assert err.startswith(f"{path}:") and "Traceback" not in err
+
+
+def test_classes_zero_is_refused(capsys, tmp_path):
+    path = tmp_path / "n.inc"
+    path.write_text("network n\ninput 8x8x3\nclasses 0\nconv 1x1 4\n")
+    code, _, err = run(capsys, "check", path)
+    assert code == 2 and "n.inc:3:9: error: '0' is too small: it must be at least 1" in err
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("0", "'0' is too small: it must be at least 1"),
+        ("infG", "'infG' is not a count like 1.5G"),
+        ("1e400G", "'1e400G' is not a count like 1.5G"),
+        ("-infK", "'-infK' is not a count"),
+        ("-1", "'-1' is not a count"),
+        ("", "'' is not a count like 1.5G or 1500000000 (it is empty)"),
+        ("1_000", "(write it without separators)"),
+        ("１０００", "(write it in ASCII digits 0-9)"),
+        ("1.5", "'1.5' is not a whole count"),
+        ("2000000T", "it must be at most 1,000,000,000,000,000,000"),
+    ],
+)
+def test_budget_on_the_command_line(capsys, value, message):
+    code, out, err = run(capsys, "check", "googlenet", f"--budget={value}")
+    assert code == 2 and "argument --budget: " in err and message in err, err
+    assert out == ""
+
+
+def test_budget_suffixes_are_exact_and_case_insensitive(capsys):
+    assert run(capsys, "check", "googlenet", "--budget", "1.6g")[0] == 0
+    code, _, err = run(capsys, "check", "googlenet", "--budget", "1582671871")
+    assert code == 1 and "over by 1," in err
+
+
+def test_json_output_is_strict_json(capsys, tmp_path):
+    import json
+
+    path = tmp_path / "n.inc"
+    path.write_text(HEADER + "budget 1\nconv 3x3 4\nlrn 5 alpha=1e300 beta=1e-300\n")
+    code, out, _ = run(capsys, "stats", path, "--format", "json")
+
+    def refuse(constant):
+        raise AssertionError(f"{constant} in JSON output")
+
+    assert code == 0 and json.loads(out, parse_constant=refuse)["budget"]["within"] is False
+
+
+def test_format_writes_numbers_that_parse_again(capsys, tmp_path):
+    from incdsl.formatter import format_spec
+    from incdsl.parser import parse
+
+    text = HEADER + "lrn 5 alpha=1e300 beta=1e-300 k=0.1\n"
+    spec = parse(text)
+    assert parse(format_spec(spec)).rows == spec.rows
+
+
+# -- sizes and bytes: bounded work per input byte ----------------------------------------------------
+
+# Peak memory from VmHWM, which belongs to the process image: ru_maxrss would count pytest's own
+# (Linux keeps it across fork and exec).
+MEASURE = textwrap.dedent(
+    """
+    import re, sys, time
+    from incdsl import cli
+    start = time.perf_counter()
+    code = cli.main(sys.argv[1:])
+    seconds = time.perf_counter() - start
+    peak = int(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) // 1024
+    print(code, seconds, peak)
+    """
+)
+
+
+def measured(path):
+    """Exit code, seconds and peak memory (MiB) of ``incdsl check path`` in a fresh process."""
+    result = python("-c", MEASURE, "check", str(path))
+    code, seconds, mib = result.stdout.splitlines()[-1].split()
+    return int(code), float(seconds), int(mib), result.stderr
+
+
+@pytest.mark.parametrize(
+    "unit", ["\n", ";", "# comment\n", " \t\n"], ids=["blank", "semicolon", "comment", "space"]
+)
+def test_blank_lines_take_constant_memory(tmp_path, unit):
+    from incdsl.parser import MAX_SPEC_BYTES
+
+    path = tmp_path / "blank.inc"
+    filler = unit * ((MAX_SPEC_BYTES - 200) // len(unit))
+    path.write_text(HEADER + filler + "conv 3x3 4\n")
+    code, seconds, mib, err = measured(path)
+    assert code == 0, err
+    assert seconds < 10 and mib < 100, (seconds, mib)  # the old line-end regex: ~200 MB here
+
+
+def test_a_huge_file_is_refused_before_it_is_read(tmp_path, capsys):
+    path = tmp_path / "huge.inc"
+    with open(path, "wb") as file:
+        file.truncate(10 * 2**20)  # 10 MB of NUL bytes, sparse on disk
+    code, _, err = run(capsys, "check", path)
+    assert code == 2 and "larger than 256 KiB, the limit for a spec" in err
+    text_code, _, text_err = run(capsys, "check", "/dev/zero")
+    assert text_code == 2 and "larger than 256 KiB" in text_err
+
+
+def test_a_row_with_a_million_arguments_fails_fast(tmp_path):
+    path = tmp_path / "wide.inc"
+    path.write_text(HEADER + "conv 3x3 4 " + "1 " * 100_000 + "\n")
+    code, seconds, mib, err = measured(path)
+    assert code == 2 and "a statement has more than 256 words" in err and "at most 64 arguments" in err
+    assert seconds < 2, seconds
+
+
+def test_argument_counts_are_limited(capsys, tmp_path):
+    path = tmp_path / "args.inc"
+    path.write_text(HEADER + "conv 3x3 4 " + "relu " * 70 + "\n")
+    code, _, err = run(capsys, "check", path)
+    assert code == 2 and "a row has 72 arguments; at most 64 are allowed" in err
+
+
+def test_deep_nesting_is_a_spec_error(capsys, tmp_path):
+    path = tmp_path / "deep.inc"
+    depth = 300
+    body = "template t {\n" + "branch {\n" * depth + "conv 1x1 4\n" + "}\n" * (depth + 1) + "t\n"
+    path.write_text(HEADER + body)
+    code, _, err = run(capsys, "check", path)
+    assert code == 2 and "blocks are nested more than 32 deep" in err
+    assert f"{path}:36:8:" in err  # the 33rd '{': line 4 opens the template
+
+
+def test_nesting_up_to_the_limit_parses():
+    from incdsl.parser import MAX_NESTING, parse
+
+    body = "template t {\n" + "branch {\n" * (MAX_NESTING - 1) + "conv 1x1 4\n" + "}\n" * MAX_NESTING
+    assert parse(HEADER + body).templates[0].name == "t"
+
+
+# -- encodings ----------------------------------------------------------------------------------------
+
+
+def test_latin1_is_reported_where_it_is(capsys, tmp_path):
+    path = tmp_path / "latin1.inc"
+    path.write_bytes((HEADER + "# café\nconv 3x3 4\n").encode("latin-1"))
+    code, _, err = run(capsys, "check", path)
+    assert code == 2
+    assert err.startswith(f"{path}:4:6: error: the file is not UTF-8 text (byte 0xE9 cannot be decoded)")
+    assert "hint: save the spec as UTF-8" in err
+
+
+def test_random_bytes_are_a_clear_error(capsys, tmp_path):
+    import random
+
+    path = tmp_path / "noise.inc"
+    path.write_bytes(random.Random(9).randbytes(4000))
+    code, _, err = run(capsys, "check", path)
+    assert code == 2 and "not UTF-8 text" in err and len(err) < 2000
+
+
+def test_a_byte_order_mark_is_accepted(capsys, tmp_path):
+    path = tmp_path / "bom.inc"
+    path.write_bytes(b"\xef\xbb\xbf" + (ROOT / "specs" / "googlenet.inc").read_bytes())
+    code, out, _ = run(capsys, "check", path)
+    assert code == 0 and "1,582,671,872 multiply-adds" in out
+    from incdsl import parse
+
+    assert parse("\ufeff" + HEADER).network == "net"
+
+
+def test_a_spec_named_by_an_empty_string(capsys):
+    code, _, err = run(capsys, "stats", "")
+    assert code == 2 and "empty" in err
+
+
+# -- the --reference table ----------------------------------------------------------------------------
+
+TABLE = ROOT / "tests" / "fixtures" / "googlenet_table1.tsv"
+
+
+@pytest.mark.parametrize(
+    "cell, message",
+    [
+        ("abc", "'abc' is not a number"),
+        ("inf", "'inf' is not a number (it must be finite)"),
+        ("-3", "'-3' is too small: it must be at least 0"),
+    ],
+)
+def test_a_reference_table_with_a_bad_cell(capsys, tmp_path, cell, message):
+    table = tmp_path / "t.tsv"
+    table.write_text(TABLE.read_text().replace("\t2.7\t", f"\t{cell}\t"))
+    code, _, err = run(capsys, "stats", "googlenet", "--reference", table)
+    assert code == 2 and f"t.tsv:6: column params_K: {message}" in err, err
+
+
+def test_a_reference_table_that_is_not_utf8(capsys, tmp_path):
+    table = tmp_path / "t.tsv"
+    table.write_bytes(TABLE.read_bytes() + "café\n".encode("latin-1"))
+    code, _, err = run(capsys, "stats", "googlenet", "--reference", table)
+    assert code == 2 and "the reference table is not UTF-8 text (byte 0xE9)" in err
