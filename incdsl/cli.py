@@ -6,12 +6,14 @@ Exit codes: 0 success; 1 the budget is exceeded (``check``); 2 a mistake in the 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 
-from . import __version__, load, report
+from . import __version__, load, locate, report
 from .errors import BudgetExceeded, IncdslError
-from .files import write_atomic
+from .files import check_output, write_atomic
 from .numbers import MAX_BUDGET, NumberError, read_quantity
 
 FORMATS = ("table", "markdown", "csv", "json")
@@ -21,6 +23,18 @@ TRAINING = ("train", "eval")
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:  # the reader went away (incdsl stats ... | head): stop quietly, as cat does
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, the status a shell shows for a C program stopped the same way
+    except KeyboardInterrupt:
+        print("incdsl: interrupted", file=sys.stderr)
+        return 130  # 128 + SIGINT
+
+
+def _main(argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         if argv[:1] and argv[0] in TRAINING:  # their options belong to incdsl.train's own parser
@@ -113,7 +127,12 @@ def cmd_stats(args) -> int:
 def _print_table(stats, matches) -> None:
     from rich.console import Console
 
-    console = Console(width=200 if not sys.stdout.isatty() else None)
+    class PipedConsole(Console):
+        def on_broken_pipe(self) -> None:  # rich exits 1 (our "over budget"); main() says 141
+            self.quiet = True
+            raise BrokenPipeError
+
+    console = PipedConsole(width=200 if not sys.stdout.isatty() else None)
     console.print(report.to_rich(stats, matches))
     console.print(report.summary(stats), highlight=False)
     console.print(
@@ -151,16 +170,22 @@ def _budget(text: str) -> int:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def _output(args) -> None:
+    """Refuse a bad ``-o`` (empty, a directory or device, the input spec) before any work is done."""
+    check_output(args.output, inputs=[locate(args.spec)])
+
+
 def cmd_compile(args) -> int:
+    _output(args)
     net = load(args.spec)
-    if (args.format or ("onnx" if args.output.endswith(".onnx") else "python")) == "onnx":
+    if (args.format or ("onnx" if args.output.lower().endswith(".onnx") else "python")) == "onnx":
         from .backends import onnx
 
         onnx.export(net, args.output)
     else:
         from . import compile_source
 
-        write_atomic(args.output, compile_source(net))
+        write_atomic(args.output, compile_source(net), inputs=[locate(args.spec)])
     print(f"wrote {args.output}")
     return 0
 
@@ -168,6 +193,7 @@ def cmd_compile(args) -> int:
 def cmd_draw(args) -> int:
     from .backends import graphviz
 
+    _output(args)
     graphviz.render(graphviz.to_dot(load(args.spec), args.level), args.output)
     print(f"wrote {args.output}")
     return 0
@@ -178,9 +204,11 @@ def cmd_format(args) -> int:
     from .formatter import format_spec
     from .parser import parse
 
+    if args.output is not None:
+        _output(args)
     text = format_spec(parse(*read(args.spec)))
-    if args.output:
-        write_atomic(args.output, text)
+    if args.output is not None:
+        write_atomic(args.output, text, inputs=[locate(args.spec)])
     else:
         print(text, end="")
     return 0

@@ -77,6 +77,117 @@ def test_a_pickle_planted_in_the_temp_directory_never_runs(tmp_path):
     assert {p.name for p in temp.iterdir()} == {cache.name}  # and wrote nothing there
 
 
+# -- security: output files ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def spec(tmp_path):
+    path = tmp_path / "net.inc"
+    path.write_text((ROOT / "specs" / "mini_googlenet.inc").read_text())
+    return path
+
+
+@pytest.mark.parametrize("command", ["compile", "draw", "format"])
+@pytest.mark.parametrize("alias", ["same", "symlink", "hardlink"])
+def test_the_input_spec_is_never_an_output(capsys, tmp_path, spec, command, alias):
+    before = spec.read_bytes()
+    out = {"same": spec, "symlink": tmp_path / "link.inc", "hardlink": tmp_path / "hard.inc"}[alias]
+    if alias == "symlink":
+        out.symlink_to(spec)
+    elif alias == "hardlink":
+        os.link(spec, out)
+    code, _, err = run(capsys, command, spec, "-o", out)
+    assert code == 2 and "is the input file" in err, err
+    assert spec.read_bytes() == before
+
+
+def special_files(tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    import socket
+
+    sock_path = tmp_path / "sock"
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(sock_path))
+    return {"a FIFO": fifo, "a directory": folder, "a socket": sock_path}, sock
+
+
+@pytest.mark.parametrize("command", ["compile", "draw", "format"])
+def test_special_files_are_refused(capsys, tmp_path, spec, command):
+    files, sock = special_files(tmp_path)
+    with sock:
+        for kind, path in files.items():
+            code, _, err = run(capsys, command, spec, "-o", path)
+            assert code == 2 and f"it is {kind}" in err, err
+            assert not path.is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo", "folder", "net.inc", "sock"]
+
+
+def test_a_device_node_is_refused_without_touching_it(capsys, spec):
+    from incdsl.errors import OutputError
+    from incdsl.files import check_output
+
+    with pytest.raises(OutputError, match="it is a character device"):
+        check_output("/dev/null")  # check_output never writes, so this is safe even as root
+    assert os.path.exists("/dev/null") and not os.path.isfile("/dev/null")
+
+
+def test_an_empty_output_name_is_explained(capsys, spec):
+    code, _, err = run(capsys, "compile", spec, "-o", "")
+    assert code == 2 and "the output file name is empty" in err
+
+
+def test_a_symlink_is_written_through_and_stays_a_link(capsys, tmp_path, spec):
+    target = tmp_path / "real.py"
+    target.write_text("old")
+    link = tmp_path / "model.py"
+    link.symlink_to(target)
+    assert run(capsys, "compile", spec, "-o", link)[0] == 0
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    assert "class MiniGoogLeNet" in target.read_text() or "def build" in target.read_text()
+
+
+def test_a_replaced_file_keeps_its_mode(capsys, tmp_path, spec):
+    out = tmp_path / "model.py"
+    out.write_text("old")
+    out.chmod(0o600)
+    assert run(capsys, "compile", spec, "-o", out)[0] == 0
+    assert out.stat().st_mode & 0o777 == 0o600 and "def build" in out.read_text()
+
+
+def test_a_hard_link_keeps_the_old_content_as_gcc_and_git_do(capsys, tmp_path, spec):
+    out, other = tmp_path / "model.py", tmp_path / "other.py"
+    out.write_text("old")
+    os.link(out, other)
+    assert run(capsys, "compile", spec, "-o", out)[0] == 0
+    assert "def build" in out.read_text() and other.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary left
+
+
+def test_the_onnx_extension_is_case_insensitive(capsys, tmp_path, spec, monkeypatch):
+    from incdsl.backends import onnx
+
+    written = []
+    monkeypatch.setattr(onnx, "export", lambda net, path: written.append(path))
+    assert run(capsys, "compile", spec, "-o", tmp_path / "m.ONNX")[0] == 0
+    assert written == [str(tmp_path / "m.ONNX")]
+
+
+def test_a_closed_pipe_ends_quietly():
+    process = subprocess.Popen(
+        [sys.executable, "-m", "incdsl", "stats", "googlenet"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    process.stdout.close()  # the reader is gone before the first write
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 141 and b"Traceback" not in err, err
+
+
 # -- security: control characters in messages --------------------------------------------------------
 
 
