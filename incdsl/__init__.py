@@ -114,10 +114,19 @@ def compile_source(target: Network | str | Path) -> str:
 
 
 def build_module(target: Network | str | Path, **overrides):
-    """The ``torch.nn.Module`` of a network, built by executing its generated source."""
+    """The ``torch.nn.Module`` of a network, built by executing its generated source.
+
+    A model whose parameters cannot fit in the free memory of torch's default device is refused
+    (:class:`incdsl.memory.OutOfMemory`) before anything is allocated.
+    """
+    from . import memory
     from .backends import pytorch
 
-    return pytorch.instantiate(compile_source(target), **overrides)
+    source = compile_source(target)
+    device = memory.default_device()
+    needed = memory.module_bytes(lambda: pytorch.instantiate(source, **overrides))
+    memory.require(needed, device, "the model's parameters and buffers need")
+    return pytorch.instantiate(source, **overrides)
 
 
 def to_dot(target: Network | str | Path, level: str = "network") -> str:

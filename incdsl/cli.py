@@ -152,6 +152,7 @@ def cmd_check(args) -> int:
     stats = report.compute(net)
     budget = args.budget if args.budget is not None else stats.budget
     print(f"{net.name}: {stats.params:,} params, {stats.macs:,} multiply-adds (inference)")
+    print(_memory_line(stats))
     if budget is None:
         print("no budget declared; the spec is valid")
         return 0
@@ -168,6 +169,20 @@ def _budget(text: str) -> int:
         return read_quantity(text, 1, MAX_BUDGET)
     except NumberError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _memory_line(stats: report.Stats) -> str:
+    """What the parameters take as float32, with the aux heads (training) when there are any."""
+    from .memory import FLOAT32_BYTES, available_ram, human_bytes
+
+    total = stats.params + sum(a.params for a in stats.aux)
+    line = f"parameters: {human_bytes(FLOAT32_BYTES * stats.params)} as float32"
+    if total != stats.params:
+        line += f" ({human_bytes(FLOAT32_BYTES * total)} with the aux heads, for training)"
+    free = available_ram()
+    if free is not None and FLOAT32_BYTES * total > free:
+        line += f"; more than this machine's {human_bytes(free)} of free memory"
+    return line
 
 
 def _output(args) -> None:

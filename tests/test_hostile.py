@@ -450,3 +450,41 @@ def test_a_reference_table_that_is_not_utf8(capsys, tmp_path):
     table.write_bytes(TABLE.read_bytes() + "café\n".encode("latin-1"))
     code, _, err = run(capsys, "stats", "googlenet", "--reference", table)
     assert code == 2 and "the reference table is not UTF-8 text (byte 0xE9)" in err
+
+
+# -- parameters: how much memory, and refusing what cannot fit ---------------------------------------
+
+BIG = HEADER + "conv 3x3 1000000\nconv 3x3 1000000\nglobal_avgpool\nfc: linear classes\n"
+
+
+def test_check_says_how_much_memory_the_parameters_need(capsys, tmp_path):
+    code, out, _ = run(capsys, "check", "googlenet")
+    assert code == 0 and "parameters: 26.7 MiB as float32 (51.0 MiB with the aux heads, for training)" in out
+    path = tmp_path / "big.inc"
+    path.write_text(BIG)
+    code, out, _ = run(capsys, "check", path)
+    assert code == 0 and "9,000,039,000,010 params" in out
+    assert "parameters: 32.7 TiB as float32; more than this machine's" in out
+
+
+def test_build_module_refuses_a_model_that_cannot_fit_before_allocating(tmp_path):
+    pytest.importorskip("torch")
+    import incdsl
+    from incdsl.memory import OutOfMemory
+
+    path = tmp_path / "big.inc"
+    path.write_text(BIG)
+    with pytest.raises(OutOfMemory, match=r"need 32.7 TiB, more than the .* available on cpu"):
+        incdsl.build_module(path)  # 36 TB would be a MemoryError or the OOM killer, not this error
+
+
+def test_build_module_compares_with_the_memory_available(monkeypatch):
+    pytest.importorskip("torch")
+    import incdsl
+    from incdsl import memory
+
+    monkeypatch.setattr(memory, "available_ram", lambda: 10 * 2**20)  # 10 MiB free
+    with pytest.raises(memory.OutOfMemory, match="51.0 MiB, more than the 10.0 MiB available"):
+        incdsl.build_module("googlenet")
+    monkeypatch.setattr(memory, "available_ram", lambda: 60 * 2**20)
+    assert sum(p.numel() for p in incdsl.build_module("googlenet").parameters()) == 13_378_280
