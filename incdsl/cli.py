@@ -193,6 +193,9 @@ def _output(args) -> None:
 def cmd_compile(args) -> int:
     _output(args)
     net = load(args.spec)
+    memory = _memory_line(report.compute(net))
+    if "more than this machine's" in memory:  # the file can be written; building the model cannot work
+        print(f"warning: {memory}", file=sys.stderr)
     if (args.format or ("onnx" if args.output.lower().endswith(".onnx") else "python")) == "onnx":
         from .backends import onnx
 

@@ -488,3 +488,11 @@ def test_build_module_compares_with_the_memory_available(monkeypatch):
         incdsl.build_module("googlenet")
     monkeypatch.setattr(memory, "available_ram", lambda: 60 * 2**20)
     assert sum(p.numel() for p in incdsl.build_module("googlenet").parameters()) == 13_378_280
+
+
+def test_compile_warns_about_a_model_this_machine_cannot_hold(capsys, tmp_path):
+    path = tmp_path / "big.inc"
+    path.write_text(BIG)
+    code, _, err = run(capsys, "compile", path, "-o", tmp_path / "big.py")
+    assert code == 0 and "warning: parameters: 32.7 TiB as float32; more than this machine's" in err
+    assert "warning" not in run(capsys, "compile", "mini_googlenet", "-o", tmp_path / "mini.py")[2]
