@@ -7,10 +7,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
+import sys
 from functools import cache
 
 from lark import Lark, Token, Transformer, v_args
+from lark import __version__ as lark_version
 from lark.exceptions import (
     UnexpectedCharacters,
     UnexpectedEOF,
@@ -18,8 +21,10 @@ from lark.exceptions import (
     UnexpectedToken,
     VisitError,
 )
+from lark.grammar import Rule
+from lark.lexer import TerminalDef
 
-from . import ast, numbers
+from . import ast, numbers, usercache
 from .errors import Span, SpecArgumentError, SpecSyntaxError
 from .numbers import MAX_BUDGET, MAX_INT, MAX_REPEAT, NumberError
 from .resources import grammar_text
@@ -55,11 +60,29 @@ _TERMINAL_WORDS = {
 }
 
 
+OPTIONS = {"parser": "lalr", "propagate_positions": True, "maybe_placeholders": True}
+
+
 @cache
 def _lark() -> Lark:
-    # No cache=True: Lark's cache is a pickle at a predictable path in the shared temp directory, which
-    # anyone who can write there could plant. Building the tables takes about 45 ms, once per process.
-    return Lark(grammar_text(), parser="lalr", propagate_positions=True, maybe_placeholders=True)
+    """The parser. Building its LALR tables takes about 45 ms, a fifth of ``incdsl stats``'s start-up,
+    so they are kept in incdsl's private cache (see :mod:`incdsl.usercache`: marshal data in a folder only
+    the user can write), keyed by the grammar, the options and the Lark and Python versions. Not Lark's
+    own ``cache=True``: that is a pickle at a predictable path in the shared temp directory, which
+    anyone who can write there could plant."""
+    text = grammar_text()
+    key = hashlib.sha256(repr((text, OPTIONS, lark_version, sys.version)).encode()).hexdigest()[:32]
+    name = f"parser-{key}"
+    tables = usercache.load(name)
+    if tables is not None:
+        try:
+            data, memo = tables
+            return Lark._load_from_dict(data, memo, propagate_positions=OPTIONS["propagate_positions"])
+        except Exception:  # tables from another Lark, or damaged: build them again
+            pass
+    parser = Lark(text, **OPTIONS)
+    usercache.store(name, parser.memo_serialize([TerminalDef, Rule]))
+    return parser
 
 
 def parse(text: str, path: str = "<spec>") -> ast.Spec:

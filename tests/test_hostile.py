@@ -77,6 +77,73 @@ def test_a_pickle_planted_in_the_temp_directory_never_runs(tmp_path):
     assert {p.name for p in temp.iterdir()} == {cache.name}  # and wrote nothing there
 
 
+def test_the_parse_tables_are_cached_privately_and_used_again(tmp_path):
+    cache = tmp_path / "cache"
+    env = {"INCDSL_CACHE": str(cache)}
+    assert python("-m", "incdsl", "check", "googlenet", env=env).returncode == 0
+    (tables,) = (cache / "tables").iterdir()
+    assert oct((cache / "tables").stat().st_mode & 0o777) == "0o700"
+    assert oct(tables.stat().st_mode & 0o777) == "0o600" and tables.suffix == ".marshal"
+    before = tables.stat().st_mtime_ns
+    timing = "import time; from incdsl import parser; t = time.perf_counter(); parser._lark(); print(time.perf_counter() - t)"
+    assert float(python("-c", timing, env=env).stdout) < 0.03  # loaded (building takes ~45 ms)
+    assert tables.stat().st_mtime_ns == before
+
+
+@pytest.fixture
+def usercache(tmp_path, monkeypatch):
+    from incdsl import usercache
+
+    monkeypatch.setenv("INCDSL_CACHE", str(tmp_path / "cache"))
+    usercache.store("value", {"tables": (1, 2)})
+    assert usercache.load("value") == {"tables": (1, 2)}
+    return usercache, tmp_path / "cache" / "tables"
+
+
+def test_the_cache_is_ignored_when_others_could_write_it(usercache):
+    cache, folder = usercache
+    folder.chmod(0o770)
+    assert cache.load("value") is None
+    folder.chmod(0o700)
+    folder.parent.chmod(0o777)
+    assert cache.load("value") is None
+    folder.parent.chmod(0o700)
+    (folder / "value.marshal").chmod(0o622)
+    assert cache.load("value") is None
+
+
+def test_the_cache_never_follows_a_symlink_or_trusts_another_owner(usercache, tmp_path):
+    cache, folder = usercache
+    entry = folder / "value.marshal"
+    elsewhere = tmp_path / "elsewhere.marshal"
+    entry.rename(elsewhere)
+    entry.symlink_to(elsewhere)
+    assert cache.load("value") is None
+    entry.unlink()
+    elsewhere.rename(entry)
+    if os.getuid() == 0:  # only root can give a file away
+        os.chown(entry, 12345, 12345)
+        assert cache.load("value") is None
+
+
+def test_damaged_tables_are_rebuilt(usercache, monkeypatch):
+    from incdsl import parser
+
+    cache, folder = usercache
+    parser._lark.cache_clear()
+    try:
+        assert parser.parse(HEADER + "conv 3x3 4\n").rows[0].kind == "conv"  # builds and stores
+        (stored,) = folder.glob("parser-*.marshal")
+        stored.write_bytes(b"\x00garbage")
+        parser._lark.cache_clear()
+        assert parser.parse(HEADER + "conv 3x3 4\n").rows[0].kind == "conv"
+        stored.write_bytes(__import__("marshal").dumps(({"not": "tables"}, {})))
+        parser._lark.cache_clear()
+        assert parser.parse(HEADER + "conv 3x3 4\n").rows[0].kind == "conv"
+    finally:
+        parser._lark.cache_clear()
+
+
 # -- security: output files ---------------------------------------------------------------------------
 
 

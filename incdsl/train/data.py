@@ -177,8 +177,11 @@ def fake_split(data: str, split: str, shape: Sequence[int], view: View, classes:
 
 
 def cache_dir() -> Path:
-    """Where incdsl keeps downloaded or generated data: ``$INCDSL_CACHE``, default ``~/.cache/incdsl``."""
-    return Path(os.environ.get("INCDSL_CACHE") or Path.home() / ".cache" / "incdsl")
+    """Where incdsl keeps generated data: ``$INCDSL_CACHE``, else ``$XDG_CACHE_HOME/incdsl``, else
+    ``~/.cache/incdsl`` (the parser's tables live there too, see incdsl.usercache)."""
+    from incdsl.usercache import user_cache_dir
+
+    return user_cache_dir()
 
 
 def digits_folder() -> Path:
