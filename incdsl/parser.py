@@ -65,7 +65,7 @@ OPTIONS = {"parser": "lalr", "propagate_positions": True, "maybe_placeholders": 
 
 @cache
 def _lark() -> Lark:
-    """The parser. Building its LALR tables takes about 45 ms, a fifth of ``incdsl stats``'s start-up,
+    """The parser. Building its LALR tables takes about 45 ms, a tenth of ``incdsl stats``'s start-up,
     so they are kept in incdsl's private cache (see :mod:`incdsl.usercache`: marshal data in a folder only
     the user can write), keyed by the grammar, the options and the Lark and Python versions. Not Lark's
     own ``cache=True``: that is a pickle at a predictable path in the shared temp directory, which
