@@ -19,7 +19,7 @@ from functools import cache
 from pathlib import Path
 
 from . import ast, ir, parser, passes, report
-from .errors import IncdslError, SpecNameError, did_you_mean
+from .errors import IncdslError, Span, SpecNameError, SpecSyntaxError, did_you_mean
 from .ir import Network
 from .resources import prelude_path, shipped_specs
 
@@ -31,26 +31,62 @@ __version__ = "0.1.0"
 
 
 def read(target: str | Path) -> tuple[str, str]:
-    """The text and display path of a spec given by path or by shipped name (``googlenet``)."""
+    """The text and display path of a spec given by path or by shipped name (``googlenet``).
+
+    The file must be UTF-8 (a leading byte-order mark is dropped) and at most
+    :data:`incdsl.parser.MAX_SPEC_BYTES` long; anything else is an error naming the file.
+    """
+    return read_spec_file(locate(target), str(target)), str(target)
+
+
+def locate(target: str | Path) -> Path:
+    """The file of a spec given by path or by shipped name; a SpecNameError for an unknown name."""
+    if not str(target):
+        raise SpecNameError("the spec is named by an empty string", hint="give a .inc file or a shipped name")
     path = Path(target)
     if path.suffix == ".inc" or path.exists() or "/" in str(target):
-        try:
-            return path.read_text(), str(target)
-        except OSError as exc:
-            raise IncdslError(f"cannot read {target}: {exc.strerror or exc}") from None
+        return path
     specs = shipped_specs()
     if str(target) not in specs:
         raise SpecNameError(
             f"no spec file or shipped spec named '{target}'",
             hint=did_you_mean(str(target), specs) or "shipped specs: " + ", ".join(specs),
         )
-    return specs[str(target)].read_text(), str(target)
+    return specs[str(target)]
+
+
+def read_spec_file(path: Path, shown: str) -> str:
+    """The text of a spec file, read no further than the size limit, decoded as UTF-8."""
+    limit = parser.MAX_SPEC_BYTES
+    try:
+        with open(path, "rb") as file:
+            data = file.read(limit + 1)
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the name
+        raise IncdslError(f"cannot read {shown}: {getattr(exc, 'strerror', None) or exc}") from None
+    if len(data) > limit:
+        raise IncdslError(f"cannot read {shown}: it is larger than {limit // 1024} KiB, the limit for a spec")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise _not_utf8(data, exc, shown) from None
+
+
+def _not_utf8(data: bytes, exc: UnicodeDecodeError, shown: str) -> SpecSyntaxError:
+    """An error at the line and column of the first byte that is not UTF-8 (shown as U+FFFD)."""
+    line_start = data.rfind(b"\n", 0, exc.start) + 1
+    line = data.count(b"\n", 0, exc.start) + 1
+    column = len(data[line_start : exc.start].decode("utf-8", "replace")) + 1
+    text = data.decode("utf-8", "replace")
+    return SpecSyntaxError(
+        f"the file is not UTF-8 text (byte 0x{data[exc.start]:02X} cannot be decoded)",
+        Span(shown, line, column, text),
+        hint="save the spec as UTF-8",
+    )
 
 
 @cache
 def prelude() -> tuple[ast.Template, ...]:
-    path = prelude_path()
-    return parser.parse(path.read_text(), "<prelude>").templates
+    return parser.parse(read_spec_file(prelude_path(), "<prelude>"), "<prelude>").templates
 
 
 def parse(text: str, path: str = "<spec>") -> ast.Spec:
@@ -81,10 +117,19 @@ def compile_source(target: Network | str | Path, formatted: bool = True) -> str:
 
 
 def build_module(target: Network | str | Path, **overrides):
-    """The ``torch.nn.Module`` of a network, built by executing its generated source."""
+    """The ``torch.nn.Module`` of a network, built by executing its generated source.
+
+    A model whose parameters cannot fit in the free memory of torch's default device is refused
+    (:class:`incdsl.memory.OutOfMemory`) before anything is allocated.
+    """
+    from . import memory
     from .backends import pytorch
 
-    return pytorch.instantiate(compile_source(target), **overrides)
+    source = compile_source(target)
+    device = memory.default_device()
+    needed = memory.module_bytes(lambda: pytorch.instantiate(source, **overrides))
+    memory.require(needed, device, "the model's parameters and buffers need")
+    return pytorch.instantiate(source, **overrides)
 
 
 def interpret(target: Network | str | Path, state=None):

@@ -6,11 +6,15 @@ Exit codes: 0 success; 1 the budget is exceeded (``check``); 2 a mistake in the 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+import os
 import sys
 
-from . import __version__, load, report
-from .errors import BudgetExceeded, IncdslError, SpecSyntaxError
-from .files import write_atomic
+from . import __version__, load, locate, report
+from .errors import BudgetExceeded, IncdslError
+from .files import check_output, write_atomic
+from .numbers import MAX_BUDGET, NumberError, read_quantity
 
 FORMATS = ("table", "markdown", "csv", "json")
 
@@ -19,18 +23,39 @@ TRAINING = ("train", "eval")
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:  # the reader went away (incdsl stats ... | head): stop quietly, as cat does
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, the status a shell shows for a C program stopped the same way
+    except KeyboardInterrupt:
+        print("incdsl: interrupted", file=sys.stderr)
+        return 130  # 128 + SIGINT
+
+
+def _main(argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         if argv[:1] and argv[0] in TRAINING:  # their options belong to incdsl.train's own parser
             return training(argv)
-        args = _parser().parse_args(argv)
-        return args.func(args)
+        args = _parse_arguments(_parser(), argv)
+        return args.func(args) if isinstance(args, argparse.Namespace) else args
     except BudgetExceeded as exc:
         print(exc.format(), file=sys.stderr)
         return 1
     except IncdslError as exc:
         print(exc.format(), file=sys.stderr)
         return 2
+
+
+def _parse_arguments(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace | int:
+    """The parsed arguments, or the exit code argparse chose (2 for a usage error, 0 for --help), so
+    that ``main`` returns a code rather than raising SystemExit when called from Python."""
+    try:
+        return parser.parse_args(argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 2
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -47,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check", help="exit 0 if the spec is valid and within its budget")
     p.add_argument("spec", help=spec_help)
-    p.add_argument("--budget", help="multiply-adds allowed, like 1.5G (overrides the spec's)")
+    p.add_argument("--budget", type=_budget, help="multiply-adds allowed, like 1.5G (overrides the spec's)")
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("compile", help="write a standalone PyTorch model file (or ONNX)")
@@ -120,9 +145,7 @@ def cmd_stats(args) -> int:
         data = report.to_dict(stats)
         if matches is not None:
             data["reference"] = reference.to_dict(matches)
-        import json
-
-        print(json.dumps(data, indent=2))
+        print(json.dumps(data, indent=2, allow_nan=False))  # JSON has no Infinity or NaN
     elif args.format == "csv":
         print(report.to_csv(stats), end="")
     elif args.format == "markdown":
@@ -135,7 +158,12 @@ def cmd_stats(args) -> int:
 def _print_table(stats, matches) -> None:
     from rich.console import Console
 
-    console = Console(width=200 if not sys.stdout.isatty() else None)
+    class PipedConsole(Console):
+        def on_broken_pipe(self) -> None:  # rich exits 1 (our "over budget"); main() says 141
+            self.quiet = True
+            raise BrokenPipeError
+
+    console = PipedConsole(width=200 if not sys.stdout.isatty() else None)
     console.print(report.to_rich(stats, matches))
     console.print(report.summary(stats), highlight=False)
     console.print(
@@ -153,8 +181,9 @@ def _print_table(stats, matches) -> None:
 def cmd_check(args) -> int:
     net = load(args.spec)
     stats = report.compute(net)
-    budget = _quantity(args.budget) if args.budget else stats.budget
+    budget = args.budget if args.budget is not None else stats.budget
     print(f"{net.name}: {stats.params:,} params, {stats.macs:,} multiply-adds (inference)")
+    print(_memory_line(stats))
     if budget is None:
         print("no budget declared; the spec is valid")
         return 0
@@ -165,25 +194,47 @@ def cmd_check(args) -> int:
     return 0
 
 
-def _quantity(text: str) -> int:
-    from .parser import quantity
-
+def _budget(text: str) -> int:
+    """``--budget``: a count of multiply-adds, validated as a spec's ``budget`` is (incdsl.numbers)."""
     try:
-        return quantity(text[:-1] + text[-1:].upper())
-    except ValueError:
-        raise SpecSyntaxError(f"--budget takes a count like 1.5G or 1500000000, not {text!r}") from None
+        return read_quantity(text, 1, MAX_BUDGET)
+    except NumberError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _memory_line(stats: report.Stats) -> str:
+    """What the parameters take as float32, with the aux heads (training) when there are any."""
+    from .memory import FLOAT32_BYTES, available_ram, human_bytes
+
+    total = stats.params + sum(a.params for a in stats.aux)
+    line = f"parameters: {human_bytes(FLOAT32_BYTES * stats.params)} as float32"
+    if total != stats.params:
+        line += f" ({human_bytes(FLOAT32_BYTES * total)} with the aux heads, for training)"
+    free = available_ram()
+    if free is not None and FLOAT32_BYTES * total > free:
+        line += f"; more than this machine's {human_bytes(free)} of free memory"
+    return line
+
+
+def _output(args) -> None:
+    """Refuse a bad ``-o`` (empty, a directory or device, the input spec) before any work is done."""
+    check_output(args.output, inputs=[locate(args.spec)])
 
 
 def cmd_compile(args) -> int:
+    _output(args)
     net = load(args.spec)
-    if (args.format or ("onnx" if args.output.endswith(".onnx") else "python")) == "onnx":
+    memory = _memory_line(report.compute(net))
+    if "more than this machine's" in memory:  # the file can be written; building the model cannot work
+        print(f"warning: {memory}", file=sys.stderr)
+    if (args.format or ("onnx" if args.output.lower().endswith(".onnx") else "python")) == "onnx":
         from .backends import onnx
 
         onnx.export(net, args.output)
     else:
         from . import compile_source
 
-        write_atomic(args.output, compile_source(net))
+        write_atomic(args.output, compile_source(net), inputs=[locate(args.spec)])
     print(f"wrote {args.output}")
     return 0
 
@@ -191,6 +242,7 @@ def cmd_compile(args) -> int:
 def cmd_draw(args) -> int:
     from .backends import graphviz
 
+    _output(args)
     graphviz.render(graphviz.to_dot(load(args.spec), args.level), args.output)
     print(f"wrote {args.output}")
     return 0
@@ -201,9 +253,11 @@ def cmd_format(args) -> int:
     from .formatter import format_spec
     from .parser import parse
 
+    if args.output is not None:
+        _output(args)
     text = format_spec(parse(*read(args.spec)))
-    if args.output:
-        write_atomic(args.output, text)
+    if args.output is not None:
+        write_atomic(args.output, text, inputs=[locate(args.spec)])
     else:
         print(text, end="")
     return 0
@@ -224,7 +278,10 @@ def cmd_fit(args) -> int:
 
     text, path = read(args.spec)
     spec = parse(text, path)
-    budget = _quantity(args.budget) if args.budget else spec.budget
+    try:
+        budget = read_quantity(args.budget, 1, MAX_BUDGET) if args.budget is not None else spec.budget
+    except NumberError as error:
+        raise IncdslError(f"--budget: {error}") from None
     if budget is None:
         raise IncdslError(f"{path} declares no budget", hint="pass --budget, like --budget 1.5G")
     command = " ".join(
@@ -313,8 +370,8 @@ def training(argv: list[str]) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     train_cli.add_train_parser(sub)
     train_cli.add_eval_parser(sub)
-    args = parser.parse_args(argv)
-    return args.func(args)
+    args = _parse_arguments(parser, argv)
+    return args.func(args) if isinstance(args, argparse.Namespace) else args
 
 
 if __name__ == "__main__":

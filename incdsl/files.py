@@ -1,31 +1,83 @@
-"""Writing outputs so that a failure never leaves a half-written file behind."""
+"""Writing outputs: one policy for every file incdsl writes (model files, drawings, formatted specs, ONNX
+exports, checkpoints), so that a failure never leaves a half-written file and a careless ``-o`` never
+destroys what it should not.
+
+The policy (what gcc, git and most editors do; see the README's "Errors and limits"):
+
+- the output is a regular file, or does not exist yet: a directory, device node, FIFO or socket is
+  refused (``-o /dev/null`` included: nothing is written through or over it);
+- an output that is one of the inputs (the same file, also through a symlink or a hard link) is refused,
+  as gcc refuses ``gcc a.c -o a.c``;
+- a symlink is written through: its target gets the new content, the link stays a link;
+- the new content is written to a temporary file beside the target and renamed onto it, so readers see
+  the old file or the new one, never half of one; the replaced file's permission bits (not setuid/setgid)
+  and, where allowed, its owner and group carry over, a new file gets the usual ``0666 & ~umask``;
+- a hard link is not followed: the name written to gets the new content, its other names keep the old
+  one (the rename gives the name a new file, as gcc and git do).
+
+>>> write_atomic("out.txt", "hello\\n")  # doctest: +SKIP
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from .errors import OutputError
 
+_KINDS = {
+    stat.S_ISDIR: "a directory",
+    stat.S_ISCHR: "a character device",
+    stat.S_ISBLK: "a block device",
+    stat.S_ISFIFO: "a FIFO (named pipe)",
+    stat.S_ISSOCK: "a socket",
+}
+
+
+def check_output(path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = ()) -> Path:
+    """The file to write for the output ``path`` (a symlink's final target), after the checks of the
+    policy above; an OutputError saying what is wrong otherwise. Writes nothing."""
+    if not os.fspath(path):
+        raise OutputError("the output file name is empty", hint="give a file name, like -o model.py")
+    try:
+        target = Path(os.path.realpath(path))
+        status = os.stat(target)
+    except FileNotFoundError:
+        return target
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the name
+        raise OutputError(f"cannot write {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    for is_kind, kind in _KINDS.items():
+        if is_kind(status.st_mode):
+            raise OutputError(f"cannot write {path}: it is {kind}, not a regular file")
+    for source in inputs:
+        with contextlib.suppress(OSError):
+            if os.path.samefile(target, source):
+                raise OutputError(f"cannot write {path}: it is the input file {os.fspath(source)}")
+    return target
+
 
 @contextlib.contextmanager
-def replacing(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
-    """A temporary path beside ``path`` to write to; renamed onto ``path`` when the block succeeds,
-    deleted when it fails. The file gets the mode a new file normally gets (mkstemp's is 0600)."""
-    path = Path(path)
+def replacing(
+    path: str | os.PathLike, suffix: str = ".tmp", inputs: Iterable[str | os.PathLike] = ()
+) -> Iterator[Path]:
+    """A temporary path beside ``path``'s target to write to; renamed onto the target when the block
+    succeeds, deleted when it fails (see the policy above)."""
+    target = check_output(path, inputs)
     try:
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
         os.close(fd)
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
     tmp = Path(name)
     try:
         yield tmp
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
+        _take_over_metadata(tmp, target)
+        check_output(path, inputs)  # the target may have changed while the content was written
+        os.replace(tmp, target)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
@@ -34,13 +86,30 @@ def replacing(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
         raise
 
 
-def write_atomic(path: str | Path, data: str | bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file beside it."""
-    with replacing(path) as tmp:
-        if isinstance(data, bytes):
-            tmp.write_bytes(data)
-        else:
-            tmp.write_text(data)
+def write_atomic(
+    path: str | os.PathLike, data: str | bytes, inputs: Iterable[str | os.PathLike] = ()
+) -> None:
+    """Write ``data`` (text is UTF-8) to ``path`` under the policy above, on disk before the rename."""
+    with replacing(path, inputs=inputs) as tmp, open(tmp, "wb") as file:
+        file.write(data.encode("utf-8") if isinstance(data, str) else data)
+        file.flush()
+        os.fsync(file.fileno())
+
+
+def _take_over_metadata(tmp: Path, target: Path) -> None:
+    """The replaced file's permission bits and owner, or a new file's default mode (mkstemp's is 0600)."""
+    try:
+        old = os.stat(target)
+    except FileNotFoundError:
+        os.chmod(tmp, 0o666 & ~_umask())
+        return
+    if (old.st_uid, old.st_gid) != (os.getuid(), os.getgid()):
+        try:  # only root may give a file away; a user may still keep the file's group if a member
+            os.chown(tmp, old.st_uid, old.st_gid)
+        except PermissionError:
+            with contextlib.suppress(PermissionError):
+                os.chown(tmp, -1, old.st_gid)
+    os.chmod(tmp, stat.S_IMODE(old.st_mode) & 0o777)  # not setuid, setgid or sticky
 
 
 def _umask() -> int:

@@ -7,10 +7,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
+import sys
 from dataclasses import replace
 from functools import cache
 
 from lark import Lark, Token, Transformer, v_args
+from lark import __version__ as lark_version
 from lark.exceptions import (
     UnexpectedCharacters,
     UnexpectedEOF,
@@ -18,12 +22,23 @@ from lark.exceptions import (
     UnexpectedToken,
     VisitError,
 )
+from lark.grammar import Rule
+from lark.lexer import TerminalDef
 
-from . import ast
+from . import ast, numbers, usercache
 from .errors import Span, SpecArgumentError, SpecSyntaxError
+from .numbers import MAX_BUDGET, MAX_INT, MAX_REPEAT, NumberError
 from .resources import grammar_text
 
-_SI = {"K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+# Limits that keep the work per spec bounded (README, "Errors and limits"). The largest shipped spec is
+# 7 KB and nests braces 3 deep; a template takes at most 6 arguments.
+MAX_SPEC_BYTES = 256 * 1024  # 256 KiB: at most about 130,000 tokens, a few seconds of parsing
+MAX_NESTING = 32  # '{' ... '}' blocks inside one another
+MAX_ARGUMENTS = 64  # arguments and options of one row, defaults line or aux head; parameters of a template
+MAX_WORDS = 4 * MAX_ARGUMENTS  # words of one statement, counted before parsing (so a huge row fails fast)
+
+_COMMENT = re.compile(r'"[^"\n]*"|#[^\n]*')  # a '#' inside a title ("#1x1") starts no comment
+_SCAN = re.compile(r"[{}\n;]|[^\s{};]+")
 
 # How the parser's terminal names read in an error message.
 _TERMINAL_WORDS = {
@@ -47,17 +62,46 @@ _TERMINAL_WORDS = {
 }
 
 
+OPTIONS = {"parser": "lalr", "propagate_positions": True, "maybe_placeholders": True}
+
+
 @cache
 def _lark() -> Lark:
-    # cache=True keeps the built LALR tables in the temp directory, keyed by the grammar's hash:
-    # building them is most of the parser's start-up time.
-    return Lark(grammar_text(), parser="lalr", propagate_positions=True, maybe_placeholders=True, cache=True)
+    """The parser. Building its LALR tables takes about 45 ms, a tenth of ``incdsl stats``'s start-up,
+    so they are kept in incdsl's private cache (see :mod:`incdsl.usercache`: marshal data in a folder only
+    the user can write), keyed by the grammar, the options and the Lark and Python versions. Not Lark's
+    own ``cache=True``: that is a pickle at a predictable path in the shared temp directory, which
+    anyone who can write there could plant."""
+    text = grammar_text()
+    key = hashlib.sha256(repr((text, OPTIONS, lark_version, sys.version)).encode()).hexdigest()[:32]
+    name = f"parser-{key}"
+    tables = usercache.load(name)
+    if tables is not None:
+        try:
+            data, memo = tables
+            return Lark._load_from_dict(data, memo, propagate_positions=OPTIONS["propagate_positions"])
+        except Exception:  # tables from another Lark, or damaged: build them again
+            pass
+    parser = Lark(text, **OPTIONS)
+    usercache.store(name, parser.memo_serialize([TerminalDef, Rule]))
+    return parser
 
 
 def parse(text: str, path: str = "<spec>") -> ast.Spec:
-    """Parse spec text into a :class:`~incdsl.ast.Spec`; raise SpecSyntaxError with a span."""
+    """Parse spec text into a :class:`~incdsl.ast.Spec`; raise SpecSyntaxError with a span.
+
+    A leading byte-order mark is dropped (editors on Windows write one). Texts over MAX_SPEC_BYTES
+    characters, and blocks nested deeper than MAX_NESTING, are refused before Lark sees them.
+    """
+    text = text.removeprefix("\ufeff")
+    if len(text) > MAX_SPEC_BYTES:
+        raise SpecSyntaxError(f"{path}: the spec is larger than {MAX_SPEC_BYTES // 1024} KiB")
+    # Comments become spaces: Lark then sees the same tokens at the same lines and columns, and the
+    # line-end terminal matches a run of blank lines in constant memory.
+    blanked = _COMMENT.sub(_blank_comment, text)
+    _check_sizes(blanked, text, path)
     try:
-        tree = _lark().parse(text + "\n")
+        tree = _lark().parse(blanked + "\n")
     except UnexpectedInput as exc:
         raise _syntax_error(exc, text, path) from None
     try:
@@ -66,11 +110,51 @@ def parse(text: str, path: str = "<spec>") -> ast.Spec:
         raise exc.orig_exc from None
 
 
+def _blank_comment(match: re.Match) -> str:
+    comment = match.group()
+    return " " * len(comment) if comment.startswith("#") else comment
+
+
+def _check_sizes(blanked: str, text: str, path: str) -> None:
+    """A SpecSyntaxError at the first '{' nested deeper than MAX_NESTING, or at the first word past
+    MAX_WORDS in one statement: both found in one linear scan, before Lark builds anything."""
+    depth = words = 0
+    for match in _SCAN.finditer(blanked):
+        token = match.group()
+        if token == "{":
+            depth, words = depth + 1, 0
+            if depth > MAX_NESTING:
+                raise SpecSyntaxError(
+                    f"blocks are nested more than {MAX_NESTING} deep",
+                    _offset_span(blanked, match.start(), path, text),
+                    hint="a network needs a few levels; use templates to name the inner blocks",
+                )
+        elif token in ("}", "\n", ";"):
+            depth, words = depth - (token == "}"), 0
+        else:
+            words += 1
+            if words > MAX_WORDS:
+                raise SpecSyntaxError(
+                    f"a statement has more than {MAX_WORDS} words",
+                    _offset_span(blanked, match.start(), path, text),
+                    hint=f"a row takes at most {MAX_ARGUMENTS} arguments",
+                )
+
+
+def _offset_span(blanked: str, offset: int, path: str, text: str) -> Span:
+    line = blanked.count("\n", 0, offset) + 1
+    return Span(path, line, offset - blanked.rfind("\n", 0, offset), text)
+
+
 def _syntax_error(exc: UnexpectedInput, text: str, path: str) -> SpecSyntaxError:
     line, column = max(exc.line, 1), max(exc.column, 1)
     if isinstance(exc, UnexpectedCharacters):
         char = exc.char if isinstance(exc.char, str) else "?"
         message = f"unexpected character {char!r}"
+        if char.isdigit() and not char.isascii():
+            return SpecSyntaxError(
+                message, Span(path, line, column, text), "numbers are written in ASCII digits 0-9"
+            )
     elif isinstance(exc, UnexpectedToken):
         message = f"unexpected {_describe(exc.token)}"
     elif isinstance(exc, UnexpectedEOF):
@@ -95,17 +179,10 @@ def _keyword(terminal: str) -> str:
     return f"'{terminal.lower()}'" if terminal.isupper() else terminal
 
 
-def _size(token: Token) -> ast.Size:
-    text, _, stride = str(token).partition("/")
-    return ast.Size(tuple(int(d) for d in text.split("x")), int(stride) if stride else None)
-
-
 def quantity(text: str) -> int:
     """``1.5G`` -> 1500000000 (K, M, G, T are powers of 10^3); a plain count as is.
-    Raises ValueError for anything else."""
-    if text[-1:] in _SI:
-        return round(float(text[:-1]) * _SI[text[-1]])
-    return int(text)
+    Raises ValueError (a :class:`~incdsl.numbers.NumberError`) for anything else."""
+    return numbers.read_quantity(text)
 
 
 class _Rows(list):
@@ -125,19 +202,52 @@ class _ToAst(Transformer):
         meta = item
         return Span(self.path, meta.line, meta.column, self.source, 1)
 
-    # values ---------------------------------------------------------------------------------
+    # values: every number goes through incdsl.numbers, its error placed at the token ------------
+    def _number(self, read, token: Token, *bounds):
+        try:
+            return read(str(token), *bounds)
+        except NumberError as error:
+            raise SpecArgumentError(str(error), self._span(token)) from None
+
     def INT(self, token):
-        return Token.new_borrow_pos("INT", int(token), token)
+        return Token.new_borrow_pos("INT", self._number(numbers.read_int, token, 0, MAX_BUDGET), token)
 
     def FLOAT(self, token):
-        return Token.new_borrow_pos("FLOAT", float(token), token)
+        return Token.new_borrow_pos("FLOAT", self._number(numbers.read_float, token), token)
+
+    def _int(self, token: Token, low: int = 0, high: int = MAX_INT) -> int:
+        """An INT token's value (read by INT) within [low, high]."""
+        try:
+            return numbers.check_range(token.value, str(token), low, high)
+        except NumberError as error:
+            raise SpecArgumentError(str(error), self._span(token)) from None
+
+    def _size(self, token: Token) -> ast.Size:
+        text, _, stride = str(token).partition("/")
+        dims = tuple(self._size_part(token, d) for d in text.split("x"))
+        return ast.Size(dims, self._size_part(token, stride) if stride else None)
+
+    def _size_part(self, token: Token, digits: str) -> int:
+        try:
+            return numbers.read_int(digits, 0, MAX_INT)
+        except NumberError as error:
+            raise SpecArgumentError(f"in the size {str(token)!r}: {error}", self._span(token)) from None
 
     def _value(self, token: Token) -> ast.Value:
         if token.type == "SIZE":
-            return _size(token)
+            return self._size(token)
         if token.type == "NAME":
             return ast.Ref(str(token))
+        if token.type == "INT":
+            return self._int(token)
         return token.value
+
+    def _arguments(self, args: list, span: Span, what: str) -> tuple:
+        if len(args) > MAX_ARGUMENTS:
+            raise SpecArgumentError(
+                f"{what} has {len(args):,} arguments; at most {MAX_ARGUMENTS} are allowed", span
+            )
+        return tuple(args)
 
     @v_args(inline=True)
     def positional(self, token):
@@ -155,10 +265,14 @@ class _ToAst(Transformer):
     @v_args(meta=True)
     def row(self, meta, children):
         name, repeat, kind, *args = children
-        count = int(str(repeat)[:-1]) if repeat is not None else 1
-        if count < 1:
-            raise SpecArgumentError("a repetition count must be at least 1", self._span(repeat))
-        return ast.Row(str(kind), tuple(args), self._span(kind), name, count)
+        count = 1
+        if repeat is not None:
+            try:
+                count = numbers.read_int(str(repeat)[:-1], 1, MAX_REPEAT)
+            except NumberError as error:
+                raise SpecArgumentError(f"repetition count: {error}", self._span(repeat)) from None
+        span = self._span(kind)
+        return ast.Row(str(kind), self._arguments(args, span, "a row"), span, name, count)
 
     def body(self, children):
         return tuple(children)
@@ -194,9 +308,9 @@ class _ToAst(Transformer):
     def template_def(self, meta, children):
         name, params, body = children
         params = params or ()
-        return ast.Template(
-            str(name), tuple(p for p, _ in params), body, self._span(name), tuple(t for _, t in params)
-        )
+        span = self._span(name)
+        names = self._arguments([p for p, _ in params], span, "a template")
+        return ast.Template(str(name), names, body, span, tuple(t for _, t in params))
 
     @v_args(inline=True)
     def sequential_def(self, name, body):
@@ -215,12 +329,16 @@ class _ToAst(Transformer):
     @v_args(meta=True)
     def aux_def(self, meta, children):
         name, after, *args, head = children
-        return ast.Aux(ast.Name(str(name), self._span(name)), after, tuple(args), head, self._span(name))
+        span = self._span(name)
+        return ast.Aux(
+            ast.Name(str(name), span), after, self._arguments(args, span, "an aux head"), head, span
+        )
 
     @v_args(meta=True)
     def defaults_decl(self, meta, children):
         kind, *args = children
-        return ast.Defaults(str(kind), tuple(args), self._span(kind))
+        span = self._span(kind)
+        return ast.Defaults(str(kind), self._arguments(args, span, "a defaults line"), span)
 
     # header ---------------------------------------------------------------------------------
     @v_args(inline=True)
@@ -229,15 +347,17 @@ class _ToAst(Transformer):
 
     @v_args(inline=True)
     def input_decl(self, token):
-        return ("input", _size(token), self._span(token))
+        return ("input", self._size(token), self._span(token))
 
     @v_args(inline=True)
     def classes_decl(self, token):
-        return ("classes", token.value, self._span(token))
+        return ("classes", self._int(token, 1), self._span(token))
 
     @v_args(inline=True)
     def budget_decl(self, token):
-        return ("budget", quantity(str(token)), self._span(token))
+        if token.type == "INT":
+            return ("budget", self._int(token, 1, MAX_BUDGET), self._span(token))
+        return ("budget", self._number(numbers.read_quantity, token, 1, MAX_BUDGET), self._span(token))
 
     def start(self, statements):
         header: dict = {}

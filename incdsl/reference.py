@@ -14,7 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import IncdslError
+from .numbers import MAX_INT, NumberError, read_float, read_int
 from .report import Row, Stats, size
+
+MAX_TABLE_BYTES = 1024 * 1024  # a printed table is a few KB
+NUMBER_COLUMNS = {"params_K": read_float, "ops_M": read_float, "depth": read_int}
 
 # The paper's words for a row's type, and the layer kinds each covers; a printed "inception (3a)"
 # is the stage labelled 3a.
@@ -57,15 +61,40 @@ class Match:
 
 
 def load(path: str | Path) -> list[dict]:
-    """The rows of a TSV table (lines starting with '#' are comments)."""
-    try:
-        lines = [line for line in Path(path).read_text().splitlines() if not line.startswith("#")]
-    except OSError as exc:
-        raise IncdslError(f"cannot read reference table {path}: {exc.strerror or exc}") from None
-    rows = list(csv.DictReader(lines, delimiter="\t"))
+    """The rows of a UTF-8 TSV table (lines starting with '#' are comments). Its number cells
+    (``params_K``, ``ops_M``, ``depth``) are checked here, so a bad cell is reported with its line."""
+    numbered = [(n, line) for n, line in enumerate(_text(path).splitlines(), 1) if not line.startswith("#")]
+    rows = list(csv.DictReader((line for _, line in numbered), delimiter="\t"))
     if not rows or "type" not in rows[0]:
         raise IncdslError(f"{path}: a reference table is a TSV with a 'type' column")
+    for (line, _), row in zip(numbered[1:], rows):
+        if not row.get("type"):
+            raise IncdslError(f"{path}:{line}: a row has no 'type'")
+        for column, read in NUMBER_COLUMNS.items():
+            if row.get(column):
+                try:
+                    read(row[column], 0, MAX_INT)
+                except NumberError as error:
+                    raise IncdslError(f"{path}:{line}: column {column}: {error}") from None
     return rows
+
+
+def _text(path: str | Path) -> str:
+    try:
+        with open(path, "rb") as file:
+            data = file.read(MAX_TABLE_BYTES + 1)
+    except OSError as exc:
+        raise IncdslError(f"cannot read reference table {path}: {exc.strerror or exc}") from None
+    if len(data) > MAX_TABLE_BYTES:
+        raise IncdslError(f"cannot read reference table {path}: it is larger than 1 MiB")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise IncdslError(
+            f"{path}:{line}: the reference table is not UTF-8 text (byte 0x{data[exc.start]:02X})",
+            hint="save it as UTF-8",
+        ) from None
 
 
 def compare(stats: Stats, table: list[dict]) -> list[Match]:
@@ -143,9 +172,10 @@ def disagreements(matches: list[Match]) -> list[str]:
         where = " + ".join(m.rows)
         for what, cell, unit in (("params", m.params, "K"), ("ops", m.macs, "M")):
             if cell is not None and not cell.agrees:
+                change = f" ({cell.deviation:+.1%})" if cell.printed else ""
                 lines.append(
                     f"{m.type} [{where}]: {what} printed {cell.printed:g}{unit}, "
-                    f"computed {cell.computed:,.1f}{unit} ({cell.deviation:+.1%})"
+                    f"computed {cell.computed:,.1f}{unit}{change}"
                 )
         if m.output[0] != m.output[1]:
             lines.append(f"{m.type} [{where}]: output printed {m.output[0]}, computed {m.output[1]}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -24,3 +25,15 @@ def spec_file(tmp_path):
         return path
 
     return write
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """$INCDSL_CACHE (the parser's tables, the digits) in a temporary folder, not the user's home."""
+    old = os.environ.get("INCDSL_CACHE")
+    os.environ["INCDSL_CACHE"] = str(tmp_path_factory.mktemp("incdsl-cache"))
+    yield
+    if old is None:
+        del os.environ["INCDSL_CACHE"]
+    else:
+        os.environ["INCDSL_CACHE"] = old

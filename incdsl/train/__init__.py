@@ -29,6 +29,14 @@ class TrainError(IncdslError):
     """A mistake in the trainer's domain: bad data folder, corrupt checkpoint, bad config, unknown recipe."""
 
 
+class RunFailed(TrainError):
+    """A run that could not go on: its loss stopped being finite. The last good checkpoint is kept."""
+
+
+class Interrupted(TrainError):
+    """Ctrl-C: the message says which checkpoint holds the run and how to continue."""
+
+
 _LAZY = {
     "load_model": "models",
     "ModelBundle": "models",
@@ -39,7 +47,7 @@ _LAZY = {
     "evaluate_checkpoints": "evaluate",
 }
 
-__all__ = ["TrainError", *_LAZY]
+__all__ = ["TrainError", "RunFailed", "Interrupted", *_LAZY]
 
 
 def __getattr__(name: str):

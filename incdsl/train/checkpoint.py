@@ -8,10 +8,12 @@ new one, never half of one.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import random
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +62,115 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if missing:
         raise TrainError(f"{path} is an incomplete checkpoint: it has no {', '.join(missing)}")
     return state
+
+
+# What a loadable checkpoint must hold for each use, beyond REQUIRED's presence: a checkpoint that
+# torch.load reads safely can still hold anything (``rng={}``, metrics without val_top1, a list for a
+# scheduler); each is a clear error here rather than a KeyError deep in the loop.
+def _weights(value) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(k, str) and torch.is_tensor(v) for k, v in value.items()
+    )
+
+
+def _record(value) -> bool:
+    if not isinstance(value, dict) or not isinstance(value.get("epoch"), int):
+        return False
+    top1 = value.get("val_top1")
+    return isinstance(top1, int | float) and not isinstance(top1, bool) and 0 <= top1 <= 1
+
+
+def _optimizer(value) -> bool:
+    if not isinstance(value, dict) or not isinstance(value.get("state"), dict):
+        return False
+    groups = value.get("param_groups")
+    return isinstance(groups, list) and all(
+        isinstance(group, dict) and isinstance(group.get("params"), list) for group in groups
+    )
+
+
+def _rng(value) -> bool:
+    return (
+        isinstance(value, dict)
+        and isinstance(value.get("python"), tuple | list)
+        and isinstance(value.get("numpy"), tuple | list)
+        and len(value["numpy"]) == 5
+        and torch.is_tensor(value.get("torch"))
+    )
+
+
+def _ema(value) -> bool:
+    return value is None or (
+        isinstance(value, dict) and _weights(value.get("module")) and isinstance(value.get("updates"), int)
+    )
+
+
+CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "epoch": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "an epoch count"),
+    "model": (_weights, "a dict of tensors"),
+    "optimizer": (_optimizer, "an optimizer state (state, param_groups)"),
+    "scheduler": (lambda v: isinstance(v, dict), "a scheduler state (a dict)"),
+    "ema": (_ema, "None or an averaged model (module, updates)"),
+    "rng": (_rng, "the random states of python, numpy and torch"),
+    "metrics": (
+        lambda v: isinstance(v, list) and all(map(_record, v)),
+        "a list of epoch records with val_top1",
+    ),
+    "classes": (
+        lambda v: isinstance(v, list) and v and all(isinstance(c, str) for c in v),
+        "a list of class names",
+    ),
+    "recipe": (lambda v: isinstance(v, str), "a recipe name"),
+}
+FOR_TRAINING = tuple(CHECKS)
+FOR_EVALUATION = ("model", "ema", "classes", "recipe")
+
+
+def check_contents(state: dict[str, Any], path: Path, keys: tuple[str, ...] = FOR_TRAINING) -> None:
+    """A TrainError naming the first of ``keys`` whose value is not what the trainer wrote."""
+    for key in keys:
+        is_valid, expected = CHECKS[key]
+        if not is_valid(state.get(key)):
+            raise TrainError(f"{path} is a damaged checkpoint: its {key} is not {expected}")
+
+
+@contextlib.contextmanager
+def loading(path: Path, part: str) -> Iterator[None]:
+    """Turn the errors of loading ``part`` of a checkpoint (torch's, random's) into a TrainError."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as error:
+        raise TrainError(f"{path}: its {part} does not fit this run ({_first_line(error)})") from None
+
+
+def load_weights(module: torch.nn.Module, weights: dict[str, Any], what: str) -> None:
+    """Load ``weights`` into ``module``; a TrainError naming the keys that are missing, unexpected or
+    of another shape (PyTorch's own message stops at "Error(s) in loading state_dict for ...")."""
+    expected = module.state_dict()
+    missing = [key for key in expected if key not in weights]
+    unexpected = [key for key in weights if key not in expected]
+    reshaped = [
+        f"{key} ({_shape(weights[key])} in the checkpoint, {_shape(expected[key])} in the model)"
+        for key in expected
+        if key in weights and tuple(weights[key].shape) != tuple(expected[key].shape)
+    ]
+    problems = [
+        f"{label}: {_some(keys)}"
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("of another shape", reshaped))
+        if keys
+    ]
+    if problems:
+        raise TrainError(f"{what} does not fit the model: " + "; ".join(problems))
+    module.load_state_dict(weights)
+
+
+def _shape(tensor: torch.Tensor) -> str:
+    return "x".join(map(str, tensor.shape)) or "scalar"
+
+
+def _some(items: list[str], shown: int = 5) -> str:
+    more = f" and {len(items) - shown} more" if len(items) > shown else ""
+    return ", ".join(items[:shown]) + more
 
 
 def _first_line(error: Exception) -> str:

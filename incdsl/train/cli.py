@@ -8,13 +8,17 @@ import torch. ``python -m incdsl.train.cli train ...`` runs the same commands wi
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import math
 import sys
 from pathlib import Path
 
 from incdsl.errors import IncdslError
+from incdsl.train.config import option_type
 
 DATA_HELP = "an image folder (DIR/train/<class>/*.png, DIR/val/<class>/...), 'digits', or 'fake' (fake:N)"
+SKIP_HELP = "skip images that cannot be decoded (and count them) instead of stopping at the first"
 
 
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
@@ -32,18 +36,27 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument("--config", metavar="FILE", help="TOML (or YAML) file of options")
     parser.add_argument("--recipe", help="googlenet, bvlc, inception-v3 or fast (default)")
-    parser.add_argument("--epochs", type=int, help="total number of epochs, also when resuming")
-    parser.add_argument("--batch-size", type=int, help="global batch size (split across torchrun processes)")
-    parser.add_argument("--lr", type=float, help="base learning rate")
+    parser.add_argument(
+        "--epochs", type=option_type("epochs"), help="total number of epochs, also when resuming"
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=option_type("batch_size"),
+        help="global batch size (split across torchrun processes)",
+    )
+    parser.add_argument("--lr", type=option_type("lr"), help="base learning rate")
     parser.add_argument(
         "--resume", action=argparse.BooleanOptionalAction, help="continue RUN_DIR/checkpoint.pt"
     )
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, help="mixed precision (bf16 on CPU)")
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, help="channels-last layout")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, help="torch.compile the model")
-    parser.add_argument("--workers", type=int, help="data loader processes (default: 0 on CPU)")
-    parser.add_argument("--seed", type=int, help="random seed (default 0)")
+    parser.add_argument(
+        "--workers", type=option_type("workers"), help="data loader processes (default: 0 on CPU)"
+    )
+    parser.add_argument("--seed", type=option_type("seed"), help="random seed (default 0)")
     parser.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    parser.add_argument("--skip-unreadable", action=argparse.BooleanOptionalAction, help=SKIP_HELP)
     parser.set_defaults(func=run_train)
     return parser
 
@@ -60,13 +73,60 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--data", required=True, help=DATA_HELP)
     parser.add_argument("--crops", type=int, choices=(1, 10, 144), default=1, help="views per image")
     parser.add_argument("--ensemble", nargs="+", type=Path, default=[], metavar="C", help="more checkpoints")
-    parser.add_argument("--workers", type=int, default=0, help="data loader processes")
+    parser.add_argument("--workers", type=eval_workers, default=0, help="data loader processes")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
+    parser.add_argument("--skip-unreadable", action="store_true", help=SKIP_HELP)
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(func=run_eval)
     return parser
 
 
+def eval_workers(text: str) -> int:
+    """``eval --workers``: as train's, without -1 (auto)."""
+    from incdsl import numbers
+
+    try:
+        return numbers.read_int(text, 0, 1024)
+    except numbers.NumberError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def reporting_failures(command):
+    """The one place where the trainer's failures become messages and exit codes: a mistake in the
+    input (TrainError, or the compiler's error for a bad spec) exits 2, a run that failed (RunFailed:
+    a diverging loss, out of memory) 1, an interrupted one 130; each prints one message, no traceback."""
+
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        from incdsl.train import Interrupted, RunFailed
+
+        try:
+            return command(args)
+        except KeyboardInterrupt:
+            print("incdsl: interrupted", file=sys.stderr)
+            return 130
+        except Interrupted as stop:
+            print(stop.message, file=sys.stderr)
+            return 130
+        except RunFailed as failure:
+            print(failure.format(), file=sys.stderr)
+            return 1
+        except IncdslError as error:
+            print(error.format(), file=sys.stderr)
+            return 2
+        except MemoryError:
+            print("error: out of memory (lower --batch-size, or use a smaller model)", file=sys.stderr)
+            return 1
+        except RuntimeError as error:  # torch's out-of-memory errors are RuntimeErrors
+            if not any(words in str(error).lower() for words in ("out of memory", "can't allocate memory")):
+                raise
+            print(f"error: {str(error).splitlines()[0]}\n  hint: lower --batch-size", file=sys.stderr)
+            return 1
+
+    return run
+
+
+@reporting_failures
 def run_train(args: argparse.Namespace) -> int:
     from incdsl.train.config import make_config, read_config_file
     from incdsl.train.loop import train
@@ -78,24 +138,32 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+@reporting_failures
 def run_eval(args: argparse.Namespace) -> int:
     from incdsl.train.evaluate import evaluate_checkpoints
 
     checkpoints = [args.checkpoint, *args.ensemble]
-    result = evaluate_checkpoints(args.target, checkpoints, args.data, args.crops, args.device, args.workers)
+    report = evaluate_checkpoints(
+        args.target, checkpoints, args.data, args.crops, args.device, args.workers, args.skip_unreadable
+    )
     if args.json:
-        print(
-            json.dumps(
-                {"top1": result.top1, "top5": result.top5, "loss": result.loss, "images": result.images}
-            )
-        )
-    else:
-        models = f"{len(checkpoints)} model{'s' * (len(checkpoints) > 1)}"
-        print(
-            f"top-1 {result.top1:.4f}  top-5 {result.top5:.4f}  loss {result.loss:.4f}  "
-            f"({result.images} images, {args.crops} crop{'s' * (args.crops > 1)}, {models})"
-        )
+        print(json.dumps(report.to_dict(), allow_nan=False))
+        return 0
+    models = f"{len(checkpoints)} model{'s' * (len(checkpoints) > 1)}"
+    views = f"{report.views} view{'s' * (report.views > 1)} per image"
+    if report.crops > 1 and not report.mirrors:
+        views += f" ({report.crops}-crop without mirrors: the recipe trains without flips)"
+    print(f"{_figures(report.result)}  ({report.result.images} images, {views}, {models})")
+    if report.one_crop is not None:
+        print(f"{_figures(report.one_crop)}  (1 crop, for comparison)")
+    if report.result.unreadable:
+        print(f"skipped {report.result.unreadable} unreadable image(s)")
     return 0
+
+
+def _figures(result) -> str:
+    loss = f"{result.loss:.4f}" if math.isfinite(result.loss) else str(result.loss)
+    return f"top-1 {result.top1:.4f}  top-5 {result.top5:.4f}  loss {loss}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,12 +172,11 @@ def main(argv: list[str] | None = None) -> int:
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_train_parser(subparsers)
     add_eval_parser(subparsers)
-    args = parser.parse_args(argv)
     try:
-        return args.func(args)
-    except IncdslError as error:  # TrainError, or the compiler's error for a bad spec
-        print(error.format(), file=sys.stderr)
-        return 2
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # a usage error (2) or --help (0): a code, as incdsl.cli.main returns
+        return exc.code if isinstance(exc.code, int) else 2
+    return args.func(args)
 
 
 if __name__ == "__main__":

@@ -14,15 +14,17 @@ recipe's default. Keys in a config file are the long option names, with ``-`` or
 
 from __future__ import annotations
 
+import argparse
+import math
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from incdsl import numbers
 from incdsl.errors import did_you_mean
 from incdsl.train import TrainError
-from incdsl.train.recipes import get_recipe
 
 
 @dataclass(frozen=True)
@@ -43,9 +45,20 @@ class TrainConfig:
     workers: int = -1  # data loader processes; -1 = 0 on CPU, up to 8 on CUDA
     seed: int = 0
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
+    skip_unreadable: bool = False  # skip (and count) images that cannot be decoded, instead of stopping
 
 
 RECIPE_DEFAULTS = ("epochs", "batch_size", "lr", "channels_last")
+
+# The range of every numeric option, wherever it comes from (command line, config file, Python): low and
+# high bounds, inclusive; None is open. The learning rate must also be above 0 (see check_option).
+NUMBER_RANGES: dict[str, tuple[type, float | None, float | None]] = {
+    "epochs": (int, 1, 1_000_000),
+    "batch_size": (int, 1, 2**31 - 1),
+    "lr": (float, 0.0, None),
+    "workers": (int, -1, 1024),  # -1: 0 on a CPU, up to 8 on a GPU
+    "seed": (int, 0, 2**32 - 1),  # as NumPy's seeds
+}
 
 
 def make_config(options: Mapping[str, Any]) -> TrainConfig:
@@ -62,11 +75,54 @@ def make_config(options: Mapping[str, Any]) -> TrainConfig:
                 f"no {required} given", hint=f"pass it on the command line or set {required} in --config"
             )
     values = {key: _convert(key, value) for key, value in values.items()}
+    from incdsl.train.recipes import get_recipe  # imports torch: not needed to parse options
+
     recipe = get_recipe(values.get("recipe", "fast"))
     for key in RECIPE_DEFAULTS:
         values.setdefault(key, getattr(recipe, key))
-    _check_ranges(values)
+    for key, value in values.items():
+        if key in NUMBER_RANGES:
+            check_option(key, value, f"option {key.replace('_', '-')}")
     return TrainConfig(**values)
+
+
+def check_option(key: str, value: int | float, where: str, text: str | None = None) -> int | float:
+    """``value`` when it is finite and within ``NUMBER_RANGES[key]``; a TrainError naming ``where``.
+
+    >>> check_option("lr", float("nan"), "--lr")
+    Traceback (most recent call last):
+    ...
+    incdsl.train.TrainError: error: --lr: 'nan' is not a finite number
+    """
+    kind, low, high = NUMBER_RANGES[key]
+    text = str(value) if text is None else text
+    if isinstance(value, float) and not math.isfinite(value):
+        raise TrainError(f"{where}: {text!r} is not a finite number")
+    if key == "lr" and value <= 0:
+        raise TrainError(f"{where}: the learning rate must be above 0, not {text}")
+    try:
+        numbers.check_range(value, text, low, high)
+    except numbers.NumberError as error:
+        raise TrainError(f"{where}: {error}") from None
+    return value
+
+
+def option_type(key: str) -> Callable[[str], int | float]:
+    """An argparse ``type`` for a numeric option: the text read by incdsl.numbers (ASCII digits, finite)
+    and checked against NUMBER_RANGES, so a bad value is a usage error (exit 2) naming the option."""
+    kind = NUMBER_RANGES[key][0]
+
+    def read(text: str) -> int | float:
+        try:
+            value = numbers.read_int(text) if kind is int else numbers.read_float(text)
+            return check_option(key, value, "", text)
+        except numbers.NumberError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+        except TrainError as error:
+            raise argparse.ArgumentTypeError(error.message.removeprefix(": ")) from None
+
+    read.__name__ = kind.__name__  # argparse names the type in its messages
+    return read
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
@@ -122,11 +178,3 @@ def _convert(key: str, value: Any) -> Any:
     if isinstance(value, bool) and kind is not bool or not isinstance(value, accepted):
         raise TrainError(f"option {key} must be {accepted[0].__name__}, not {value!r}")
     return kind(value)
-
-
-def _check_ranges(values: dict[str, Any]) -> None:
-    for key, least in (("epochs", 1), ("batch_size", 1), ("seed", 0), ("workers", -1)):
-        if values.get(key, least) < least:
-            raise TrainError(f"{key.replace('_', '-')} must be at least {least}, not {values[key]}")
-    if values["lr"] <= 0:
-        raise TrainError(f"lr must be positive, not {values['lr']}")

@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch import Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
+from incdsl import numbers
 from incdsl.train import TrainError
 
 IMAGE_SUFFIXES = frozenset(
@@ -26,6 +28,7 @@ IMAGE_SUFFIXES = frozenset(
 )
 PIL_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
 FAKE_TRAIN_IMAGES = 512  # "fake:N" asks for N; validation gets a quarter as many
+MAX_FAKE_IMAGES = 10_000_000
 DIGITS_VAL_EVERY = 5  # every fifth digit is a validation image: a fixed split of 1438 + 359 images
 
 View = Callable[[Tensor], Tensor]
@@ -40,9 +43,12 @@ class FolderImages(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+    def __getitem__(self, index: int) -> tuple[Tensor | Unreadable, int]:
         path, label = self.samples[index]
-        return self.view(decode_image(path, self.channels)), label
+        try:
+            return self.view(decode_image(path, self.channels)), label
+        except TrainError as error:  # reported by the training process (see collate), not by a worker
+            return Unreadable(str(path), error.message), label
 
 
 class TensorImages(Dataset):
@@ -56,6 +62,35 @@ class TensorImages(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
         return self.view(self.images[index]), int(self.labels[index])
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """An image that could not be decoded, in place of its pixels: the trainer stops at it, naming the
+    file, or skips and counts it (--skip-unreadable)."""
+
+    path: str
+    reason: str
+
+
+def collate(samples: list[tuple[Tensor | Unreadable, int]]) -> tuple[Tensor, Tensor, list[Unreadable]]:
+    """A batch of the readable samples: images, labels, and the unreadable ones set aside."""
+    unreadable = [image for image, _ in samples if isinstance(image, Unreadable)]
+    readable = [sample for sample in samples if not isinstance(sample[0], Unreadable)]
+    if not readable:
+        return torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.long), unreadable
+    images, labels = default_collate(readable)
+    return images, labels, unreadable
+
+
+def check_readable(unreadable: list[Unreadable], skip: bool) -> int:
+    """How many images were skipped; a TrainError naming the first unreadable one unless ``skip``."""
+    if unreadable and not skip:
+        first = unreadable[0]
+        raise TrainError(
+            first.reason, hint="--skip-unreadable skips images that cannot be decoded, and counts them"
+        )
+    return len(unreadable)
 
 
 @dataclass(frozen=True)
@@ -110,21 +145,30 @@ def list_images(folder: Path) -> list[Path]:
 
 
 def decode_image(path: Path, channels: int) -> Tensor:
-    """The image at ``path`` as uint8 ``(channels, H, W)``, whatever its mode."""
+    """The image at ``path`` as uint8 ``(channels, H, W)``, whatever its mode; a TrainError naming the
+    file when it cannot be decoded, whatever Pillow raises (a damaged or truncated file, a format it does
+    not know, an image over its decompression-bomb limit of Image.MAX_IMAGE_PIXELS pixels)."""
     try:
         with Image.open(path) as image:
             pixels = np.asarray(image.convert(PIL_MODES[channels]))
-    except (UnidentifiedImageError, OSError) as error:
-        raise TrainError(f"cannot decode image {path}: {error}") from None
+    except Image.DecompressionBombError:
+        limit = f"{Image.MAX_IMAGE_PIXELS:,}"
+        raise TrainError(
+            f"cannot decode image {path}: it has more pixels than Pillow's limit of {limit}"
+        ) from None
+    except Exception as error:  # a decoder fails in many ways on a damaged file
+        raise TrainError(f"cannot decode image {path}: {error or type(error).__name__}") from None
     return torch.from_numpy(pixels.reshape(*pixels.shape[:2], channels).copy()).permute(2, 0, 1)
 
 
 def fake_split(data: str, split: str, shape: Sequence[int], view: View, classes: Sequence[str]) -> Split:
     """Random images and labels, the same for every call: for smoke tests and benchmarks."""
     try:
-        count = int(data.partition(":")[2] or FAKE_TRAIN_IMAGES)
-    except ValueError:
-        raise TrainError(f"'{data}' is not fake data: write fake or fake:N with N images") from None
+        count = numbers.read_int(data.partition(":")[2] or str(FAKE_TRAIN_IMAGES), 1, MAX_FAKE_IMAGES)
+    except numbers.NumberError as error:
+        raise TrainError(
+            f"--data {data}: {error}", hint="write fake, or fake:N for N training images"
+        ) from None
     count = count if split == "train" else max(1, count // 4)
     generator = torch.Generator().manual_seed(0 if split == "train" else 1)
     images = torch.randint(0, 256, (count, *shape), dtype=torch.uint8, generator=generator)
@@ -133,8 +177,11 @@ def fake_split(data: str, split: str, shape: Sequence[int], view: View, classes:
 
 
 def cache_dir() -> Path:
-    """Where incdsl keeps downloaded or generated data: ``$INCDSL_CACHE``, default ``~/.cache/incdsl``."""
-    return Path(os.environ.get("INCDSL_CACHE") or Path.home() / ".cache" / "incdsl")
+    """Where incdsl keeps generated data: ``$INCDSL_CACHE``, else ``$XDG_CACHE_HOME/incdsl``, else
+    ``~/.cache/incdsl`` (the parser's tables live there too, see incdsl.usercache)."""
+    from incdsl.usercache import user_cache_dir
+
+    return user_cache_dir()
 
 
 def digits_folder() -> Path:
@@ -146,13 +193,28 @@ def digits_folder() -> Path:
     folder = cache_dir() / "digits"
     if folder.is_dir():
         return folder
-    staging = folder.with_name(f"digits.{os.getpid()}.tmp")
-    write_digits(staging)
     try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".digits.", suffix=".tmp", dir=folder.parent))  # ours alone
+    except OSError as error:
+        raise TrainError(f"cannot write the digits to {folder.parent}: {error.strerror or error}") from None
+    try:
+        write_digits(staging)
+        staging.chmod(0o777 & ~_umask())  # mkdtemp's 0700 while writing; a folder's usual mode after
         staging.rename(folder)
-    except OSError:  # another process got there first
+    except OSError:  # another process got there first (or the rename is refused: the folder exists)
+        pass
+    finally:
         shutil.rmtree(staging, ignore_errors=True)
+    if not folder.is_dir():
+        raise TrainError(f"cannot write the digits to {folder}: it exists and is not a folder")
     return folder
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_digits(root: Path) -> None:

@@ -49,6 +49,11 @@ def pick_device(device: str, local_rank: int) -> torch.device:
         chosen = torch.device(device)
     except RuntimeError:
         raise TrainError(f"'{device}' is not a device", hint="try cpu, cuda or cuda:1") from None
+    if chosen.type == "meta":  # tensors without data: a model there cannot learn or predict anything
+        raise TrainError(
+            "--device meta holds no data, so nothing can be trained or evaluated on it",
+            hint="try cpu or cuda",
+        )
     if chosen.type == "cuda" and chosen.index is None:
         chosen = torch.device("cuda", local_rank)
     if chosen.type == "cuda" and not torch.cuda.is_available():

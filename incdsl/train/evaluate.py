@@ -6,6 +6,7 @@ negative log of the averaged probability of the true class (the cross-entropy, f
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,12 +17,12 @@ from torch.utils.data import DataLoader
 
 from incdsl.train import TrainError
 from incdsl.train.augment import to_input
-from incdsl.train.checkpoint import load_checkpoint
-from incdsl.train.data import open_split
+from incdsl.train.checkpoint import FOR_EVALUATION, check_contents, load_checkpoint, load_weights
+from incdsl.train.data import check_readable, collate, open_split
 from incdsl.train.distributed import Processes, start_processes, sum_over_processes
 from incdsl.train.models import ModelBundle, load_model
-from incdsl.train.recipes import get_recipe
-from incdsl.train.views import eval_view
+from incdsl.train.recipes import Augment, get_recipe
+from incdsl.train.views import eval_view, view_count
 
 EVAL_IMAGES_PER_BATCH = 256  # views per forward pass; a batch holds this many // crops images
 
@@ -32,6 +33,40 @@ class EvalResult:
     top1: float  # fraction of images whose true class has the highest probability
     top5: float  # ... is among the five highest
     images: int
+    unreadable: int = 0  # images skipped because they could not be decoded (--skip-unreadable)
+
+    def to_dict(self) -> dict:
+        """JSON-ready: a loss that is not finite (a diverged model) becomes null."""
+        loss = self.loss if math.isfinite(self.loss) else None
+        return {
+            "top1": self.top1,
+            "top5": self.top5,
+            "loss": loss,
+            "images": self.images,
+            "unreadable": self.unreadable,
+        }
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    """An evaluation as ``incdsl eval`` prints it: the figures over the views asked for, how many views
+    those were, and the 1-crop figures beside multi-crop ones, so that a regression is visible."""
+
+    result: EvalResult
+    crops: int
+    views: int
+    mirrors: bool
+    one_crop: EvalResult | None
+
+    def to_dict(self) -> dict:
+        one = None if self.one_crop is None else self.one_crop.to_dict()
+        return {
+            **self.result.to_dict(),
+            "crops": self.crops,
+            "views": self.views,
+            "mirrors": self.mirrors,
+            "one_crop": one,
+        }
 
 
 def autocast(device: torch.device, enabled: bool):
@@ -47,13 +82,18 @@ def evaluate(
     processes: Processes,
     amp: bool = False,
     memory_format: torch.memory_format = torch.contiguous_format,
+    skip_unreadable: bool = False,
 ) -> EvalResult:
     """Loss, top-1 and top-5 of ``models`` (in eval mode) over batches of ``(B, V, C, H, W)`` views.
 
     Under torchrun each process evaluates its share of the images and the counts are summed.
     """
-    totals = [0.0, 0.0, 0.0, 0.0]
-    for views, labels in loader:
+    totals = [0.0, 0.0, 0.0, 0.0, 0.0]
+    for batch in loader:
+        views, labels, unreadable = batch if len(batch) == 3 else (*batch, [])
+        totals[4] += check_readable(unreadable, skip_unreadable)
+        if len(labels) == 0:
+            continue
         views, labels = views.to(processes.device), labels.to(processes.device)
         inputs = to_input(views.flatten(0, 1)).contiguous(memory_format=memory_format)
         probabilities = torch.zeros(())
@@ -61,9 +101,10 @@ def evaluate(
             with autocast(processes.device, amp):
                 probabilities = probabilities + model(inputs).float().softmax(dim=-1)
         probabilities = (probabilities / len(models)).view(*views.shape[:2], -1).mean(dim=1)
-        totals = [total + value for total, value in zip(totals, batch_totals(probabilities, labels))]
-    loss, top1, top5, images = sum_over_processes(totals, processes)
-    return EvalResult(loss / max(images, 1), top1 / max(images, 1), top5 / max(images, 1), int(images))
+        totals[:4] = [total + value for total, value in zip(totals, batch_totals(probabilities, labels))]
+    loss, top1, top5, images, skipped = sum_over_processes(totals, processes)
+    count = max(images, 1)
+    return EvalResult(loss / count, top1 / count, top5 / count, int(images), int(skipped))
 
 
 def batch_totals(probabilities: Tensor, labels: Tensor) -> list[float]:
@@ -85,35 +126,63 @@ def evaluate_checkpoints(
     crops: int = 1,
     device: str = "auto",
     workers: int = 0,
-) -> EvalResult:
+    skip_unreadable: bool = False,
+) -> EvalReport:
     """Evaluate the checkpoints of ``target`` on ``data``'s validation split, as an ensemble.
 
-    Each checkpoint contributes its averaged (EMA) weights when its recipe kept them.
+    Each checkpoint contributes its averaged (EMA) weights when its recipe kept them. The views follow
+    the recipe the checkpoints were trained with: framed as its evaluation crop, and mirrored only when
+    it trained with flips. Multi-crop figures come with the 1-crop ones.
 
-    >>> evaluate_checkpoints("model.py", [Path("runs/a/best.pt")], "digits", crops=10).top1  # doctest: +SKIP
+    >>> evaluate_checkpoints("model.py", [Path("runs/a/best.pt")], "digits", crops=10).result.top1
+    ... # doctest: +SKIP
     0.98
     """
     processes = start_processes(device)
     states = [load_checkpoint(Path(path)) for path in checkpoints]
+    for state, path in zip(states, checkpoints):
+        check_contents(state, Path(path), FOR_EVALUATION)
     classes = states[0]["classes"]
     bundles = [
-        bundle_from_checkpoint(target, state, path, classes) for state, path in zip(states, checkpoints)
+        bundle_from_checkpoint(target, state, path, classes, processes.device)
+        for state, path in zip(states, checkpoints)
     ]
-    shape = bundles[0].input_shape
-    view = eval_view(crops, shape[1:], get_recipe(states[0]["recipe"]).augment.eval_crop)
-    split = open_split(data, "val", shape, view, classes)
-    loader = DataLoader(split.dataset, max(1, EVAL_IMAGES_PER_BATCH // crops), num_workers=workers)
-    return evaluate([bundle.module.to(processes.device).eval() for bundle in bundles], loader, processes)
+    models = [bundle.module.to(processes.device).eval() for bundle in bundles]
+    augments = [trained_augment(state) for state in states]
+    mirrors = all(augment.flip for augment in augments)
+    fraction = augments[0].eval_crop
+
+    def run(count: int) -> EvalResult:
+        shape = bundles[0].input_shape
+        split = open_split(data, "val", shape, eval_view(count, shape[1:], fraction, mirrors), classes)
+        batch = max(1, EVAL_IMAGES_PER_BATCH // view_count(count, mirrors))
+        loader = DataLoader(split.dataset, batch, num_workers=workers, collate_fn=collate)
+        return evaluate(models, loader, processes, skip_unreadable=skip_unreadable)
+
+    result = run(crops)
+    one_crop = run(1) if crops > 1 else None
+    return EvalReport(result, crops, view_count(crops, mirrors), mirrors, one_crop)
 
 
-def bundle_from_checkpoint(target: str, state: dict, path: Path, classes: list[str]) -> ModelBundle:
+def trained_augment(state: dict) -> Augment:
+    """The augmentation a checkpoint was trained with: saved in it, or (older checkpoints) its recipe's."""
+    saved = state.get("augment")
+    if isinstance(saved, dict):
+        try:
+            return Augment(**{key: tuple(v) if isinstance(v, list) else v for key, v in saved.items()})
+        except TypeError:
+            pass
+    return get_recipe(state["recipe"]).augment
+
+
+def bundle_from_checkpoint(
+    target: str, state: dict, path: Path, classes: list[str], device=None
+) -> ModelBundle:
     """``target`` built for the checkpoint's classes and holding its evaluation weights."""
     if state["classes"] != classes:
         raise TrainError(f"{path} was trained on other classes than {', '.join(classes)}")
-    bundle = load_model(target, num_classes=len(classes))
-    weights = state["ema"]["module"] if state["ema"] else state["model"]
-    try:
-        bundle.module.load_state_dict(weights)
-    except RuntimeError as error:
-        raise TrainError(f"{path} does not hold weights of {target}: {str(error).splitlines()[0]}") from None
+    bundle = load_model(target, num_classes=len(classes), fits_on=device)
+    averaged = state["ema"] is not None
+    weights = state["ema"]["module"] if averaged else state["model"]
+    load_weights(bundle.module, weights, f"{path} (its {'averaged ' if averaged else ''}weights)")
     return bundle

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
+
+from incdsl.files import write_atomic
 
 METRICS = "metrics.jsonl"
 
@@ -24,7 +25,7 @@ class MetricsLog:
 
     def write(self, record: dict[str, Any]) -> None:
         with open(self.path, "a") as file:
-            file.write(json.dumps(record) + "\n")
+            file.write(json.dumps(record, allow_nan=False) + "\n")  # the loop stops before a NaN
         if self.board:
             for key, value in record.items():
                 if key != "epoch":
@@ -42,9 +43,7 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def rewrite_lines(path: Path, lines: list[str]) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text("".join(line + "\n" for line in lines))
-    os.replace(temporary, path)
+    write_atomic(path, "".join(line + "\n" for line in lines))
 
 
 def tensorboard_writer(run_dir: Path):
@@ -72,3 +71,7 @@ def summary(record: dict[str, Any], epochs: int) -> str:
 def say(message: str, show: bool) -> None:
     if show:
         print(message, file=sys.stdout, flush=True)
+
+
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)

@@ -7,6 +7,7 @@ epochs k+1... of the uninterrupted run exactly, and each torchrun process draws 
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from dataclasses import asdict
@@ -22,17 +23,20 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from incdsl.runs import write_run_info
-from incdsl.train import TrainError
+from incdsl.train import Interrupted, RunFailed, TrainError
 from incdsl.train.augment import augment_batch
 from incdsl.train.checkpoint import (
+    check_contents,
     load_checkpoint,
+    load_weights,
+    loading,
     remove_temporaries,
     restore_rng_states,
     rng_states,
     save_checkpoint,
 )
 from incdsl.train.config import TrainConfig
-from incdsl.train.data import Split, open_split
+from incdsl.train.data import Split, check_readable, collate, open_split
 from incdsl.train.distributed import (
     Processes,
     start_processes,
@@ -42,7 +46,7 @@ from incdsl.train.distributed import (
 )
 from incdsl.train.ema import EMA
 from incdsl.train.evaluate import autocast, evaluate
-from incdsl.train.logs import METRICS, MetricsLog, progress, say, summary
+from incdsl.train.logs import METRICS, MetricsLog, progress, read_metrics, say, summary, warn
 from incdsl.train.models import ModelBundle, load_model
 from incdsl.train.recipes import Recipe, build_optimizer, build_scheduler, get_recipe
 from incdsl.train.views import eval_view, train_view
@@ -72,12 +76,17 @@ def run(config: TrainConfig, processes: Processes) -> list[dict[str, Any]]:
     device, main = processes.device, processes.is_main
     layout = torch.channels_last if config.channels_last else torch.contiguous_format
     torch.manual_seed(config.seed)
+    check_run_dir(config.out, config.resume)
 
-    # -- data, read at the model's input shape; the classifier follows the data's classes
-    bundle = load_model(config.target)
+    # -- data, read at the model's input shape; the classifier follows the data's classes. The model is
+    # measured on the meta device first: one that cannot fit is refused before anything is allocated.
+    copies = training_copies(recipe)
+    bundle = load_model(config.target, fits_on=device, copies=copies)
     train_split, val_split = open_splits(config, recipe, bundle)
     if len(train_split.classes) != bundle.num_classes:
-        bundle = load_model(config.target, num_classes=len(train_split.classes))
+        bundle = load_model(
+            config.target, num_classes=len(train_split.classes), fits_on=device, copies=copies
+        )
     train_loader, val_loader = make_loaders(train_split, val_split, config, processes)
 
     # -- model, optimizer, per-step learning-rate schedule, Polyak averaging
@@ -89,15 +98,12 @@ def run(config: TrainConfig, processes: Processes) -> list[dict[str, Any]]:
 
     # -- a fresh run directory, or the state of the run to resume
     history: list[dict[str, Any]] = []
-    if config.resume:
-        state = load_checkpoint(config.out / CHECKPOINT)
-        history = resume(state, config, train_split.classes, model, optimizer, scheduler, ema)
-    else:
-        check_fresh(config.out)
+    state = resumable_state(config, main)
+    if state is not None:
+        history = resume(state, config, train_split.classes, model, optimizer, scheduler, ema, main)
     wait_for_all(processes)  # every process has checked the run directory before rank 0 writes to it
     if main:
-        config.out.mkdir(parents=True, exist_ok=True)
-        remove_temporaries(config.out)
+        make_run_dir(config.out)
         log = MetricsLog(config.out, history)
         write_run_info(config, bundle, images_per_epoch=len(train_loader) * config.batch_size)
     best_top1 = max((record["val_top1"] for record in history), default=-1.0)
@@ -112,65 +118,131 @@ def run(config: TrainConfig, processes: Processes) -> list[dict[str, Any]]:
     stepper = DistributedDataParallel(model) if processes.distributed else model
     stepper = torch.compile(stepper) if config.compile else stepper
 
-    for epoch in range(first_epoch, config.epochs + 1):
-        generator = seed_epoch(config.seed, epoch, processes.rank)
-        train_loader.sampler.set_epoch(epoch)
-        stepper.train()
-        lr = optimizer.param_groups[0]["lr"]
-        loss_sum, images = torch.zeros((), device=device), 0
-        started = time.perf_counter()
-        bar = progress(train_loader, epoch, config.epochs, main)
-        for step, (pixels, labels) in enumerate(bar):
-            pixels, labels = pixels.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            inputs = augment_batch(pixels, recipe.augment, generator).contiguous(memory_format=layout)
-            with autocast(device, config.amp):
-                loss = training_loss(stepper(inputs), labels, bundle.aux_weights, recipe.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if recipe.grad_clip:
-                scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-                nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            if ema:
-                ema.update()
-            loss_sum += loss.detach() * len(labels)
-            images += len(labels)
-            if step % BAR_EVERY == 0:
-                rate = images * processes.world_size / (time.perf_counter() - started)
-                bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{rate:.0f}", refresh=False)
-        seconds = time.perf_counter() - started
-        loss_total, images_total = sum_over_processes([loss_sum.item(), images], processes)
-
-        # evaluate the averaged weights when the recipe keeps them (Polyak averaging)
-        evaluated = (ema.module if ema else model).eval()
-        val = evaluate([evaluated], val_loader, processes, config.amp, layout)
-        record = {
-            "epoch": epoch,
-            "train_loss": loss_total / images_total,
-            "val_loss": val.loss,
-            "val_top1": val.top1,
-            "val_top5": val.top5,
-            "lr": lr,
-            "img_per_s": images_total / seconds,
-        }
-        history.append(record)
-        say(summary(record, config.epochs), main)
-
-        # rank 0 writes: the metrics line first, then the checkpoint (resume trims the log to it)
-        if main:
-            log.write(record)
-            state = checkpoint_state(
-                config, processes, bundle, train_split, model, optimizer, scheduler, ema, history
+    saved = len(history)  # the epoch checkpoint.pt holds
+    writing = None  # (epoch, the old file's identity) while checkpoint.pt is being replaced
+    epoch = first_epoch
+    try:
+        for epoch in range(first_epoch, config.epochs + 1):
+            generator = seed_epoch(config.seed, epoch, processes.rank)
+            train_loader.sampler.set_epoch(epoch)
+            stepper.train()
+            lr = optimizer.param_groups[0]["lr"]
+            loss_sum, images, skipped = torch.zeros((), device=device), 0, 0
+            started = time.perf_counter()
+            bar = progress(train_loader, epoch, config.epochs, main)
+            for step, (pixels, labels, unreadable) in enumerate(bar):
+                skipped += check_readable(unreadable, config.skip_unreadable)
+                if len(labels) == 0:
+                    continue
+                pixels, labels = pixels.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+                inputs = augment_batch(pixels, recipe.augment, generator).contiguous(memory_format=layout)
+                with autocast(device, config.amp):
+                    loss = training_loss(stepper(inputs), labels, bundle.aux_weights, recipe.label_smoothing)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if recipe.grad_clip:
+                    scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+                    nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                if ema:
+                    ema.update()
+                loss_sum += loss.detach() * len(labels)
+                images += len(labels)
+                if step % BAR_EVERY == 0:
+                    value = loss.item()
+                    if not processes.distributed:  # under torchrun every process stops at the epoch's end
+                        check_finite("training loss", value, epoch, config, saved, f" (step {step + 1})")
+                    rate = images * processes.world_size / (time.perf_counter() - started)
+                    bar.set_postfix(loss=f"{value:.3f}", img_s=f"{rate:.0f}", refresh=False)
+            seconds = time.perf_counter() - started
+            loss_total, images_total, skipped_total = sum_over_processes(
+                [loss_sum.item(), images, skipped], processes
             )
-            save_checkpoint(state, config.out / CHECKPOINT)
-            if val.top1 > best_top1:
-                best_top1 = val.top1
-                save_checkpoint(state, config.out / BEST)
-    if main:
-        log.close()
+            check_finite("training loss", loss_total / max(images_total, 1), epoch, config, saved)
+
+            # evaluate the averaged weights when the recipe keeps them (Polyak averaging)
+            evaluated = (ema.module if ema else model).eval()
+            val = evaluate([evaluated], val_loader, processes, config.amp, layout, config.skip_unreadable)
+            check_finite("validation loss", val.loss, epoch, config, saved)
+            record = {
+                "epoch": epoch,
+                "train_loss": loss_total / max(images_total, 1),
+                "val_loss": val.loss,
+                "val_top1": val.top1,
+                "val_top5": val.top5,
+                "lr": lr,
+                "img_per_s": images_total / seconds,
+            }
+            history.append(record)
+            say(summary(record, config.epochs), main)
+            if skipped_total or val.unreadable:
+                counts = f"{int(skipped_total)} training and {val.unreadable} validation images"
+                say(f"skipped {counts} that could not be decoded", main)
+
+            # rank 0 writes: the metrics line first, then the checkpoint (resume trims the log to it)
+            if main:
+                log.write(record)
+                state = checkpoint_state(
+                    config, processes, bundle, train_split, model, optimizer, scheduler, ema, history, recipe
+                )
+                writing = (epoch, file_id(config.out / CHECKPOINT))
+                save_checkpoint(state, config.out / CHECKPOINT)
+                saved, writing = epoch, None
+                if val.top1 > best_top1:
+                    best_top1 = val.top1
+                    save_checkpoint(state, config.out / BEST)
+            saved = epoch
+    except KeyboardInterrupt:
+        if writing and file_id(config.out / CHECKPOINT) != writing[1]:  # stopped after the rename
+            saved = writing[0]
+        raise Interrupted(interrupted_message(config, epoch, saved)) from None
+    finally:
+        if main:
+            log.close()
     return history
+
+
+def file_id(path: Path) -> tuple[int, int] | None:
+    """Which file ``path`` names (device, inode): an atomic replacement gives it a new one."""
+    try:
+        status = path.stat()
+    except OSError:
+        return None
+    return status.st_dev, status.st_ino
+
+
+def training_copies(recipe: Recipe) -> int:
+    """How many float tensors of the model's size training keeps: the weights, their gradients, the
+    optimizer's state per weight (AdamW 2, SGD and RMSProp with momentum 1 or 2) and the EMA copy."""
+    slots = {"adamw": 2, "sgd": 1 if recipe.momentum else 0, "rmsprop": 1 + bool(recipe.momentum)}
+    return 2 + slots.get(recipe.optimizer, 2) + (1 if recipe.ema_decay else 0)
+
+
+def check_finite(
+    what: str, value: float, epoch: int, config: TrainConfig, saved: int, where: str = ""
+) -> None:
+    """Stop the run, before anything is written, when a loss is not a finite number."""
+    if math.isfinite(value):
+        return
+    kept = f"{config.out / CHECKPOINT} still holds epoch {saved}" if saved else "no checkpoint was written"
+    raise RunFailed(
+        f"the {what} is {value} in epoch {epoch}{where}: the run stopped; {kept}",
+        hint=f"lower the learning rate (--lr {config.lr:g})",
+    )
+
+
+def interrupted_message(config: TrainConfig, epoch: int, saved: int) -> str:
+    """One line: where the run stopped, and the command that continues it."""
+    if saved:
+        return (
+            f"interrupted in epoch {epoch}; {config.out / CHECKPOINT} holds epoch {saved}: "
+            f"run the same command with --resume to continue"
+        )
+    return (
+        f"interrupted in epoch {epoch}, before the first checkpoint: run the same command again to start over"
+    )
 
 
 def open_splits(config: TrainConfig, recipe: Recipe, bundle: ModelBundle) -> tuple[Split, Split]:
@@ -197,14 +269,17 @@ def make_loaders(train: Split, val: Split, config: TrainConfig, processes: Proce
     }
     rank, world = processes.rank, processes.world_size
     sampler = DistributedSampler(train.dataset, world, rank, shuffle=True, seed=config.seed, drop_last=True)
-    train_loader = DataLoader(train.dataset, batch, sampler=sampler, drop_last=True, **common)
+    train_loader = DataLoader(
+        train.dataset, batch, sampler=sampler, drop_last=True, collate_fn=collate, **common
+    )
     if len(train_loader) == 0:
+        more = " (or more fake images: fake:N)" if config.data.startswith("fake") else ""
         raise TrainError(
             f"the training split has {len(train.dataset)} images, less than one batch of {config.batch_size}",
-            hint="lower --batch-size",
+            hint=f"lower --batch-size{more}",
         )
     val_share = Subset(val.dataset, range(rank, len(val.dataset), world))
-    return train_loader, DataLoader(val_share, 2 * batch, **common)
+    return train_loader, DataLoader(val_share, 2 * batch, collate_fn=collate, **common)
 
 
 def seed_epoch(seed: int, epoch: int, rank: int) -> torch.Generator:
@@ -228,15 +303,63 @@ def training_loss(
     return loss
 
 
-def check_fresh(run_dir: Path) -> None:
-    if (run_dir / CHECKPOINT).exists() or (run_dir / METRICS).exists():
+def check_run_dir(run_dir: Path, resume: bool) -> None:
+    """A TrainError when ``run_dir`` cannot be a run directory (a file, or inside one), or when a new
+    run would overwrite a run that finished an epoch. A run interrupted before its first checkpoint
+    holds nothing to keep: it is started over, with or without --resume."""
+    for path in (run_dir, *run_dir.parents):
+        if path.exists():
+            if not path.is_dir():
+                raise TrainError(f"--out {run_dir}: {path} is a file, not a folder")
+            break
+    if resume:
+        if not (run_dir / CHECKPOINT).exists() and not interrupted_before_a_checkpoint(run_dir):
+            raise TrainError(
+                f"no checkpoint at {run_dir / CHECKPOINT}", hint="drop --resume to start a new run"
+            )
+    elif (run_dir / CHECKPOINT).exists() or (
+        (run_dir / METRICS).exists() and not interrupted_before_a_checkpoint(run_dir)
+    ):
         raise TrainError(
             f"{run_dir} already holds a run", hint="pass --resume to continue it, or choose another --out"
         )
 
 
+def interrupted_before_a_checkpoint(run_dir: Path) -> bool:
+    """A run directory whose first epoch never finished: metrics.jsonl without a record, no checkpoint."""
+    if (run_dir / CHECKPOINT).exists() or not (run_dir / METRICS).is_file():
+        return False
+    try:
+        return not read_metrics(run_dir)
+    except ValueError:  # a half-written line: an epoch was being logged, so it finished
+        return False
+
+
+def resumable_state(config: TrainConfig, main: bool = True) -> dict[str, Any] | None:
+    """The checkpoint to resume from; None for a new run (or a --resume of a run that never reached
+    its first checkpoint, which starts over)."""
+    if not config.resume:
+        if interrupted_before_a_checkpoint(config.out):
+            say(f"{config.out} holds a run interrupted in its first epoch: starting it over", main)
+        return None
+    if interrupted_before_a_checkpoint(config.out):
+        say(f"{config.out} holds no checkpoint (its first epoch never finished): starting from epoch 1", main)
+        return None
+    state = load_checkpoint(config.out / CHECKPOINT)
+    check_contents(state, config.out / CHECKPOINT)
+    return state
+
+
+def make_run_dir(run_dir: Path) -> None:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise TrainError(f"cannot create the run directory {run_dir}: {error.strerror or error}") from None
+    remove_temporaries(run_dir)
+
+
 def checkpoint_state(
-    config, processes, bundle, split, model, optimizer, scheduler, ema, history
+    config, processes, bundle, split, model, optimizer, scheduler, ema, history, recipe
 ) -> dict[str, Any]:
     """Everything a resume or an evaluation needs, in types ``torch.load(weights_only=True)`` reads."""
     return {
@@ -249,6 +372,7 @@ def checkpoint_state(
         "metrics": history,
         "classes": list(split.classes),
         "recipe": config.recipe,
+        "augment": asdict(recipe.augment),  # evaluation views follow it (no mirrors without flips)
         "world_size": processes.world_size,
         "config": {
             key: str(value) if isinstance(value, Path) else value for key, value in asdict(config).items()
@@ -259,21 +383,29 @@ def checkpoint_state(
     }
 
 
-def resume(state, config, classes, model, optimizer, scheduler, ema) -> list[dict[str, Any]]:
+def resume(state, config, classes, model, optimizer, scheduler, ema, main=True) -> list[dict[str, Any]]:
     """Load a checkpoint's state into the run's objects; returns the metrics of the epochs it covers."""
+    path = config.out / CHECKPOINT
     if state["recipe"] != config.recipe:
         raise TrainError(f"the checkpoint was trained with recipe {state['recipe']}, not {config.recipe}")
     if state["classes"] != list(classes):
         raise TrainError("the checkpoint was trained on other classes than the data's")
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as error:
-        raise TrainError(
-            f"the checkpoint does not fit {config.target}: {str(error).splitlines()[0]}"
-        ) from None
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
+    load_weights(model, state["model"], f"{path} (its model)")
+    if ema and state["ema"] is None or not ema and state["ema"] is not None:
+        raise TrainError(f"{path}: its averaged weights (EMA) do not fit recipe {config.recipe}")
+    with loading(path, "optimizer state"):
+        optimizer.load_state_dict(state["optimizer"])
+    with loading(path, "learning-rate schedule"):
+        scheduler.load_state_dict(state["scheduler"])
     if ema:
-        ema.load_state_dict(state["ema"])
-    restore_rng_states(state["rng"])
+        load_weights(ema.module, state["ema"]["module"], f"{path} (its averaged weights)")
+        ema.updates = state["ema"]["updates"]
+    with loading(path, "random states"):
+        restore_rng_states(state["rng"])
+    run_lr = (state.get("config") or {}).get("lr")
+    if isinstance(run_lr, float) and run_lr != config.lr and main:
+        warn(
+            f"--lr {config.lr:g} is ignored: a resumed run keeps its optimizer's state and learning-rate "
+            f"schedule (base lr {run_lr:g}); start a new run (another --out) to change it"
+        )
     return list(state["metrics"])

@@ -25,20 +25,29 @@ class ModelBundle:
     spec_text: str | None = field(default=None, repr=False)  # the .inc text, for a spec target
 
 
-def load_model(target: str, num_classes: int | None = None) -> ModelBundle:
+def load_model(target: str, num_classes: int | None = None, fits_on=None, copies: int = 1) -> ModelBundle:
     """Build the model that ``target`` describes, with the spec's defaults.
 
     >>> bundle = load_model("tests/train/fixtures/tiny_model.py")
     >>> bundle.input_shape, bundle.num_classes, bundle.aux_weights
     ((3, 32, 32), 10, {'aux1': 0.3})
 
-    ``num_classes`` rebuilds the classifier for a data set with another number of classes.
+    ``num_classes`` rebuilds the classifier for a data set with another number of classes. With
+    ``fits_on`` (a torch device), the model is first built on the meta device and refused with an
+    OutOfMemory error, before anything is allocated, when ``copies`` of its parameters and buffers
+    (weights, gradients, optimizer state) exceed that device's free memory.
     """
     module = _import_file(target) if target.endswith(".py") else _compile(target)
     spec = getattr(module, "SPEC", None)
     if not isinstance(spec, dict) or not callable(getattr(module, "build", None)):
         raise TrainError(f"{target} defines no SPEC dict and build() function; is it a generated model?")
     overrides = {} if num_classes in (None, spec["classes"]) else {"num_classes": num_classes}
+    if fits_on is not None:
+        from incdsl import memory
+
+        needed = copies * memory.module_bytes(lambda: module.build(**overrides))
+        what = "training it needs" if copies > 1 else "its parameters need"
+        memory.require(needed, fits_on, f"{spec.get('network', Path(target).stem)}: {what}")
     return ModelBundle(
         module=module.build(**overrides),
         input_shape=tuple(spec["input"]),

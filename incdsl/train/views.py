@@ -5,12 +5,18 @@ the device: see augment.py). Evaluation reads a stack of views ``(V, C, H, W)``,
 are averaged:
 
 - 1 crop: resize, keeping the aspect ratio, so that a center crop of ``fraction`` of it is the input.
-- 10 crops: resize the shorter side to input / 0.875 (256 for 224), take the 4 corners and the center,
-  and their mirror images.
-- 144 crops (GoogLeNet, section 7): resize the shorter side to 256, 288, 320 and 352 (for a 224 input;
-  scaled to others), take the left, center and right squares (top, center and bottom for portrait
-  images), from each the 4 corner and the center crops of the input size and the square resized to it,
-  and all of these mirrored: 4 * 3 * 6 * 2 = 144.
+- 10 crops: resize the same way (the shorter side to input / 0.875, 256 for 224, in the papers), take
+  the 4 corners and the center, and their mirror images.
+- 144 crops (GoogLeNet, section 7): resize the shorter side to 256, 288, 320 and 352 (for a 224 input
+  and the papers' 0.875 framing; scaled to others: the smallest scale is the 1-crop's), take the left,
+  center and right squares (top, center and bottom for portrait images), from each the 4 corner and the
+  center crops of the input size and the square resized to it, and all of these mirrored:
+  4 * 3 * 6 * 2 = 144.
+
+The views follow the training recipe (``Augment``): ``fraction`` is its evaluation crop, so a recipe that
+evaluates whole images (the digits demo's) gets corner crops of the whole image, not of an enlarged one
+that cuts the digit; and without flip training there are no mirrored views (a model that never saw a
+mirrored digit is not asked about one): 10 crops are then 5 views, 144 are 72.
 """
 
 from __future__ import annotations
@@ -70,9 +76,9 @@ def three_squares(image: Tensor) -> list[Tensor]:
     return [crop(image, offset, 0, (side, side)) for offset in offsets]
 
 
-def with_mirrors(views: list[Tensor]) -> Tensor:
+def with_mirrors(views: list[Tensor], mirrors: bool = True) -> Tensor:
     stacked = torch.stack(views)
-    return torch.cat([stacked, stacked.flip(-1)])
+    return torch.cat([stacked, stacked.flip(-1)]) if mirrors else stacked
 
 
 def train_view(image: Tensor, size: Size) -> Tensor:
@@ -84,30 +90,44 @@ def center_view(image: Tensor, size: Size, fraction: float) -> Tensor:
     return center_crop(resize_to_cover(image, enlarged), size)[None]
 
 
-def ten_crop_view(image: Tensor, size: Size) -> Tensor:
-    enlarged = (round(size[0] / TEN_CROP_FRACTION), round(size[1] / TEN_CROP_FRACTION))
-    return with_mirrors(five_crops(resize_to_cover(image, enlarged), size))
+def ten_crop_view(
+    image: Tensor, size: Size, fraction: float = TEN_CROP_FRACTION, mirrors: bool = True
+) -> Tensor:
+    enlarged = (round(size[0] / fraction), round(size[1] / fraction))
+    return with_mirrors(five_crops(resize_to_cover(image, enlarged), size), mirrors)
 
 
-def multi_crop_view(image: Tensor, size: Size) -> Tensor:
+def multi_crop_view(
+    image: Tensor, size: Size, fraction: float = TEN_CROP_FRACTION, mirrors: bool = True
+) -> Tensor:
     views = []
     for scale in PAPER_SCALES:
-        side = round(max(size) * scale / PAPER_INPUT)
+        side = round(max(size) / fraction * scale / PAPER_SCALES[0])
         for square in three_squares(resize_to_cover(image, (side, side))):
             views += [*five_crops(square, size), resize(square, size)]
-    return with_mirrors(views)
+    return with_mirrors(views, mirrors)
 
 
-def eval_view(crops: int, size: Size, fraction: float = TEN_CROP_FRACTION) -> Callable[[Tensor], Tensor]:
-    """The view function for ``crops`` evaluation crops (1, 10 or 144); ``fraction`` is the 1-crop's.
+def view_count(crops: int, mirrors: bool = True) -> int:
+    """How many views ``crops`` evaluation crops are: half as many without mirrors (1 stays 1)."""
+    return crops if mirrors or crops == 1 else crops // 2
+
+
+def eval_view(
+    crops: int, size: Size, fraction: float = TEN_CROP_FRACTION, mirrors: bool = True
+) -> Callable[[Tensor], Tensor]:
+    """The view function for ``crops`` evaluation crops (1, 10 or 144), framed as the 1-crop is
+    (``fraction``, the recipe's evaluation crop) and mirrored only when ``mirrors`` (flip training).
 
     >>> eval_view(10, (32, 32))(torch.zeros(3, 40, 50, dtype=torch.uint8)).shape
     torch.Size([10, 3, 32, 32])
+    >>> eval_view(10, (32, 32), fraction=1.0, mirrors=False)(torch.zeros(3, 40, 50, dtype=torch.uint8)).shape
+    torch.Size([5, 3, 32, 32])
     """
     if crops == 1:
         return partial(center_view, size=size, fraction=fraction)
     if crops == 10:
-        return partial(ten_crop_view, size=size)
+        return partial(ten_crop_view, size=size, fraction=fraction, mirrors=mirrors)
     if crops == 144:
-        return partial(multi_crop_view, size=size)
+        return partial(multi_crop_view, size=size, fraction=fraction, mirrors=mirrors)
     raise ValueError(f"crops must be 1, 10 or 144, not {crops}")

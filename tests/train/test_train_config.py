@@ -47,7 +47,11 @@ def test_yaml_file(tmp_path):
         ("epoch = 3", "unknown key 'epoch'"),
         ("epochs = 'three'", "epochs must be int"),
         ("resume = 1", "resume must be bool"),
-        ("epochs = 0", "epochs must be at least 1"),
+        ("epochs = 0", "option epochs: .0. is too small: it must be at least 1"),
+        ("lr = inf", "option lr: .inf. is not a finite number"),
+        ("lr = nan", "option lr: .nan. is not a finite number"),
+        ("lr = 0", "the learning rate must be above 0"),
+        ("seed = 99999999999999999999999", "option seed: .* it must be at most 4,294,967,295"),
         ("recipe = 'fastest'", "unknown recipe"),
     ],
 )

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from incdsl.train import TrainError
-from incdsl.train.data import digits_folder, open_split
+from incdsl.train.data import Unreadable, check_readable, collate, digits_folder, open_split
 from incdsl.train.views import eval_view, train_view
 
 READ = partial(train_view, size=(32, 32))
@@ -69,8 +69,12 @@ def test_undecodable_image_names_its_file(tmp_path):
     broken.parent.mkdir(parents=True)
     broken.write_bytes(b"not a png")
     split = open_split(str(tmp_path), "train", (3, 32, 32), READ)
-    with pytest.raises(TrainError, match="broken.png"):
-        split.dataset[0]
+    image, label = split.dataset[0]  # a worker hands the failure to the training process, which reports it
+    assert isinstance(image, Unreadable) and image.path == str(broken) and label == 0
+    with pytest.raises(TrainError, match="cannot decode image .*broken.png") as error:
+        check_readable(collate([split.dataset[0]])[2], skip=False)
+    assert "--skip-unreadable" in error.value.hint
+    assert check_readable(collate([split.dataset[0]])[2], skip=True) == 1
 
 
 def test_digits_written_once_with_a_fixed_split(digits, cache):

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from incdsl.train import TrainError
+from incdsl.train import Interrupted, TrainError
 from incdsl.train import loop as loop_module
 from incdsl.train.checkpoint import load_checkpoint
 from incdsl.train.cli import main
@@ -90,9 +90,14 @@ def test_ten_crop_ensemble_eval(digits_run, tiny_model, digits, capsys):
     out, _ = digits_run
     checkpoints = ["--checkpoint", str(out / "checkpoint.pt"), "--ensemble", str(out / "best.pt")]
     assert main(["eval", tiny_model, *checkpoints, "--data", digits, "--crops", "10"]) == 0
-    printed = capsys.readouterr().out
-    assert "359 images, 10 crops, 2 models" in printed
-    assert float(printed.split()[1]) > 0.5
+    ten, one = capsys.readouterr().out.splitlines()
+    # the fast recipe trains on whole, unmirrored digits: 5 views, the whole image each time
+    assert (
+        "(359 images, 5 views per image (10-crop without mirrors: the recipe trains without flips), 2 models)"
+        in ten
+    )
+    assert one.endswith("(1 crop, for comparison)") and float(ten.split()[1]) > 0.5
+    assert ten.split()[:6] == one.split()[:6]  # whole-image views: the same figures as 1 crop
 
 
 class CountingModel(nn.Module):
@@ -151,7 +156,9 @@ def test_run_killed_after_a_checkpoint_resumes_exactly(tiny_model, tmp_path, mon
             raise KeyboardInterrupt
 
     monkeypatch.setattr(loop_module, "save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(
+        Interrupted, match="interrupted in epoch 2; .*checkpoint.pt holds epoch 2: .* --resume"
+    ):
         train(config(tiny_model, tmp_path / "killed", epochs=3))
     monkeypatch.undo()
     # a metrics line the checkpoint does not cover yet, half written: resume drops it
@@ -270,6 +277,6 @@ def test_through_the_incdsl_command(tiny_model, tmp_path, capsys):
         )
         == 0
     )
-    assert "(4 images, 144 crops, 1 model)" in capsys.readouterr().out
+    assert "(4 images, 72 views per image (144-crop without mirrors" in capsys.readouterr().out
     assert incdsl(["train", tiny_model, "--data", "fake:16", "--out", str(out), "--recipe", "fsat"]) == 2
     assert "did you mean 'fast'" in capsys.readouterr().err

@@ -136,3 +136,21 @@ def test_no_augmentation_is_just_the_normalisation():
     plain = Augment(crop_area=(1.0, 1.0), crop_aspect=(1.0, 1.0), flip=False, photometric=0.0)
     result = augment_batch(images, plain, torch.Generator().manual_seed(0))
     assert torch.allclose(result, to_input(images), atol=1e-5)
+
+
+def test_views_without_flip_training_have_no_mirrors():
+    image = ramp(40, 50)
+    assert torch.equal(eval_view(10, (32, 32), mirrors=False)(image), eval_view(10, (32, 32))(image)[:5])
+    assert torch.equal(eval_view(144, (32, 32), mirrors=False)(image), eval_view(144, (32, 32))(image)[:72])
+
+
+def test_multi_crop_views_are_framed_as_the_one_crop():
+    """A recipe that evaluates whole images (fraction 1.0) gets corner crops of the whole image: for a
+    square image, the five crops are the image itself, not corners that cut the digit."""
+    image = ramp(32, 32)
+    one = eval_view(1, (32, 32), fraction=1.0)(image)
+    ten = eval_view(10, (32, 32), fraction=1.0, mirrors=False)(image)
+    assert all(torch.equal(view, one[0]) for view in ten)
+    views = eval_view(144, (32, 32), fraction=1.0, mirrors=False)(image)
+    assert all(torch.equal(view, one[0]) for view in views[:6])  # the smallest scale is the 1-crop's
+    assert not torch.equal(views[18], one[0])  # the next (288/256) zooms in
