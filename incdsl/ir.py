@@ -62,6 +62,9 @@ from .symbols import (
 
 # Templates calling templates, branches within branches: deeper than this is a mistake, not a design.
 MAX_DEPTH = 64
+# Layers after every repetition and template call (Inception-ResNet-v2 has about 450): repeats of
+# templates of repeats multiply, and the IR of a network is built in memory.
+MAX_LAYERS = 100_000
 NUM_CLASSES, DROPOUT = Sym("num_classes"), Sym("dropout")
 
 
@@ -346,6 +349,7 @@ class _Builder:
         self.classes: dict[tuple, BlockClass] = {}  # by (template name, zeros), in first-use order
         self.stack: list[ast.Template] = []  # templates being built, to catch recursion
         self.depth = 0
+        self.layers = 0
 
     def network(self) -> Network:
         spec = self.spec
@@ -429,6 +433,14 @@ class _Builder:
                 f"unknown layer kind or template '{row.kind}'",
                 row.span,
                 did_you_mean(row.kind, [*KINDS, *self.templates]),
+            )
+        self.layers += 1
+        if self.layers > MAX_LAYERS:
+            raise SpecArgumentError(
+                f"the network has more than {MAX_LAYERS:,} layers once its repeats and templates are "
+                "expanded",
+                row.span,
+                "repeats of templates that repeat multiply; write fewer",
             )
         op = resolve(row, frame.env, self.defaults, frame.origins)
         return Layer(row.span, op, attr, _join(frame.local, attr), _join(frame.key, attr))

@@ -190,3 +190,15 @@ def test_every_kind_has_a_spelling_in_each_backend():
         assert spelt(kind, interpreter._OPS), f"the interpreter cannot run {kind.name}"
     for merge in MERGES.values():
         assert hasattr(Writer, f"merge_{type(merge).__name__}") and spelt(merge, interpreter._MERGES)
+
+
+def test_repeats_of_templates_that_repeat_are_bounded():
+    spec = "template t { c: 400x conv 1x1 2 }\nb: 400x t\n"
+    with pytest.raises(IncdslError, match="more than 100,000 layers"):
+        incdsl.from_text(HEADER + spec, "n.inc")
+
+
+def test_a_chain_of_template_calls_is_bounded():
+    chain = "".join(f"template t{i} {{ t{i + 1} }}\n" for i in range(200)) + "template t200 { conv 1x1 2 }\n"
+    with pytest.raises(IncdslError, match="nests deeper than 64 levels"):
+        incdsl.from_text(HEADER + chain + "t0\n", "n.inc")
