@@ -89,6 +89,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--level", choices=("network", "block"), default="network")
     p.set_defaults(func=cmd_draw)
 
+    p = sub.add_parser(
+        "port-weights", help="write a foreign state_dict (another layout) in the spec's layout"
+    )
+    p.add_argument("spec", help=spec_help)
+    p.add_argument("foreign", metavar="FOREIGN", help="a torch.save state_dict or a .safetensors file")
+    p.add_argument("-o", "--output", required=True, help="the state_dict to write (torch.save)")
+    p.add_argument("--quiet", action="store_true", help="do not print the mapping")
+    p.set_defaults(func=cmd_port_weights)
+
     p = sub.add_parser("format", help="print a spec in the canonical layout (comments are dropped)")
     p.add_argument("spec", help=spec_help)
     p.add_argument("-o", "--output", help="write here instead of printing")
@@ -236,6 +245,29 @@ def cmd_compile(args) -> int:
 
         write_atomic(args.output, compile_source(net), inputs=[locate(args.spec)])
     print(f"wrote {args.output}")
+    return 0
+
+
+def cmd_port_weights(args) -> int:
+    import torch
+
+    from .files import replacing
+    from .port import layer_table, port_state, read_foreign
+
+    check_output(args.output, inputs=[locate(args.spec), args.foreign])
+    net = load(args.spec)
+    port = port_state(net, read_foreign(args.foreign))
+    if not args.quiet:
+        rows = layer_table(port)
+        width = max(len(layer) for layer, _, _ in rows)
+        for layer, modules, shape in rows:
+            print(f"{layer:<{width}}  <-  {modules}  [{shape}]")
+    with replacing(args.output, inputs=[locate(args.spec), args.foreign]) as tmp:
+        torch.save(port.state, tmp)
+    aux = " (with the aux heads)" if port.aux else " (without the aux heads: build with aux_logits=False)"
+    aux = aux if net.auxes else ""
+    filled = f"; {len(port.filled)} batch counts the file lacks set to 0" if port.filled else ""
+    print(f"wrote {args.output}: {len(port.pairs)} tensors in {net.name}'s layout{aux}{filled}")
     return 0
 
 

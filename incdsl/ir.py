@@ -144,11 +144,12 @@ class BlockClass:
 
     template: ast.Template
     plan: tuple[Member, ...] = field(repr=False)
-    zeros: frozenset[str] = frozenset()  # parameters fixed at 0, whose branches this variant drops
+    fixed: Mapping[str, Num] = field(default_factory=dict)  # parameters this variant's structure fixes
+
     attrs: Scope | None = field(default=None, repr=False)
     body: Seq | None = field(default=None, repr=False)
     name: str = ""  # the Python class name (allocated once the network is built)
-    params: tuple[tuple[str, str], ...] = ()  # (name, 'int' | 'float'), the template's order, but zeros
+    params: tuple[tuple[str, str], ...] = ()  # (name, 'int' | 'float'), the template's order, but fixed
     uses_classes: bool = False  # takes num_classes too
     calls: list[Call] = field(default_factory=list, repr=False)
     out: Expr | None = None  # output channels, in terms of in_channels and params (a pass sets it)
@@ -346,7 +347,8 @@ class _Builder:
 
     def __init__(self, spec: ast.Spec, templates, defaults):
         self.spec, self.templates, self.defaults = spec, templates, defaults
-        self.classes: dict[tuple, BlockClass] = {}  # by (template name, zeros), in first-use order
+        self.classes: dict[tuple, BlockClass] = {}  # by (template name, fixed), in first-use order
+        self.flag_params: dict[str, frozenset[str]] = {}
         self.stack: list[ast.Template] = []  # templates being built, to catch recursion
         self.depth = 0
         self.layers = 0
@@ -481,9 +483,8 @@ class _Builder:
         env = dict(args)
         if "classes" in frame.env:
             env.setdefault("classes", frame.env["classes"])
-        zeros = frozenset(p for p, v in args.items() if v == 0 and not isinstance(v, (float, Sym)))
         with self._inside(template, row):
-            cls = self._class(template, zeros)
+            cls = self._class(template, self._fixed(template, args, origins), origins)
             inner = _Frame(env, origins, _join(frame.key, attr), "", frame.symbolic)
             body = self._seq(cls.plan, inner, template.span)
         call = Call(row.span, cls, MappingProxyType(args), body, attr, _join(frame.local, attr), inner.key)
@@ -491,18 +492,56 @@ class _Builder:
             cls.calls.append(call)
         return call
 
-    def _class(self, template: ast.Template, zeros: frozenset[str] = frozenset()) -> BlockClass:
-        """The template's class (one per set of parameters fixed at 0), built on first use."""
-        key = (template.name, zeros)
+    def _fixed(self, template: ast.Template, args: dict, origins: dict) -> dict[str, Num]:
+        """The arguments that shape a call's class rather than parametrise it: a 0 (which drops the
+        branches that ask for 0 channels) and a value for a flag (``residual relu=act``, 0 or 1)."""
+        flags = self._flag_params(template)
+        fixed = {}
+        for param, value in args.items():
+            if param in flags and value not in (0, 1) and not isinstance(value, Sym):
+                raise SpecArgumentError(
+                    f"'{param}' is a flag of template '{template.name}': 0 or 1, not {value}", origins[param]
+                )
+            if param in flags or (value == 0 and not isinstance(value, (float, Sym))):
+                fixed[param] = value
+        return fixed
+
+    def _flag_params(self, template: ast.Template) -> frozenset[str]:
+        """Parameters used where a flag goes (``relu=act``), also through calls of other templates."""
+        if template.name not in self.flag_params:
+            self.flag_params[template.name] = frozenset()  # a recursive template is refused later
+            used = set()
+            for item in _items(template.body):
+                kind = MERGES["add"] if isinstance(item, ast.Residual) else KINDS.get(item.kind)
+                callee = self.templates.get(item.kind) if isinstance(item, ast.Row) else None
+                flags = self._flag_params(callee) if callee else kind.flags() if kind else frozenset()
+                named = dict(zip(callee.params, (a for a in item.args if a.key is None))) if callee else {}
+                for key, arg in [*named.items(), *((a.key, a) for a in item.args if a.key is not None)]:
+                    if key in flags and isinstance(arg.value, ast.Ref) and arg.value.name in template.params:
+                        used.add(arg.value.name)
+            self.flag_params[template.name] = frozenset(used)
+        return self.flag_params[template.name]
+
+    def _class(
+        self, template: ast.Template, fixed: Mapping[str, Num] | None = None, origins: Mapping = {}
+    ) -> BlockClass:
+        """The template's class (one per set of fixed arguments, see :meth:`_fixed`), built on first
+        use; ``origins`` says where the first call wrote the fixed values."""
+        fixed = fixed or {}
+        key = (template.name, frozenset(fixed.items()))
         if key in self.classes:
             return self.classes[key]
         attrs = attributes_scope()
-        cls = BlockClass(template, plan_block(template.body, attrs), zeros, attrs)
+        cls = BlockClass(template, plan_block(template.body, attrs), MappingProxyType(dict(fixed)), attrs)
         self.classes[key] = cls
-        env = {p: 0 if p in zeros else Sym(p) for p in template.params}
+        flags = self._flag_params(template)
+        env = {p: fixed.get(p, Sym(p)) for p in template.params}
+        unfixed = [p for p in template.params if p in flags and p not in fixed]
+        env.update({p: 1 for p in unfixed})  # an uncalled template's flags, to check its body
         env.setdefault("classes", NUM_CLASSES)
-        cls.body = self._seq(cls.plan, _Frame(env, {}, "", "", True), template.span)
-        cls.params = tuple((p, _param_type(cls.body, p)) for p in template.params if p not in zeros)
+        where = {p: span for p, span in origins.items() if p in fixed}
+        cls.body = self._seq(cls.plan, _Frame(env, where, "", "", True), template.span)
+        cls.params = tuple((p, _param_type(cls.body, p)) for p in template.params if p not in fixed)
         cls.uses_classes = _mentions(cls.body, NUM_CLASSES)
         return cls
 
@@ -782,14 +821,24 @@ def _stored(body: Node, attrs: Scope) -> None:
 
 
 def _class_stem(cls: BlockClass, blocks) -> str:
-    """A template's name for its class; a variant dropping branches (a 0 in a column) other than the
-    template's plain one, or its first, is named for what it drops: ``inception_without_n1x1``."""
+    """A template's name for its class; a variant other than the template's plain one (or its first)
+    is named for what it fixes: ``inception_no_n1x1`` (a 0), ``block8_no_relu``, ``block_act_1``."""
     variants = [c for c in blocks if c.template is cls.template]
-    plain = next((c for c in variants if not c.zeros), variants[0])
+    plain = next((c for c in variants if not c.fixed), variants[0])
     if cls is plain:
         return cls.template.name
-    return f"{cls.template.name}_without_{'_'.join(p for p in cls.template.params if p in cls.zeros)}"
+    parts = [f"no_{p}" if v == 0 else f"{p}_{v}" for p, v in cls.fixed.items()]
+    return "_".join([cls.template.name, *parts])
 
 
 def _variant(cls: BlockClass) -> str:
-    return f" with {', '.join(sorted(cls.zeros))} = 0" if cls.zeros else ""
+    return f" with {', '.join(f'{p} = {v}' for p, v in cls.fixed.items())}" if cls.fixed else ""
+
+
+def _items(items) -> Iterator:
+    """Every row and residual of a template body, nested ones too (the AST's)."""
+    for item in items:
+        if isinstance(item, (ast.Row, ast.Residual)):
+            yield item
+        if isinstance(item, (ast.Branch, ast.Residual, ast.Shortcut)):
+            yield from _items(item.items)

@@ -217,15 +217,16 @@ def _padding(args: dict, default: tuple[int, int], span: Span) -> None:
         raise SpecArgumentError(f"pad is a count (1) or HxW (0x3), not {pad}", span)
 
 
-def _require(ok: bool, message: str, span: Span) -> None:
+def _require(ok: bool, message: str, span: Span, hint: str | None = None) -> None:
     if not ok:
-        raise SpecArgumentError(message, span)
+        raise SpecArgumentError(message, span, hint)
 
 
 def _positive(args: dict, key: str, spans: Mapping[str, Span], span: Span) -> None:
     value = args[key]
     ok = not known(value) or (isinstance(value, int) and value >= 1)
-    _require(ok, f"{key} must be a positive integer, not {value}", spans.get(key, span))
+    hint = "a 0 passed to a template drops the branch it sizes; this row is in none" if value == 0 else None
+    _require(ok, f"{key} must be a positive integer, not {value}", spans.get(key, span), hint)
 
 
 # kinds --------------------------------------------------------------------------------------
@@ -564,7 +565,8 @@ def bind(
             _once(key, arg, own)
         if arg.key is not None:
             _check_option(kind, arg.key, value, where)
-            args[arg.key], spans[arg.key] = value, where
+            flag = arg.key in kind.flags() and not isinstance(value, Sym)
+            args[arg.key], spans[arg.key] = bool(value) if flag else value, where
         elif isinstance(value, tuple):  # a flag: ("relu", True)
             args[value[0]], spans[value[0]] = value[1], where
         else:
@@ -620,7 +622,11 @@ def _check_option(kind: Kind, key: str, value, span: Span) -> None:
     """An option takes a value of its default's type; a flag is written bare (bn, nobn)."""
     default = kind.options[key]
     if isinstance(default, bool) or key in kind.flags():
-        raise SpecArgumentError(f"{key} is a flag: write '{key}' or 'no{key}', not {key}={value}", span)
+        if value in (0, 1) and not isinstance(value, float) or isinstance(value, Sym):
+            return  # relu=1, relu=0, or relu=act for a template's flag parameter
+        raise SpecArgumentError(
+            f"{key} is a flag: write '{key}' or 'no{key}' (or {key}=0, {key}=1), not {key}={value}", span
+        )
     if isinstance(default, (int, float)) and not isinstance(value, (int, float, Sym)):
         raise SpecArgumentError(f"{kind.name}'s {key} must be a number, not {value}", span)
     if isinstance(default, int) and not isinstance(default, bool) and isinstance(value, float):

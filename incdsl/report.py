@@ -182,7 +182,7 @@ def _stage_type(stage: Stage) -> str:
     if isinstance(
         stage.node, Call
     ):  # "inception (3a)"; a named stage shows its name: "InceptionA (Mixed_5b)"
-        return f"{stage.template} ({stage.label or stage.attr})"
+        return f"{stage.template} ({stage.label or stage.name})"
     return _title(stage.node)
 
 

@@ -113,7 +113,17 @@ widths = st.integers(1, 5)
 @st.composite
 def branch(draw, names: Names, depth: int = 0) -> str:
     w = lambda: draw(widths)  # noqa: E731
-    forms = ["single", "sequential", "ordered", "unnamed", "flattened", "identity_first", "pool", "call"]
+    forms = [
+        "single",
+        "sequential",
+        "ordered",
+        "unnamed",
+        "flattened",
+        "identity_first",
+        "pool",
+        "call",
+        "zero",
+    ]
     if depth < 2:
         forms.append("fork")
     form = draw(st.sampled_from(forms))
@@ -130,7 +140,10 @@ def branch(draw, names: Names, depth: int = 0) -> str:
     if form == "identity_first":
         return f"branch {{ softmax; {names()}: conv 1x1 {w()} }}"
     if form == "pool":
-        return f"branch {{ avgpool 3x3/1 pad=1; {names()}: conv 1x1 k }}"
+        exclude = draw(st.sampled_from(["", " exclude_pad"]))
+        return f"branch {{ avgpool 3x3/1 pad=1{exclude}; relu; {names()}: conv 1x1 k }}"
+    if form == "zero":  # dropped when the call passes z = 0
+        return f"branch {names()}: conv 1x1 z"
     if form == "call":
         return f"branch {{ {names()}: inception {w()} {w()} {w()} {w()} {w()} k }}"
     inner = [draw(branch(names, depth + 1)) for _ in range(draw(st.integers(1, 3)))]
@@ -138,11 +151,26 @@ def branch(draw, names: Names, depth: int = 0) -> str:
 
 
 @st.composite
+def residual(draw, names: Names) -> str:
+    """A residual after the block's branches: strided or not, identity or projected shortcut, a
+    scale, and a ReLU after the add given by the template's flag argument f."""
+    stride = draw(st.sampled_from([1, 2]))
+    width = draw(widths)
+    shortcut = draw(st.sampled_from(["shortcut", "shortcut " + names()]))
+    scale = draw(st.sampled_from(["", " scale=0.5", " scale=s"]))
+    return (
+        f"\nresidual{scale} relu=f {{\n {names()}: conv 3x3/{stride} {width}\n"
+        f" {names()}: conv 1x1 {width} norelu\n {shortcut}: conv 1x1/{stride} {width} norelu\n}}"
+    )
+
+
+@st.composite
 def block_template(draw, index: int) -> str:
     names = Names(draw)
     branches = [draw(branch(names)) for _ in range(draw(st.integers(1, 4)))]
-    tail = draw(st.sampled_from(["", f"\n{names()}: conv 1x1 k", "\nlrn 3"]))
-    return f"template blk{index}(k) {{\n" + "\n".join(branches) + tail + "\n}"
+    branches.append(f"branch {names()}: conv 1x1 {draw(widths)}")  # one that a 0 never drops
+    tail = draw(st.sampled_from(["", f"\n{names()}: conv 1x1 k", "\nlrn 3", draw(residual(names))]))
+    return f"template blk{index}(k, z, f, s) {{\n" + "\n".join(branches) + tail + "\n}"
 
 
 @st.composite
@@ -154,7 +182,7 @@ def specs(draw) -> str:
     templates = [draw(block_template(i)) for i in range(draw(st.integers(1, 2)))]
     k = draw(st.sampled_from([1, 3, 5]))
     lines.append(f"stem: conv {k}x{k}/{draw(st.sampled_from([1, 2]))} {draw(widths)}")
-    stages = []
+    stages, body = [], []
     for i in range(draw(st.integers(1, 4))):
         choice = draw(st.sampled_from(["block", "inception", "pool", "factorised"]))
         repeat = draw(st.integers(1, 2))
@@ -162,14 +190,17 @@ def specs(draw) -> str:
         name = f"s{i}"
         stages += [f"{name}_{j + 1}" for j in range(repeat)] if repeat > 1 else [name]
         if choice == "block":
-            lines.append(f"{name}: {times}blk{draw(st.integers(0, len(templates) - 1))} {draw(widths)}")
+            args = f"{draw(widths)} {draw(st.sampled_from([0, 2]))} {draw(st.sampled_from([0, 1]))} 0.25"
+            body.append(f"{name}: {times}blk{draw(st.integers(0, len(templates) - 1))} {args}")
         elif choice == "inception":
-            lines.append(f"{name}: {times}inception " + " ".join(str(draw(widths)) for _ in range(6)))
+            body.append(f"{name}: {times}inception " + " ".join(str(draw(widths)) for _ in range(6)))
         elif choice == "pool":
-            lines.append(f"{name}: {times}maxpool 3x3/2 pad=1")
+            body.append(f"{name}: {times}maxpool 3x3/2 pad=1")
         else:
             n = draw(st.sampled_from([3, 5]))
-            lines += [f"{name}: {times}conv 1x{n} {draw(widths)}", f"conv {n}x1 {draw(widths)}"]
+            body += [f"{name}: {times}conv 1x{n} {draw(widths)}", f"conv {n}x1 {draw(widths)}"]
+    grouped = draw(st.booleans())  # the stages as one nn.Sequential, keyed by position
+    lines += ["sequential grp {", *body, "}"] if grouped else body
     tail = draw(st.sampled_from(["global_avgpool", "adaptive_avgpool 2x2", "avgpool 2x2/2 ceil"]))
     lines += [
         tail,
