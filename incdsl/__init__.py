@@ -109,15 +109,21 @@ def stats(net: Network | str | Path) -> report.Stats:
     return report.compute(net if isinstance(net, Network) else load(net))
 
 
-def compile_source(target: Network | str | Path, formatted: bool = True) -> str:
-    """The standalone PyTorch source of a network (imports torch only, never incdsl)."""
+def compile_source(
+    target: Network | str | Path, formatted: bool = True, optimize: bool = False, compiled: bool = False
+) -> str:
+    """The standalone PyTorch source of a network (imports torch only, never incdsl). ``optimize``:
+    the inference build (BatchNorm folded, sibling 1x1 convolutions fused, channels_last), which loads
+    the plain build's state_dict; ``compiled``: its ``build()`` applies ``torch.compile``."""
     from .backends import pytorch
 
-    return pytorch.generate(target if isinstance(target, Network) else load(target), formatted)
+    net = target if isinstance(target, Network) else load(target)
+    return pytorch.generate(net, formatted, optimize, compiled)
 
 
-def build_module(target: Network | str | Path, **overrides):
-    """The ``torch.nn.Module`` of a network, built by executing its generated source.
+def build_module(target: Network | str | Path, optimize: bool = False, **overrides):
+    """The ``torch.nn.Module`` of a network, built by executing its generated source (the inference
+    build with ``optimize``).
 
     A model whose parameters cannot fit in the free memory of torch's default device is refused
     (:class:`incdsl.memory.OutOfMemory`) before anything is allocated.
@@ -125,7 +131,7 @@ def build_module(target: Network | str | Path, **overrides):
     from . import memory
     from .backends import pytorch
 
-    source = compile_source(target)
+    source = compile_source(target, formatted=False, optimize=optimize)
     device = memory.default_device()
     needed = memory.module_bytes(lambda: pytorch.instantiate(source, **overrides))
     memory.require(needed, device, "the model's parameters and buffers need")

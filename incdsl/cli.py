@@ -81,6 +81,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--format", choices=("python", "onnx"), help="default: onnx for a .onnx output, else python"
     )
+    p.add_argument(
+        "--optimize",
+        action="store_true",
+        help="the inference build: BatchNorm folded, sibling 1x1 convolutions fused, channels_last",
+    )
+    p.add_argument("--compile", action="store_true", help="with --optimize: build() applies torch.compile")
     p.set_defaults(func=cmd_compile)
 
     p = sub.add_parser("draw", help="draw the network with Graphviz (.svg, .png or .dot)")
@@ -231,6 +237,10 @@ def _output(args) -> None:
 
 
 def cmd_compile(args) -> int:
+    if args.compile and not args.optimize:
+        raise IncdslError(
+            "--compile goes with --optimize", hint="incdsl compile SPEC --optimize --compile -o m.py"
+        )
     _output(args)
     net = load(args.spec)
     memory = _memory_line(report.compute(net))
@@ -239,11 +249,12 @@ def cmd_compile(args) -> int:
     if (args.format or ("onnx" if args.output.lower().endswith(".onnx") else "python")) == "onnx":
         from .backends import onnx
 
-        onnx.export(net, args.output)
+        onnx.export(net, args.output, optimize=args.optimize)
     else:
         from . import compile_source
 
-        write_atomic(args.output, compile_source(net), inputs=[locate(args.spec)])
+        source = compile_source(net, optimize=args.optimize, compiled=args.compile)
+        write_atomic(args.output, source, inputs=[locate(args.spec)])
     print(f"wrote {args.output}")
     return 0
 

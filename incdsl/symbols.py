@@ -98,6 +98,12 @@ class Scope:
     def __contains__(self, name: str) -> bool:
         return name in self.names
 
+    def copy(self) -> Scope:
+        """An independent copy: names taken in it are not taken here."""
+        other = Scope(self.kind, {}, self.renames)
+        other.names = dict(self.names)
+        return other
+
 
 def _clash(name: str, what: str, span: Span | None, other: Owner, kind: str) -> SpecNameError:
     if other.reserved:

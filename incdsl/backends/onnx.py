@@ -26,8 +26,9 @@ INPUT_NAME, OUTPUT_NAME = "x", "logits"
 EXAMPLE_BATCH = 2  # not 1: torch.export would specialise a batch of 1 to a constant
 
 
-def export(net: Network | str | Path, path: str | Path, **overrides) -> Path:
-    """Write the eval-mode model of ``net`` (a Network, spec path or shipped name) as ONNX to ``path``.
+def export(net: Network | str | Path, path: str | Path, optimize: bool = False, **overrides) -> Path:
+    """Write the eval-mode model of ``net`` (a Network, spec path or shipped name) as ONNX to ``path``
+    (its inference build with ``optimize``).
 
     ``overrides`` go to the generated ``build()`` (``num_classes=10``, ``aux_logits=False``, ...).
     Raises :class:`~incdsl.errors.OutputError` when torch, onnx or onnxscript is missing, when the
@@ -37,7 +38,7 @@ def export(net: Network | str | Path, path: str | Path, **overrides) -> Path:
     from .. import build_module, load
 
     net = net if isinstance(net, Network) else load(net)
-    return export_model(build_module(net, **overrides), net.input.as_list(), path)
+    return export_model(build_module(net, optimize, **overrides), net.input.as_list(), path)
 
 
 def export_model(model, input_shape: list[int], path: str | Path) -> Path:

@@ -13,6 +13,7 @@ classes are those the pieces used. ``templates/model.py.j2`` only lays the piece
 
 from __future__ import annotations
 
+import linecache
 import re
 import sys
 import types
@@ -41,9 +42,16 @@ def _template() -> jinja2.Template:
     return env.get_template("model.py.j2")
 
 
-def generate(net: Network, formatted: bool = True) -> str:
-    """The model file's source text (formatted with black unless ``formatted`` is False)."""
-    writer = Writer(net)
+def generate(net: Network, formatted: bool = True, optimize: bool = False, compiled: bool = False) -> str:
+    """The model file's source text (formatted with black unless ``formatted`` is False). With
+    ``optimize``, the inference build (see :class:`OptimizedWriter`); ``compiled`` makes its
+    ``build()`` return the model through ``torch.compile`` by default."""
+    if optimize:
+        from ..optimize import optimize as plan
+
+        writer = OptimizedWriter(net, plan(net))
+    else:
+        writer = Writer(net)
     blocks = [writer.block_class(cls) for cls in net.blocks]
     model = writer.model_class(net.model)
     text = _template().render(
@@ -54,6 +62,8 @@ def generate(net: Network, formatted: bool = True) -> str:
         conv_bias=writer.conv_bias,
         metadata=repr(_metadata(net)),
         source_name=_safe_file_name(net.spec.path),
+        optimized=optimize,
+        compiled=compiled,
     )
     return _format(text) if formatted else text
 
@@ -65,11 +75,15 @@ def instantiate(source: str, **overrides):
 
 
 def load_source(source: str, name: str = "incdsl_generated") -> types.ModuleType:
-    """Execute generated source as a module registered under ``name`` (for pickling and export)."""
+    """Execute generated source as a module registered under ``name`` (for pickling and export); its
+    text is registered with ``linecache``, so ``inspect`` (and ``torch.jit.script``) can read it."""
     module = types.ModuleType(name)
     module.__file__ = f"<{name}>"
+    linecache.cache[module.__file__] = (len(source), None, source.splitlines(True), module.__file__)
     sys.modules[name] = module
-    exec(compile(source, module.__file__, "exec"), module.__dict__)
+    # dont_inherit: this module's `from __future__ import annotations` must not turn the file's
+    # annotations into strings (TorchScript reads the NamedTuple's field types)
+    exec(compile(source, module.__file__, "exec", dont_inherit=True), module.__dict__)
     return module
 
 
@@ -147,6 +161,7 @@ class Writer:
             "signature": ", ".join(signature),
             "init": code.init,
             "forward": (*code.forward, f"return {out}"),
+            "methods": (),
         }
 
     def model_class(self, model: ModelClass) -> dict:
@@ -257,19 +272,23 @@ class Writer:
             return self.visit(branch.body, src, dst)
         if is_lone(branch):
             return self.attribute(branch.body.items[0], branch.container, src, dst)
+        module = self.container(branch)
+        return Code(
+            (f"self.{branch.container} = {module}",), (f"{dst} = self.{branch.container}({src})",)
+        ), dst
+
+    def container(self, branch: Branch) -> str:
+        """Source constructing a named branch of several layers: an nn.Sequential keyed by position,
+        or by the layers' names."""
         parts = [
             (node.attr, "nn.Identity()" if _identity(node) else self.module(node))
             for node in branch.body.items
         ]
         if all(attr.isdigit() for attr, _ in parts):
-            module = f"nn.Sequential({', '.join(expr for _, expr in parts)})"
-        else:
-            self.used.add("OrderedDict")
-            items = ", ".join(f"({attr!r}, {expr})" for attr, expr in parts)
-            module = f"nn.Sequential(OrderedDict([{items}]))"
-        return Code(
-            (f"self.{branch.container} = {module}",), (f"{dst} = self.{branch.container}({src})",)
-        ), dst
+            return f"nn.Sequential({', '.join(expr for _, expr in parts)})"
+        self.used.add("OrderedDict")
+        items = ", ".join(f"({attr!r}, {expr})" for attr, expr in parts)
+        return f"nn.Sequential(OrderedDict([{items}]))"
 
     def attribute(self, node: Layer | Call, attr: str, src: str, dst: str) -> tuple[Code, str]:
         """A submodule at ``self.attr``, applied to ``src`` into ``dst``."""
@@ -420,3 +439,171 @@ def _common_eps(net: Network) -> float:
     """The BatchNorm eps most convolutions use becomes the helper classes' default."""
     eps = Counter(layer.op["eps"] for layer in _layers(net) if _is_conv(layer.op) and layer.op["bn"])
     return eps.most_common(1)[0][0] if eps else 1e-5
+
+
+class OptimizedWriter(Writer):
+    """The inference build: the same classes, attributes and state_dict keys as the plain build (so
+    ``load_state_dict(plain.state_dict())`` works), but each class also keeps weights derived from
+    those it loads, recomputed by ``prepare()`` whenever a state_dict is loaded: BatchNorm folded into
+    its convolution (``FoldedConv2d``), the 1x1 convolutions a group's branches start with
+    concatenated into one, all in channels_last. What to derive is decided by the passes of
+    :mod:`incdsl.optimize`; this class only spells their plan."""
+
+    def __init__(self, net: Network, plan):
+        super().__init__(net)
+        self.plan = plan
+        self.fused_heads = {b: g for groups in plan.fused.values() for g in groups for b in g.branches}
+        self.prepare: list[str] = []  # the current class's prepare() lines
+        self.taken: set[str] = set()  # its forward's locals
+
+    def block_class(self, cls: BlockClass) -> dict:
+        self.prepare, self.taken = [], _locals_of(cls.body)
+        view = super().block_class(cls)
+        if self.prepare:
+            self.used.add("prepared")
+            view["init"] = (*view["init"], "prepared(self)")
+            view["methods"] = _prepare_method(self.prepare)
+        return view
+
+    def model_class(self, model: ModelClass) -> dict:
+        view = super().model_class(model)
+        if self.plan.channels_last:
+            view["forward"] = ("x = x.contiguous(memory_format=torch.channels_last)", *view["forward"])
+            view["init"] = (*view["init"], "self.to(memory_format=torch.channels_last)")
+        view["init"] = (*view["init"], "self.prepare()", "self.eval()")
+        view["aux"] = []  # an inference build computes the logits only
+        self.used.add("torch")
+        return view
+
+    def aux_head(self, aux) -> Code:
+        """Declared, so that the plain build's state_dict loads; never run."""
+        return Code(init=(f"self.{aux.name} = {self.module(aux.node)} if aux_logits else None",))
+
+    def returns(self, model: ModelClass) -> Code:
+        return Code(forward=("return x",))
+
+    def module(self, node: Layer | Call) -> str:
+        if isinstance(node, Layer) and node in self.plan.folded:
+            return self.folded_conv(node)
+        return super().module(node)
+
+    def folded_conv(self, layer: Layer) -> str:
+        """``FoldedConv2d``: a convolution's, its BatchNorm's and its ReLU's state, run as one conv."""
+        op = layer.op
+        self.used |= {"FoldedConv2d", "F", "torch"}
+        kw = [f"kernel_size={_pair_src(op['kernel'])}"]
+        if op["stride"] != 1:
+            kw.append(f"stride={op['stride']}")
+        if op["pad"] != (0, 0):
+            kw.append(f"padding={_pair_src(op['pad'])}")
+        if op["groups"] != 1:
+            kw.append(f"groups={literal(op['groups'])}")
+        if op["bias"]:
+            kw.append("bias=True")
+        if not op["bn"]:
+            kw.append("bn=False")
+        elif op["eps"] != self.bn_eps:
+            kw.append(f"eps={literal(op['eps'])}")
+        if not op["relu"]:
+            kw.append("relu=False")
+        return f"FoldedConv2d({layer.channels.input}, {literal(op['out'])}, {', '.join(kw)})"
+
+    def visit_Fork(self, fork: Fork, src: str, dst: str) -> tuple[Code, str]:
+        groups = self.plan.fused.get(fork)
+        if not groups:
+            return super().visit_Fork(fork, src, dst)
+        stored = tuple(f"self.{attr} = {literal(fork.merge[key])}" for key, attr in fork.stored.items())
+        pieces = [Code(init=stored), *(self.fused_group(group, src) for group in groups)]
+        outputs = []
+        for branch in fork.branches:
+            code, out = (
+                self.rest(branch) if branch in self.fused_heads else self.visit(branch, src, branch.var)
+            )
+            pieces.append(code)
+            outputs.append(out)
+        merge = getattr(self, f"merge_{type(fork.merge.kind).__name__}")(fork, outputs)
+        return join(pieces) + Code(forward=(f"{dst} = {merge}",)), dst
+
+    def fused_group(self, group, src: str) -> Code:
+        """One 1x1 convolution for the group's heads, its output split into their branches' variables."""
+        name, tmp = group.name, _fresh(group.name, self.taken)
+        sizes = ", ".join(literal(h.op["out"]) for h in group.heads)
+        heads = [self.head_module(b) for b in group.branches]
+        layout = ".contiguous(memory_format=torch.channels_last)" if self.plan.channels_last else ""
+        self.prepare += [
+            f"self.{name}_weight = torch.cat([{', '.join(f'{h}.weight' for h in heads)}]){layout}",
+            f"self.{name}_bias = torch.cat([{', '.join(f'{h}.bias' for h in heads)}])",
+        ]
+        conv = f"F.conv2d({src}, self.{name}_weight, self.{name}_bias)"
+        if group.heads[0].op["relu"]:
+            conv = f"F.relu({conv}, inplace=True)"
+        names = ", ".join(b.var for b in group.branches)
+        return Code(
+            init=(
+                f"self.{name}_sizes = [{sizes}]  # {', '.join(h[5:] for h in heads)} as one",
+                f'self.register_buffer("{name}_weight", torch.empty(0), persistent=False)',
+                f'self.register_buffer("{name}_bias", torch.empty(0), persistent=False)',
+            ),
+            forward=(f"{tmp} = {conv}", f"{names} = {tmp}.split(self.{name}_sizes, 1)"),
+        )
+
+    @staticmethod
+    def head_module(branch: Branch) -> str:
+        head = branch.body.items[0]
+        if branch.container is None:
+            return f"self.{head.attr}"
+        return f"self.{branch.container}" if is_lone(branch) else f"self.{branch.container}[0]"
+
+    def rest(self, branch: Branch) -> tuple[Code, str]:
+        """A branch whose head runs in a fused group: the head is declared (its state), the rest
+        applied to the branch's slice of the group's output."""
+        var, head = branch.var, branch.body.items[0]
+        if branch.container is None:
+            code, out = self.visit(Seq(branch.body.span, branch.body.items[1:]), var, var)
+            return Code((f"self.{head.attr} = {self.module(head)}",)) + code, out
+        if is_lone(branch):
+            return Code((f"self.{branch.container} = {self.module(head)}",)), var
+        forward = []
+        for i, node in enumerate(branch.body.items[1:], start=1):
+            if not _identity(node):
+                forward += self.applied(node, f"self.{branch.container}[{i}]", var, var)
+        return Code((f"self.{branch.container} = {self.container(branch)}",), tuple(forward)), var
+
+    def merge_Add(self, fork: Fork, outputs: list[str]) -> str:
+        """``torch.add(x, out, alpha=scale)``: the scale and the add in one operation."""
+        shortcut, body = outputs
+        scale = fork.merge["scale"]
+        alpha = f"self.{fork.stored['scale']}" if "scale" in fork.stored else literal(scale)
+        expr = (
+            f"torch.add({shortcut}, {body}, alpha={alpha})"
+            if "scale" in fork.stored or scale != 1
+            else f"{body} + {shortcut}"
+        )
+        self.used.add("torch")
+        if fork.merge["relu"]:
+            self.used.add("F")
+            return f"F.relu({expr}, inplace=True)"
+        return expr
+
+
+def _locals_of(body: Node) -> set[str]:
+    from ..ir import walk
+
+    return {n.var for n in walk(body) if isinstance(n, Branch)} | {"x", "self"}
+
+
+def _fresh(base: str, taken: set[str]) -> str:
+    name, i = base, 2
+    while name in taken:
+        name, i = f"{base}_{i}", i + 1
+    taken.add(name)
+    return name
+
+
+def _prepare_method(lines: list[str]) -> tuple[str, ...]:
+    return (
+        "@torch.no_grad()",
+        "def prepare(self) -> None:",
+        '    """The weights derived from those loaded: fused 1x1 convolutions."""',
+        *(f"    {line}" for line in lines),
+    )

@@ -1,0 +1,124 @@
+"""The optimizing build's passes: plain functions over the IR that decide what the inference module
+does differently from the plain one. Each reads the IR and the decisions so far and adds its own; the
+PyTorch backend (:class:`~incdsl.backends.pytorch.OptimizedWriter`) spells them. The IR itself is not
+changed, so one Network compiles to both builds.
+
+- :func:`fold_batchnorm`: a convolution followed by BatchNorm becomes one convolution whose weight and
+  bias fold the BatchNorm in, computed when weights are loaded (the file holds no folded numbers, and
+  the plain build's state_dict loads unchanged);
+- :func:`fuse_siblings`: 1x1 convolutions that read the same input, at the heads of a group's
+  branches (an inception module's #1x1, #3x3 reduce and #5x5 reduce), run as one convolution whose
+  output is split;
+- :func:`use_channels_last`: weights and activations in channels_last (NHWC) memory format, which
+  oneDNN's CPU convolutions (and cuDNN's tensor cores) run without reordering.
+
+>>> import incdsl
+>>> plan = optimize(incdsl.load("googlenet_tv"))
+>>> [[h.attr for h in g.heads] for g in plan.groups(incdsl.load("googlenet_tv").blocks[0])][:1]
+[['', '0', '0']]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .ir import Branch, Fork, Layer, Network, walk
+from .layers import Conv
+from .symbols import Scope
+
+
+@dataclass(frozen=True, eq=False)
+class Group:
+    """Branches of one Fork whose first layers, 1x1 convolutions of its input, run as one.
+    ``name`` prefixes the attributes that hold the fused weight and bias (allocated in the class)."""
+
+    fork: Fork
+    branches: tuple[Branch, ...]
+    heads: tuple[Layer, ...]
+    name: str
+
+
+@dataclass
+class Plan:
+    """The decisions of the passes, keyed by the nodes of the class bodies they concern."""
+
+    folded: set[Layer] = field(default_factory=set)
+    fused: dict[Fork, tuple[Group, ...]] = field(default_factory=dict)
+    channels_last: bool = False
+    owners: dict[Fork, object] = field(default_factory=dict, repr=False)
+
+    def groups(self, cls) -> list[Group]:
+        """The fused groups inside one class (a BlockClass or the ModelClass)."""
+        return [g for fork, groups in self.fused.items() if self.owners[fork] is cls for g in groups]
+
+
+def fold_batchnorm(net: Network, plan: Plan) -> Plan:
+    """Every convolution with BatchNorm or a ReLU runs as one convolution (+ in-place ReLU)."""
+    for body in _bodies(net):
+        plan.folded |= {n for n in walk(body) if isinstance(n, Layer) and _foldable(n)}
+    return plan
+
+
+def _foldable(layer: Layer) -> bool:
+    op = layer.op
+    return isinstance(op.kind, Conv) and (op["bn"] or op["relu"])
+
+
+def fuse_siblings(net: Network, plan: Plan, minimum: int = 2) -> Plan:
+    """Groups of at least ``minimum`` branches whose heads are folded 1x1 convolutions of the fork's
+    input with the same activation; each group gets a fresh attribute name in its class."""
+    scopes: dict[int, Scope] = {}
+    for cls, body in _classes(net):
+        names = scopes.setdefault(id(cls), cls.attrs.copy())  # fresh names, the IR's scope untouched
+        for fork in (n for n in walk(body) if isinstance(n, Fork)):
+            heads = [(b, _head(b)) for b in fork.branches]
+            groups = []
+            for relu in (True, False):
+                members = [
+                    (b, h) for b, h in heads if h in plan.folded and _one_by_one(h) and h.op["relu"] is relu
+                ]
+                if len(members) >= minimum:
+                    branches, layers = zip(*members)
+                    groups.append(Group(fork, branches, layers, names.fresh("fused", "fused 1x1 weights")))
+            if groups:
+                plan.fused[fork] = tuple(groups)
+                plan.owners[fork] = cls
+    return plan
+
+
+def _head(branch: Branch) -> Layer | None:
+    items = branch.body.items
+    return items[0] if items and isinstance(items[0], Layer) else None
+
+
+def _one_by_one(layer: Layer) -> bool:
+    op = layer.op
+    return op["kernel"] == (1, 1) and op["stride"] == 1 and op["pad"] == (0, 0) and op["groups"] == 1
+
+
+def use_channels_last(net: Network, plan: Plan) -> Plan:
+    plan.channels_last = True
+    return plan
+
+
+PASSES = (fold_batchnorm, fuse_siblings, use_channels_last)
+
+
+def optimize(net: Network, passes=PASSES) -> Plan:
+    """Run ``passes`` in order over a built network's class bodies."""
+    plan = Plan()
+    for fn in passes:
+        plan = fn(net, plan)
+    return plan
+
+
+def _classes(net: Network):
+    """Each class body of the generated file with its class: the blocks, then the network's."""
+    for cls in net.blocks:
+        yield cls, cls.body
+    for stage in net.model.stages:
+        yield net.model, stage.node
+
+
+def _bodies(net: Network):
+    return [body for _, body in _classes(net)] + [aux.node for aux in net.model.auxes]

@@ -1,0 +1,194 @@
+"""The optimizing build (incdsl compile --optimize): its passes, each on its own, and the module they
+make: the same function as the plain build on the same weights, for every shipped spec, loading the
+plain build's state_dict unchanged; exportable like it. Speed is measured by benchmarks/speed.py, not
+here."""
+
+import pytest
+from conftest import SHIPPED
+
+import incdsl
+from incdsl import cli
+from incdsl.ir import Layer, walk
+from incdsl.layers import Conv
+from incdsl.optimize import Plan, fold_batchnorm, fuse_siblings, optimize, use_channels_last
+
+torch = pytest.importorskip("torch")
+
+
+def test_fold_takes_every_convolution_with_batchnorm_or_relu():
+    net = incdsl.load("inception_v3")
+    plan = fold_batchnorm(net, Plan())
+    convs = [
+        n
+        for cls in net.blocks
+        for n in walk(cls.body)
+        if isinstance(n, Layer) and isinstance(n.op.kind, Conv)
+    ]
+    assert convs and all(c in plan.folded for c in convs)
+    bare = incdsl.from_text("input 8x8x3\nconv 1x1 4 nobn norelu\n", "n.inc")
+    assert not fold_batchnorm(bare, Plan()).folded
+
+
+def test_fuse_groups_the_1x1_heads_that_read_one_input():
+    net = incdsl.load("inception_v3")
+    plan = fuse_siblings(net, fold_batchnorm(net, Plan()))
+    heads = {cls.name: [[h.attr or b.container for b, h in zip(g.branches, g.heads)] for g in plan.groups(cls)]
+             for cls in net.blocks}  # fmt: skip
+    assert heads["InceptionA"] == [["branch1x1", "branch5x5_1", "branch3x3dbl_1"]]
+    assert heads["InceptionD"] == [["branch3x3_1", "branch7x7x3_1"]]
+    assert heads["InceptionB"] == [] and heads["InceptionAux"] == []
+    unfolded = fuse_siblings(net, Plan())  # only folded convolutions are fused
+    assert not unfolded.fused
+
+
+def test_fuse_needs_two_heads_with_one_activation():
+    text = "input 8x8x4\ndefaults conv: bn\ntemplate t { branch a: conv 1x1 4; branch b: conv 1x1 4 norelu; branch c: conv 3x3 4 }\nt\n"
+    net = incdsl.from_text(text, "n.inc")
+    assert not fuse_siblings(net, fold_batchnorm(net, Plan())).fused
+    text = text.replace("branch c: conv 3x3 4", "branch c: conv 1x1 2 norelu")
+    net = incdsl.from_text(text, "n.inc")
+    (group,) = fuse_siblings(net, fold_batchnorm(net, Plan())).groups(net.blocks[0])
+    assert [b.container for b in group.branches] == ["b", "c"]
+
+
+def test_fused_names_are_fresh_in_their_class():
+    text = "input 8x8x4\ndefaults conv: bn\ntemplate t { fused: conv 1x1 4\nbranch a: conv 1x1 4; branch b: conv 1x1 4 }\nt\n"
+    net = incdsl.from_text(text, "n.inc")
+    (group,) = optimize(net).groups(net.blocks[0])
+    assert group.name == "fused_2"
+    assert optimize(net).groups(net.blocks[0])[0].name == "fused_2"  # the IR's own names are untouched
+
+
+def test_channels_last_is_a_decision_of_its_own():
+    assert use_channels_last(incdsl.load("mini_googlenet"), Plan()).channels_last
+
+
+def randomised(model):
+    """Weights and running statistics that make BatchNorm folding matter."""
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if name.endswith("running_var"):
+                tensor.copy_(torch.rand(tensor.shape, generator=generator) + 0.5)
+            elif tensor.is_floating_point():
+                tensor.copy_(torch.randn(tensor.shape, generator=generator) * 0.05)
+    return model
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_the_optimized_build_loads_the_plain_state_dict_and_computes_the_same(name):
+    net = incdsl.load(name)
+    plain = randomised(incdsl.build_module(net)).eval()
+    fast = incdsl.build_module(net, optimize=True)
+    assert list(fast.state_dict()) == list(plain.state_dict())
+    fast.load_state_dict(plain.state_dict(), strict=True)
+    x = torch.randn(1, *net.input.as_list(), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        expected, got = plain(x), fast(x)
+    assert ((got - expected).norm() / expected.norm()).item() < 1e-4
+
+
+def test_prepare_after_weights_change_in_place():
+    net = incdsl.load("mini_googlenet")
+    plain, fast = incdsl.build_module(net).eval(), incdsl.build_module(net, optimize=True)
+    fast.load_state_dict(plain.state_dict())
+    randomised(plain)
+    with torch.no_grad():
+        for key, tensor in fast.state_dict().items():
+            tensor.copy_(plain.state_dict()[key])
+    fast.prepare()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        torch.testing.assert_close(fast(x), plain(x), rtol=1e-4, atol=1e-5)
+
+
+def test_the_optimized_build_is_for_inference_only():
+    fast = incdsl.build_module("mini_googlenet", optimize=True)
+    assert not fast.training
+    with pytest.raises(RuntimeError, match="inference build"):
+        fast.train()
+    assert fast.eval()(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+
+
+def test_the_optimized_build_exports():
+    net = incdsl.load("googlenet_tv")
+    fast = incdsl.build_module(net, optimize=True)
+    x = torch.randn(2, 3, 64, 64)
+    program = torch.export.export(fast, (x,))
+    with torch.inference_mode():
+        torch.testing.assert_close(program.module()(x), fast(x), rtol=1e-4, atol=1e-5)
+
+
+def test_onnx_export_of_the_optimized_build(tmp_path):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from incdsl.backends import onnx
+
+    net = incdsl.load("mini_googlenet")
+    fast = incdsl.build_module(net, optimize=True)
+    fast.load_state_dict(randomised(incdsl.build_module(net)).state_dict())
+    path = onnx.export_model(fast, net.input.as_list(), tmp_path / "fast.onnx")
+    x = torch.randn(3, 3, 32, 32)
+    (got,) = onnxruntime.InferenceSession(str(path)).run(None, {"x": x.numpy()})
+    with torch.inference_mode():
+        expected = fast(x)
+    assert ((torch.from_numpy(got) - expected).norm() / expected.norm()).item() < 1e-5
+
+
+RESIDUAL = """network Res
+input 16x16x8
+classes 4
+defaults conv: bn
+template block(scale, act) {
+    residual scale=scale relu=act {
+        branch a: conv 1x1 4
+        branch b { conv 1x1 4; conv 3x3 4 }
+        up: conv 1x1 8 nobn norelu bias
+    }
+}
+sequential repeat { 2x block 0.2 1 }
+last: block 1.0 0
+pool: global_avgpool
+fc: linear classes
+template head { global_avgpool; linear classes }
+aux side after last weight=0.3: head
+"""
+
+
+@pytest.mark.parametrize("name", ["mini_googlenet", "googlenet_tv", "inception_v3", "residual"])
+def test_the_plain_build_is_scriptable(name):
+    """torch.jit.script, as torchvision's models are: the outputs NamedTuple in training mode too."""
+    net = incdsl.from_text(RESIDUAL, "res.inc") if name == "residual" else incdsl.load(name)
+    model = incdsl.build_module(net)
+    scripted = torch.jit.script(model)
+    size = {"googlenet_tv": 96, "mini_googlenet": 32, "residual": 16}.get(name, 299)
+    channels = net.input.channels
+    x = torch.randn(1, channels, size, size)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted.eval()(x), model.eval()(x))
+    if net.auxes and name != "inception_v3":  # training mode at 299 is slow; the type is what matters
+        assert type(scripted.train()(torch.randn(2, channels, size, size))).__name__.endswith("Outputs")
+
+
+def test_compile_optimize_writes_onnx_too(tmp_path):
+    pytest.importorskip("onnxscript")
+    out = tmp_path / "fast.onnx"
+    assert (
+        cli.main(["compile", "mini_googlenet", "--optimize", "-o", str(out)]) == 0 and out.stat().st_size > 0
+    )
+
+
+def test_compile_optimize_on_the_command_line(tmp_path, capsys):
+    out = tmp_path / "fast.py"
+    assert cli.main(["compile", "mini_googlenet", "--optimize", "--compile", "-o", str(out)]) == 0
+    text = out.read_text()
+    assert "FoldedConv2d" in text and "def build(compile: bool = True" in text
+    assert cli.main(["compile", "mini_googlenet", "--compile", "-o", str(out)]) == 2
+    assert "--compile goes with --optimize" in capsys.readouterr().err
+
+
+def test_build_compile_wraps_the_model_in_torch_compile():
+    from incdsl.backends.pytorch import load_source
+
+    module = load_source(incdsl.compile_source("mini_googlenet", optimize=True), "incdsl_fast")
+    assert type(module.build(compile=True)).__name__ == "OptimizedModule"  # compiles at its first call
