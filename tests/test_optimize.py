@@ -192,3 +192,17 @@ def test_build_compile_wraps_the_model_in_torch_compile():
 
     module = load_source(incdsl.compile_source("mini_googlenet", optimize=True), "incdsl_fast")
     assert type(module.build(compile=True)).__name__ == "OptimizedModule"  # compiles at its first call
+
+
+def test_prepack_is_a_decision_of_its_own_and_exports_see_plain_convolutions():
+    from incdsl.optimize import prepack_weights
+
+    net = incdsl.load("mini_googlenet")
+    assert prepack_weights(net, fold_batchnorm(net, Plan())).prepack
+    assert not prepack_weights(net, Plan()).prepack  # nothing folded, nothing to pack
+    fast = incdsl.build_module(net, optimize=True)
+    conv = fast.conv1
+    assert conv.packed is not None and conv.packed.is_mkldnn  # oneDNN's own layout, on this CPU
+    program = torch.export.export(fast, (torch.randn(2, 3, 32, 32),))
+    targets = {str(node.target) for node in program.graph.nodes if node.op == "call_function"}
+    assert "aten.conv2d.default" in targets and not any("mkldnn" in t for t in targets)

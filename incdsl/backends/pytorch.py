@@ -64,6 +64,7 @@ def generate(net: Network, formatted: bool = True, optimize: bool = False, compi
         source_name=_safe_file_name(net.spec.path),
         optimized=optimize,
         compiled=compiled,
+        prepack=getattr(writer, "plan", None) is not None and writer.plan.prepack,
     )
     return _format(text) if formatted else text
 
@@ -534,15 +535,17 @@ class OptimizedWriter(Writer):
             f"self.{name}_weight = torch.cat([{', '.join(f'{h}.weight' for h in heads)}]){layout}",
             f"self.{name}_bias = torch.cat([{', '.join(f'{h}.bias' for h in heads)}])",
         ]
-        conv = f"F.conv2d({src}, self.{name}_weight, self.{name}_bias)"
-        if group.heads[0].op["relu"]:
-            conv = f"F.relu({conv}, inplace=True)"
+        if self.plan.prepack:
+            self.prepare.append(f"self.{name}_packed = pack(self.{name}_weight, (1, 1), (0, 0), 1)")
+        weights = f"self.{name}_weight, self.{name}_bias, self.{name}_packed"
+        conv = f"conv({src}, {weights}, (1, 1), (0, 0), 1, {group.heads[0].op['relu']})"
         names = ", ".join(b.var for b in group.branches)
         return Code(
             init=(
                 f"self.{name}_sizes = [{sizes}]  # {', '.join(h[5:] for h in heads)} as one",
                 f'self.register_buffer("{name}_weight", torch.empty(0), persistent=False)',
                 f'self.register_buffer("{name}_bias", torch.empty(0), persistent=False)',
+                f"self.{name}_packed: Optional[Tensor] = None",
             ),
             forward=(f"{tmp} = {conv}", f"{names} = {tmp}.split(self.{name}_sizes, 1)"),
         )
