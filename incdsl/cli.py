@@ -179,7 +179,10 @@ def _print_table(stats, matches) -> None:
             raise BrokenPipeError
 
     console = PipedConsole(width=200 if not sys.stdout.isatty() else None)
-    console.print(report.to_rich(stats, matches))
+    if len(stats.rows) > report.RICH_ROWS:  # rich lays out about 500 rows a second: print plain columns
+        console.print(report.to_text(stats), highlight=False, markup=False, soft_wrap=True)
+    else:
+        console.print(report.to_rich(stats, matches))
     console.print(report.summary(stats), highlight=False)
     console.print(
         "conventions: " + "; ".join(f"{k}: {v}" for k, v in report.CONVENTIONS.items()), style="dim"

@@ -141,3 +141,14 @@ def test_compile_to_onnx(capsys, tmp_path):
     (logits,) = session.run(None, {"x": x.numpy()})
     assert logits.shape == (3, 10)
     assert [p.name for p in tmp_path.iterdir()] == ["mini.onnx"]  # no temporary left beside it
+
+
+def test_a_table_of_thousands_of_rows_is_printed_as_plain_columns(capsys, tmp_path):
+    """Stats are linear in the network's size; a very long table skips rich's layout (about 500 rows
+    a second) for plain aligned columns."""
+    spec = tmp_path / "long.inc"
+    spec.write_text("input 8x8x3\nclasses 2\nc: 1500x conv 1x1 3\nlinear classes\n")
+    code, out, _ = run(capsys, "stats", str(spec))
+    lines = out.splitlines()
+    assert code == 0 and lines[1].split()[:2] == ["type", "patch"] and len(lines) > 1500
+    assert "┃" not in out and "total (inference): 18,386 params" in out
