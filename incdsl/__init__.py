@@ -19,7 +19,8 @@ from functools import cache
 from pathlib import Path
 
 from . import ast, ir, parser, passes, report
-from .errors import IncdslError, Span, SpecNameError, SpecSyntaxError, did_you_mean
+from .errors import IncdslError, SpecNameError, did_you_mean
+from .files import read_utf8
 from .ir import Network
 from .resources import prelude_path, shipped_specs
 
@@ -57,31 +58,7 @@ def locate(target: str | Path) -> Path:
 
 def read_spec_file(path: Path, shown: str) -> str:
     """The text of a spec file, read no further than the size limit, decoded as UTF-8."""
-    limit = parser.MAX_SPEC_BYTES
-    try:
-        with open(path, "rb") as file:
-            data = file.read(limit + 1)
-    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the name
-        raise IncdslError(f"cannot read {shown}: {getattr(exc, 'strerror', None) or exc}") from None
-    if len(data) > limit:
-        raise IncdslError(f"cannot read {shown}: it is larger than {limit // 1024} KiB, the limit for a spec")
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise _not_utf8(data, exc, shown) from None
-
-
-def _not_utf8(data: bytes, exc: UnicodeDecodeError, shown: str) -> SpecSyntaxError:
-    """An error at the line and column of the first byte that is not UTF-8 (shown as U+FFFD)."""
-    line_start = data.rfind(b"\n", 0, exc.start) + 1
-    line = data.count(b"\n", 0, exc.start) + 1
-    column = len(data[line_start : exc.start].decode("utf-8", "replace")) + 1
-    text = data.decode("utf-8", "replace")
-    return SpecSyntaxError(
-        f"the file is not UTF-8 text (byte 0x{data[exc.start]:02X} cannot be decoded)",
-        Span(shown, line, column, text),
-        hint="save the spec as UTF-8",
-    )
+    return read_utf8(path, parser.MAX_SPEC_BYTES, "a spec", shown)
 
 
 @cache

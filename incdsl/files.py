@@ -27,7 +27,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from .errors import OutputError
+from .errors import IncdslError, OutputError, Span, SpecSyntaxError
 
 _KINDS = {
     stat.S_ISDIR: "a directory",
@@ -116,3 +116,34 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def read_utf8(path: str | os.PathLike, limit: int, what: str, shown: str | None = None) -> str:
+    """The text of ``what`` (a spec, a reference table) at ``path``, read no further than ``limit``
+    bytes and decoded as UTF-8 (a byte-order mark allowed); an error naming it when it cannot be read,
+    is larger than the limit, or holds a byte that is not UTF-8 (at that byte's line and column)."""
+    shown = shown or os.fspath(path)
+    try:
+        with open(path, "rb") as file:
+            data = file.read(limit + 1)
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the name
+        raise IncdslError(f"cannot read {shown}: {getattr(exc, 'strerror', None) or exc}") from None
+    if len(data) > limit:
+        size = f"{limit // 1024 // 1024} MiB" if limit >= 1024 * 1024 else f"{limit // 1024} KiB"
+        raise IncdslError(f"cannot read {shown}: it is larger than {size}, the limit for {what}")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise _not_utf8(data, exc, shown, what) from None
+
+
+def _not_utf8(data: bytes, exc: UnicodeDecodeError, shown: str, what: str) -> SpecSyntaxError:
+    """An error at the line and column of the first byte that is not UTF-8 (shown as U+FFFD)."""
+    line_start = data.rfind(b"\n", 0, exc.start) + 1
+    line = data.count(b"\n", 0, exc.start) + 1
+    column = len(data[line_start : exc.start].decode("utf-8", "replace")) + 1
+    return SpecSyntaxError(
+        f"{what} is not UTF-8 text (byte 0x{data[exc.start]:02X} cannot be decoded)",
+        Span(shown, line, column, data.decode("utf-8", "replace")),
+        hint="save it as UTF-8",
+    )

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import IncdslError
+from .files import read_utf8
 from .numbers import MAX_INT, NumberError, read_float, read_int
 from .report import Row, Stats, size
 
@@ -80,21 +81,7 @@ def load(path: str | Path) -> list[dict]:
 
 
 def _text(path: str | Path) -> str:
-    try:
-        with open(path, "rb") as file:
-            data = file.read(MAX_TABLE_BYTES + 1)
-    except OSError as exc:
-        raise IncdslError(f"cannot read reference table {path}: {exc.strerror or exc}") from None
-    if len(data) > MAX_TABLE_BYTES:
-        raise IncdslError(f"cannot read reference table {path}: it is larger than 1 MiB")
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise IncdslError(
-            f"{path}:{line}: the reference table is not UTF-8 text (byte 0x{data[exc.start]:02X})",
-            hint="save it as UTF-8",
-        ) from None
+    return read_utf8(path, MAX_TABLE_BYTES, "a reference table", f"reference table {path}")
 
 
 def compare(stats: Stats, table: list[dict]) -> list[Match]:

@@ -237,7 +237,7 @@ def test_the_onnx_extension_is_case_insensitive(capsys, tmp_path, spec, monkeypa
     from incdsl.backends import onnx
 
     written = []
-    monkeypatch.setattr(onnx, "export", lambda net, path: written.append(path))
+    monkeypatch.setattr(onnx, "export", lambda net, path, optimize=False: written.append(path))
     assert run(capsys, "compile", spec, "-o", tmp_path / "m.ONNX")[0] == 0
     assert written == [str(tmp_path / "m.ONNX")]
 
@@ -464,8 +464,8 @@ def test_latin1_is_reported_where_it_is(capsys, tmp_path):
     path.write_bytes((HEADER + "# café\nconv 3x3 4\n").encode("latin-1"))
     code, _, err = run(capsys, "check", path)
     assert code == 2
-    assert err.startswith(f"{path}:4:6: error: the file is not UTF-8 text (byte 0xE9 cannot be decoded)")
-    assert "hint: save the spec as UTF-8" in err
+    assert err.startswith(f"{path}:4:6: error: a spec is not UTF-8 text (byte 0xE9 cannot be decoded)")
+    assert "hint: save it as UTF-8" in err
 
 
 def test_random_bytes_are_a_clear_error(capsys, tmp_path):
@@ -516,7 +516,7 @@ def test_a_reference_table_that_is_not_utf8(capsys, tmp_path):
     table = tmp_path / "t.tsv"
     table.write_bytes(TABLE.read_bytes() + "café\n".encode("latin-1"))
     code, _, err = run(capsys, "stats", "googlenet", "--reference", table)
-    assert code == 2 and "the reference table is not UTF-8 text (byte 0xE9)" in err
+    assert code == 2 and "a reference table is not UTF-8 text (byte 0xE9 cannot be decoded)" in err
 
 
 # -- parameters: how much memory, and refusing what cannot fit ---------------------------------------

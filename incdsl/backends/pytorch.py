@@ -135,6 +135,18 @@ def join(pieces) -> Code:
     return sum(pieces, Code())
 
 
+def conv_arguments(op: Op) -> list[str]:
+    """A convolution's keyword arguments as nn.Conv2d takes them, defaults left out."""
+    kw = [f"kernel_size={_pair_src(op['kernel'])}"]
+    if op["stride"] != 1:
+        kw.append(f"stride={op['stride']}")
+    if op["pad"] != (0, 0):
+        kw.append(f"padding={_pair_src(op['pad'])}")
+    if op["groups"] != 1:
+        kw.append(f"groups={literal(op['groups'])}")
+    return kw
+
+
 # Helper classes by (BatchNorm, ReLU): a convolution with neither is nn.Conv2d itself.
 CONV_HELPERS = {(True, True): "BasicConv2d", (True, False): "ConvBN", (False, True): "ConvReLU"}
 
@@ -344,13 +356,7 @@ class Writer:
         self.used.add(helper if helper != "nn.Conv2d" else "nn")
         if helper in ("BasicConv2d", "ConvReLU"):
             self.used.add("F")
-        kw = [f"kernel_size={_pair_src(op['kernel'])}"]
-        if op["stride"] != 1:
-            kw.append(f"stride={op['stride']}")
-        if op["pad"] != (0, 0):
-            kw.append(f"padding={_pair_src(op['pad'])}")
-        if op["groups"] != 1:
-            kw.append(f"groups={literal(op['groups'])}")
+        kw = conv_arguments(op)
         if op["bias"] != (helper in ("nn.Conv2d", "ConvReLU")):
             kw.append(f"bias={op['bias']}")
         if op["bn"] and op["eps"] != self.bn_eps:
@@ -492,13 +498,7 @@ class OptimizedWriter(Writer):
         """``FoldedConv2d``: a convolution's, its BatchNorm's and its ReLU's state, run as one conv."""
         op = layer.op
         self.used |= {"FoldedConv2d", "F", "torch"}
-        kw = [f"kernel_size={_pair_src(op['kernel'])}"]
-        if op["stride"] != 1:
-            kw.append(f"stride={op['stride']}")
-        if op["pad"] != (0, 0):
-            kw.append(f"padding={_pair_src(op['pad'])}")
-        if op["groups"] != 1:
-            kw.append(f"groups={literal(op['groups'])}")
+        kw = conv_arguments(op)
         if op["bias"]:
             kw.append("bias=True")
         if not op["bn"]:
