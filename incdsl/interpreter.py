@@ -85,9 +85,7 @@ def initial_state(net: Network, seed: int = 0) -> dict[str, Tensor]:
     +-1/sqrt(fan_in)); BatchNorm's scale 1, shift 0, running statistics 0 and 1."""
     generator = torch.Generator().manual_seed(seed)
     state = {}
-    for node in net.walk():
-        if not isinstance(node, Layer):
-            continue
+    for node in net.layers():
         fan_in = next((math.prod(t.shape[1:]) for t in node.facts.state if t.role == WEIGHT), 1)
         for t in node.facts.state:
             state[f"{node.key}.{t.key}"] = _initial(t, fan_in, generator)

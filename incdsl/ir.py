@@ -234,6 +234,10 @@ class Network:
         for aux in self.auxes:
             yield from walk(aux.node)
 
+    def layers(self) -> Iterator[Layer]:
+        """Every concrete layer, in execution order (aux heads' after the stages')."""
+        return (n for n in self.walk() if isinstance(n, Layer))
+
 
 def walk(node: Node) -> Iterator[Node]:
     """``node`` and everything under it, in execution order (a node before its children)."""
@@ -249,6 +253,7 @@ def walk(node: Node) -> Iterator[Node]:
 
 
 def layers(node: Node) -> Iterator[Layer]:
+    """The layers under ``node``, in execution order."""
     return (n for n in walk(node) if isinstance(n, Layer))
 
 

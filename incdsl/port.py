@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import IncdslError
-from .ir import Layer, Network
+from .ir import Network, layers
 from .layers import BATCHES, BIAS, NORM_BIAS, NORM_WEIGHT, RUNNING_MEAN, RUNNING_VAR, WEIGHT
 
 # A foreign tensor's role from its name in a module that has running statistics, or in one that has not.
@@ -140,15 +140,9 @@ def our_entries(net: Network, aux: bool = True) -> list[Entry]:
     nodes = [*(s.node for s in net.stages), *((a.node for a in net.auxes) if aux else ())]
     entries = []
     for node in nodes:
-        for layer in _layers(node):
+        for layer in layers(node):
             entries += [Entry(f"{layer.key}.{t.key}", t.role, t.shape, layer.key) for t in layer.facts.state]
     return entries
-
-
-def _layers(node):
-    from .ir import walk
-
-    return (n for n in walk(node) if isinstance(n, Layer))
 
 
 def match(ours: list[Entry], theirs: list[Entry]) -> tuple[list[Pair], list[str]]:

@@ -159,7 +159,7 @@ class Writer:
         self.used: set[str] = {"nn", "Tensor"}
         self.bn_eps = _common_eps(net)
         self.conv_bias = any(
-            layer.op["bias"] and layer.op["bn"] for layer in _layers(net) if _is_conv(layer.op)
+            layer.op["bias"] and layer.op["bn"] for layer in net.layers() if _is_conv(layer.op)
         )
 
     # classes ---------------------------------------------------------------------------------
@@ -432,19 +432,13 @@ def _shape_comment(shape) -> str:
     return f"# N x {shape.channels}" + ("" if shape.flat else f" x {shape.height} x {shape.width}")
 
 
-def _layers(net: Network):
-    for node in net.walk():
-        if isinstance(node, Layer):
-            yield node
-
-
 def _is_conv(op: Op) -> bool:
     return isinstance(op.kind, Conv)
 
 
 def _common_eps(net: Network) -> float:
     """The BatchNorm eps most convolutions use becomes the helper classes' default."""
-    eps = Counter(layer.op["eps"] for layer in _layers(net) if _is_conv(layer.op) and layer.op["bn"])
+    eps = Counter(layer.op["eps"] for layer in net.layers() if _is_conv(layer.op) and layer.op["bn"])
     return eps.most_common(1)[0][0] if eps else 1e-5
 
 
