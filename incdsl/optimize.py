@@ -17,9 +17,12 @@ changed, so one Network compiles to both builds.
   plain F.conv2d.
 
 >>> import incdsl
->>> plan = optimize(incdsl.load("googlenet_tv"))
->>> [[h.attr for h in g.heads] for g in plan.groups(incdsl.load("googlenet_tv").blocks[0])][:1]
-[['', '0', '0']]
+>>> net = incdsl.load("googlenet_tv")
+>>> plan = optimize(net)  # the plan is keyed by this network's nodes
+>>> [(g.name, [b.container for b in g.branches]) for g in plan.groups(net.blocks[0])]
+[('fused', ['branch1', 'branch2', 'branch3'])]
+>>> len(plan.folded), plan.channels_last
+(66, True)
 """
 
 from __future__ import annotations
