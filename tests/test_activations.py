@@ -1,11 +1,14 @@
-"""Activation memory (incdsl.activations): the rules by hand, and the estimate held
+"""Activation memory (incdsl.activations): the rules by hand, the stats command, and the estimate held
 to measurement: the bytes ``saved_tensors_hooks`` sees, layer by layer, and the CPU allocator's peak."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 import incdsl
+from incdsl import cli
 from incdsl.activations import (
     OPTIMIZER_SLOTS,
     SAVES,
@@ -158,6 +161,75 @@ def test_describe_names_every_term():
     for words in ("weights", "gradients", "optimizer state", "averaged weights", "saved for backward"):
         assert words in text
     assert "live activations" in "\n".join(describe(estimate(tiny(), Setting(2))))
+
+
+# the stats command ----------------------------------------------------------------------------
+
+
+def run(capsys, *argv):
+    code = cli.main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_stats_json_gains_memory_fields(capsys):
+    code, out, _ = run(capsys, "stats", "googlenet", "--format", "json", "--batch", "8", "--train")
+    data = json.loads(out)
+    assert code == 0
+    memory = data["memory"]
+    assert memory["batch"] == 8 and memory["mode"] == "training" and memory["optimizer"] == "adamw"
+    est = estimate(incdsl.load("googlenet"), Setting(8, training=True))
+    assert memory["saved"] == est.saved and memory["peak"] == est.peak and memory["live"] is None
+    assert all(set(row["memory"]) == {"output", "saved", "peak"} for row in data["layers"] + data["aux"])
+    assert (
+        sum(row["memory"]["saved"] for row in data["layers"] + data["aux"]) + est.layers[0].saved == est.saved
+    )
+    assert data["total"] == {"params": 6_998_552, "macs": 1_582_671_872}  # the rest is unchanged
+
+
+def test_stats_json_inference(capsys):
+    _, out, _ = run(capsys, "stats", "mini_googlenet", "--format", "json", "--batch", "4", "--dtype", "bf16")
+    data = json.loads(out)
+    assert data["memory"]["mode"] == "inference" and data["memory"]["dtype"] == "bf16"
+    assert data["memory"]["saved"] == 0 and data["memory"]["live"] > data["memory"]["input"]
+    assert "memory" not in data["aux"][0]  # aux heads do not run in inference
+    assert max(row["memory"]["peak"] for row in data["layers"]) == data["memory"]["live"]
+
+
+def test_without_batch_nothing_changes(capsys):
+    _, plain, _ = run(capsys, "stats", "googlenet", "--format", "json")
+    assert "memory" not in json.loads(plain)
+
+
+def test_stats_table_markdown_and_csv_show_memory(capsys):
+    _, table, _ = run(capsys, "stats", "googlenet_tv", "--batch", "32", "--train")
+    assert "saved" in table and "peak" in table and "MiB" in table and "saved for backward" in table
+    _, markdown, _ = run(capsys, "stats", "googlenet_tv", "--batch", "32", "--format", "markdown")
+    assert "| activations | live peak |" in markdown
+    _, csv, _ = run(capsys, "stats", "googlenet_tv", "--batch", "32", "--train", "--format", "csv")
+    header, *_, total = csv.splitlines()
+    assert header.endswith("activation_bytes,saved_bytes")
+    est = estimate(incdsl.load("googlenet_tv"), Setting(32, training=True))
+    assert total.endswith(f",{est.activations},{est.saved}")
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--train"], "--train needs --batch"),
+        (["--dtype", "bf16"], "--dtype needs --batch"),
+        (["--batch", "2", "--optimizer", "sgd"], "--optimizer needs --train"),
+    ],
+)
+def test_memory_options_need_a_batch(capsys, argv, message):
+    code, _, err = run(capsys, "stats", "mini_googlenet", *argv)
+    assert code == 2 and message in err
+
+
+@pytest.mark.parametrize("batch", ["0", "-3", "two", "1e3"])
+def test_a_bad_batch_is_a_usage_error(capsys, batch):
+    code, _, err = run(capsys, "stats", "mini_googlenet", "--batch", batch)
+    assert code == 2 and "--batch" in err
 
 
 # against measurement (torch, CPU) ------------------------------------------------------------------
