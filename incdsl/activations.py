@@ -13,7 +13,8 @@ Conventions:
   before it, so it is counted there (a tensor several branches save is counted once, as autograd keeps
   it once). Parameters and buffers are never activations, even when an op saves them (conv2d saves its
   weight): they are counted as parameters.
-- The generated modules, contiguous (NCHW) tensors. ``bf16`` is autocast to bfloat16, as the trainer's
+- What is modelled is the plain generated module (``incdsl compile`` without ``--optimize``) on
+  contiguous (NCHW) tensors, as a CPU runs it. ``bf16`` is autocast to bfloat16, as the trainer's
   ``--amp`` runs on a CPU: the weights stay float32, convolutions and linear layers compute in bfloat16
   (and keep bfloat16 copies of their weights, and of an input that is still float32), other ops in the
   dtype they are given; LRN computes in float32.
@@ -94,13 +95,15 @@ class Saves:
     bfloat16, kept as it is when it is bfloat16 already and as a bfloat16 copy the op makes otherwise
     (``"cast"``). ``output``: its output is kept (an in-place ReLU keeps its result). ``own``: tensors
     it makes and keeps, (what, bytes). ``width``: bytes per element of its output (None: its input's).
-    ``work``: bytes it allocates while it runs besides its output and ``own``, freed when it returns."""
+    ``work``: bytes it allocates while it runs besides its output and ``own``, freed when it returns.
+    ``alias``: it returns its input (no new tensor, nothing kept)."""
 
     input: str | None = None
     output: bool = False
     own: tuple[tuple[str, int], ...] = ()
     width: int | None = None
     work: int = 0
+    alias: bool = False
 
 
 @dataclass(frozen=True)
@@ -201,10 +204,11 @@ def _linear(op, x, y, c: Context) -> Saves:
     return Saves("cast", bool(op["relu"]), own, s.width)
 
 
-IDENTITY = Saves(width=-1)  # returns its input: no new tensor
+IDENTITY = Saves(alias=True)
 
 
 def _identity(op, x, y, c: Context) -> Saves:
+    """softmax: the model returns logits (the loss applies softmax), so nothing runs."""
     return IDENTITY
 
 
@@ -281,7 +285,7 @@ class Estimate:
     stages: tuple[StageMemory, ...]  # the table's rows, then the aux heads (run in training only)
     weights: int  # parameters and buffers (float32), aux heads included in training
     params: int  # trainable parameters among them (elements)
-    transient: int  # the allowance for the largest tensors made and freed within one layer
+    transient: int  # training's allowance: the largest working set of one layer (its output, its work)
     live: int  # inference: the most activation bytes alive at once (the input batch included)
 
     @cached_property
@@ -389,7 +393,7 @@ class _Walk:
         self.net, self.setting = net, setting
         self.entries: list[_Entry] = []
         self.stage = ""
-        self.largest = 0  # the largest tensor made and freed within a layer (for the training allowance)
+        self.largest = 0  # the largest working set of one layer or merge (the training allowance)
 
     def run(self) -> Estimate:
         net, s = self.net, self.setting
@@ -462,12 +466,12 @@ class _Walk:
     def layer(self, layer: Layer, x: _Value) -> tuple[_Value, int]:
         op, facts = layer.op, layer.facts
         saves = rule(op.kind)(op, facts.input, facts.output, Context(self.setting, x.width))
-        if saves is IDENTITY:
+        if saves.alias:
             return x, 0, 0
         entry = self._entry(layer.key, op.kind.name, facts.output, saves.width or x.width)
         self._keep(saves, x, entry, facts.input)
         own = sum(b for _, b in entry.own)
-        self.largest = max(self.largest, saves.work + (0 if entry.kept else entry.output))
+        self.largest = max(self.largest, entry.output + saves.work)
         return _Value(entry), entry.output + own + saves.work, 0
 
     def _keep(self, saves: Saves, x: _Value, entry: _Entry, shape: L.Shape) -> None:
@@ -498,7 +502,7 @@ class _Walk:
         saves = rule(fork.merge.kind)(fork.merge, shapes, fork.facts.output, context)
         entry = self._entry(fork.key, fork.merge.kind.name, fork.facts.output, max(o.width for o in outs))
         entry.kept = self.setting.training and saves.output
-        self.largest = max(self.largest, saves.work)
+        self.largest = max(self.largest, entry.output + saves.work)
         return _Value(entry), max(work, held + entry.output + saves.work), held
 
     # parameters ------------------------------------------------------------------------------
