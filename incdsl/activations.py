@@ -285,7 +285,7 @@ class Estimate:
     stages: tuple[StageMemory, ...]  # the table's rows, then the aux heads (run in training only)
     weights: int  # parameters and buffers (float32), aux heads included in training
     params: int  # trainable parameters among them (elements)
-    transient: int  # training's allowance: the largest working set of one layer (its output, its work)
+    transient: int  # training's allowance: the most one layer holds beyond what autograd keeps
     live: int  # inference: the most activation bytes alive at once (the input batch included)
 
     @cached_property
@@ -314,12 +314,13 @@ class Estimate:
 
     @property
     def peak(self) -> int:
-        """Training: weights, gradients, optimizer state and averaged copy, the saved activations and
-        the transient allowance (the trainer's forward ends with all of them alive: last step's
-        gradients are freed after it). Inference: weights and the live activations' peak."""
+        """Training: weights, gradients, optimizer state and averaged copy, the saved activations (and
+        the batch) and the transient allowance (the trainer's forward ends with all of them alive:
+        last step's gradients are freed after it). Inference: weights and the live activations' peak."""
         if self.setting.training:
             state = self.weights + self.gradients + self.optimizer + self.averaged
-            return state + self.saved + self.transient
+            batch = self.input - self.layers[0].saved  # the batch, when autograd does not keep it
+            return state + self.saved + batch + self.transient
         return self.weights + self.live
 
 
@@ -363,6 +364,12 @@ class _Entry:
     width: int
     kept: bool = False  # some op keeps its output for backward
     own: list[tuple[str, int]] = field(default_factory=list)
+    work: int = 0  # what it allocates while it runs and frees when it returns
+
+    @property
+    def transient(self) -> int:
+        """What it holds while it runs beyond what autograd keeps: its work, its output if unkept."""
+        return self.work + (0 if self.kept else self.output)
 
     def memory(self) -> LayerMemory:
         parts = ([("output", self.output)] if self.kept else []) + self.own
@@ -393,7 +400,6 @@ class _Walk:
         self.net, self.setting = net, setting
         self.entries: list[_Entry] = []
         self.stage = ""
-        self.largest = 0  # the largest working set of one layer or merge (the training allowance)
 
     def run(self) -> Estimate:
         net, s = self.net, self.setting
@@ -421,7 +427,7 @@ class _Walk:
             stages=self._stages(stages, layers),
             weights=self._weights(heads),
             params=self._params(heads),
-            transient=self.largest,
+            transient=max((e.transient for e in self.entries[1:]), default=0) if s.training else 0,
             live=max((peak for *_, peak in stages[: len(net.stages)]), default=source.bytes),
         )
 
@@ -471,7 +477,7 @@ class _Walk:
         entry = self._entry(layer.key, op.kind.name, facts.output, saves.width or x.width)
         self._keep(saves, x, entry, facts.input)
         own = sum(b for _, b in entry.own)
-        self.largest = max(self.largest, entry.output + saves.work)
+        entry.work = saves.work
         return _Value(entry), entry.output + own + saves.work, 0
 
     def _keep(self, saves: Saves, x: _Value, entry: _Entry, shape: L.Shape) -> None:
@@ -502,7 +508,7 @@ class _Walk:
         saves = rule(fork.merge.kind)(fork.merge, shapes, fork.facts.output, context)
         entry = self._entry(fork.key, fork.merge.kind.name, fork.facts.output, max(o.width for o in outs))
         entry.kept = self.setting.training and saves.output
-        self.largest = max(self.largest, entry.output + saves.work)
+        entry.work = saves.work
         return _Value(entry), max(work, held + entry.output + saves.work), held
 
     # parameters ------------------------------------------------------------------------------
