@@ -12,9 +12,10 @@ import os
 import sys
 
 from . import __version__, load, locate, report
+from .activations import DTYPES, OPTIMIZER_SLOTS, Setting
 from .errors import BudgetExceeded, IncdslError
 from .files import check_output, write_atomic
-from .numbers import MAX_BUDGET, NumberError, read_quantity
+from .numbers import MAX_BUDGET, MAX_INT, NumberError, read_int, read_quantity
 
 FORMATS = ("table", "markdown", "csv", "json")
 
@@ -68,6 +69,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("spec", help=spec_help)
     p.add_argument("--format", choices=FORMATS, default="table")
     p.add_argument("--reference", metavar="TSV", help="a paper's printed table to compare with")
+    p.add_argument("--batch", type=_batch, metavar="B", help="add activation memory at batch size B")
+    p.add_argument(
+        "--train",
+        action="store_true",
+        help="with --batch: a training step (saved for backward, gradients, optimizer state) and its peak",
+    )
+    p.add_argument("--dtype", choices=DTYPES, help="with --batch: fp32 (default) or bf16 (autocast)")
+    p.add_argument("--optimizer", choices=OPTIMIZER_SLOTS, help="with --train: whose state to count (adamw)")
     p.set_defaults(func=cmd_stats)
 
     p = sub.add_parser("check", help="exit 0 if the spec is valid and within its budget")
@@ -150,7 +159,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_stats(args) -> int:
-    stats = report.compute(load(args.spec))
+    stats = report.compute(load(args.spec), _memory_setting(args))
     matches = None
     if args.reference:
         from . import reference
@@ -168,6 +177,26 @@ def cmd_stats(args) -> int:
     else:
         _print_table(stats, matches)
     return 0
+
+
+def _batch(text: str) -> int:
+    """``--batch``: a batch size, read as the trainer's --batch-size is."""
+    try:
+        return read_int(text, 1, MAX_INT)
+    except NumberError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _memory_setting(args) -> Setting | None:
+    """What ``--batch``, ``--train``, ``--dtype`` and ``--optimizer`` ask for; None without --batch."""
+    if args.batch is None:
+        given = [f"--{name}" for name in ("train", "dtype", "optimizer") if getattr(args, name)]
+        if given:
+            raise IncdslError(f"{', '.join(given)} needs --batch", hint="like: --batch 32 --train")
+        return None
+    if args.optimizer and not args.train:
+        raise IncdslError("--optimizer needs --train", hint="an optimizer's state is kept in training")
+    return Setting(args.batch, args.train, args.dtype or "fp32", optimizer=args.optimizer or "adamw")
 
 
 def _print_table(stats, matches) -> None:

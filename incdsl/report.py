@@ -11,6 +11,10 @@ The dict :func:`to_dict` makes, printed as JSON by ``incdsl stats --format json`
      "aux": [{"name", "after", "weight", "type", "output", "params", "macs"}],
      "total": {"params": int, "macs": int},
      "budget": {"macs": int, "within": bool} | null}
+
+With a batch size (``incdsl stats --batch B``, :func:`compute`'s ``memory``), each layer and aux head
+gains ``"memory": {"output", "saved", "peak"}`` and the dict a top-level ``"memory"`` (see
+:func:`memory_dict` and :mod:`incdsl.activations`).
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ import io
 from dataclasses import asdict, dataclass, field
 
 from . import layers as L
+from .activations import Estimate, Setting, StageMemory, describe, estimate
 from .ir import Branch, Call, Fork, Layer, Network, Node, Seq, Stage
+from .memory import human_bytes
 
 # A residual row's scale (Inception-ResNet's 0.17, 0.10, 0.20) is a column of its own.
 SCALE = "scale"
@@ -108,14 +114,25 @@ class Stats:
     macs: int
     budget: int | None
     titles: dict[str, str] = field(default_factory=dict)  # a column's key -> its title, in table order
+    memory: Estimate | None = field(default=None, repr=False)  # activation memory at a batch size
 
     @property
     def within_budget(self) -> bool | None:
         return None if self.budget is None else self.macs <= self.budget
 
+    def row_memory(self) -> list[StageMemory | None]:
+        """Each row's activation memory (None for every row without a batch size)."""
+        return list(self.memory.stages[: len(self.rows)]) if self.memory else [None] * len(self.rows)
 
-def compute(net: Network) -> Stats:
-    """Stats of a network whose passes have run (one walk of the tree)."""
+    def aux_memory(self) -> list[StageMemory | None]:
+        """Each aux head's activation memory (the heads run in training only)."""
+        heads = self.memory.stages[len(self.rows) :] if self.memory else ()
+        return list(heads) or [None] * len(self.aux)
+
+
+def compute(net: Network, memory: Setting | None = None) -> Stats:
+    """Stats of a network whose passes have run (one walk of the tree); with ``memory``, its activation
+    memory at that batch size too (:func:`incdsl.activations.estimate`)."""
     titles: dict[str, str] = {}
     rows = tuple(_row(stage, titles) for stage in net.stages)
     aux = tuple(
@@ -133,6 +150,7 @@ def compute(net: Network) -> Stats:
     return Stats(
         net.name, net.input.as_list(), net.classes, rows, aux,
         sum(r.params for r in rows), sum(r.macs for r in rows), net.budget, titles,
+        None if memory is None else estimate(net, memory),
     )  # fmt: skip
 
 
@@ -211,16 +229,51 @@ def depth(node: Node) -> int:
 
 def to_dict(stats: Stats) -> dict:
     budget = None if stats.budget is None else {"macs": stats.budget, "within": stats.within_budget}
-    return {
+    data = {
         "network": stats.network,
         "input": stats.input,
         "classes": stats.classes,
         "conventions": CONVENTIONS,
-        "layers": [asdict(r) for r in stats.rows],
+        "layers": [_with_memory(asdict(r), m) for r, m in zip(stats.rows, stats.row_memory())],
         "columns": stats.titles,
-        "aux": [asdict(a) for a in stats.aux],
+        "aux": [_with_memory(asdict(a), m) for a, m in zip(stats.aux, stats.aux_memory())],
         "total": {"params": stats.params, "macs": stats.macs},
         "budget": budget,
+    }
+    if stats.memory is not None:
+        data["memory"] = memory_dict(stats.memory)
+    return data
+
+
+def _with_memory(row: dict, memory: StageMemory | None) -> dict:
+    """A row's dict, with ``"memory": {"output", "saved", "peak"}`` in bytes when there is a batch
+    size: its output, what its layers keep for backward (0 in inference) and the activations alive at
+    once while it runs (inference; null in training)."""
+    if memory is not None:
+        row["memory"] = {"output": memory.output, "saved": memory.saved, "peak": memory.peak}
+    return row
+
+
+def memory_dict(est: Estimate) -> dict:
+    """The top-level ``"memory"`` of the JSON output: the setting, then bytes (see the README)."""
+    s = est.setting
+    training = s.training
+    return {
+        "batch": s.batch,
+        "mode": "training" if training else "inference",
+        "dtype": s.dtype,
+        "device": s.device,
+        "optimizer": s.optimizer if training else None,
+        "input": est.input,
+        "activations": est.activations,
+        "saved": est.saved,
+        "live": None if training else est.live,
+        "weights": est.weights,
+        "gradients": est.gradients,
+        "optimizer_state": est.optimizer,
+        "averaged": est.averaged,
+        "transient": est.transient if training else 0,
+        "peak": est.peak,
     }
 
 
@@ -246,19 +299,34 @@ def shown_titles(stats: Stats) -> list[str]:
 
 
 def headers(stats: Stats) -> list[str]:
-    """The table's headers: the paper's, with the templates' columns before params and ops."""
-    return [*HEADERS[:5], *shown_titles(stats), *HEADERS[5:]]
+    """The table's headers: the paper's, with the templates' columns before params and ops, and the
+    memory columns after them when there is a batch size."""
+    return [*HEADERS[:5], *shown_titles(stats), *HEADERS[5:], *memory_headers(stats)]
 
 
-def cells(row: Row, titles: dict[str, str] | None = None) -> list[str]:
-    """The table's cells for one row, as text (``titles``: :attr:`Stats.titles`, the columns)."""
+def memory_headers(stats: Stats) -> list[str]:
+    if stats.memory is None:
+        return []
+    return ["activations", "saved" if stats.memory.setting.training else "live peak"]
+
+
+def cells(row: Row, titles: dict[str, str] | None = None, memory: StageMemory | None = None) -> list[str]:
+    """The table's cells for one row, as text (``titles``: :attr:`Stats.titles`, the columns;
+    ``memory``: the row's activation memory, when there is a batch size)."""
     titles = titles or {}
     shown = list(dict.fromkeys(titles.values()))
     by_title = {titles[k]: v for k, v in row.columns.items() if k in titles}
     return [
         row.type, row.patch, size(row.input), size(row.output), str(row.depth) if row.depth else "0",
         *(_cell(by_title.get(t, "")) for t in shown), kilo(row.params), mega(row.macs),
+        *_memory_cells(memory),
     ]  # fmt: skip
+
+
+def _memory_cells(memory: StageMemory | None) -> list[str]:
+    if memory is None:
+        return []
+    return [human_bytes(memory.output), human_bytes(memory.saved if memory.peak is None else memory.peak)]
 
 
 def _cell(value) -> str:
@@ -269,16 +337,19 @@ def to_csv(stats: Stats) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     keys = list(stats.titles)
-    writer.writerow(["name", "type", "patch", "input", "output", "depth", *keys, "params", "macs"])
-    for r in stats.rows:
+    extra = _csv_memory_headers(stats)
+    writer.writerow(["name", "type", "patch", "input", "output", "depth", *keys, "params", "macs", *extra])
+    for r, m in zip(stats.rows, stats.row_memory()):
         cols = [r.columns.get(k, "") for k in keys]
         shapes = [size(r.input), size(r.output)]
-        writer.writerow([r.name, r.type, r.patch, *shapes, r.depth, *cols, r.params, r.macs])
-    for a in stats.aux:
+        writer.writerow([r.name, r.type, r.patch, *shapes, r.depth, *cols, r.params, r.macs, *_csv_memory(m)])
+    for a, m in zip(stats.aux, stats.aux_memory()):
         blank = [""] * len(keys)
         place = [f"after {a.after}", "", size(a.output), ""]
-        writer.writerow([a.name, a.type, *place, *blank, a.params, a.macs])
-    writer.writerow(["total", "", "", "", "", "", *[""] * len(keys), stats.params, stats.macs])
+        memory = _csv_memory(m) if m else [""] * len(extra)
+        writer.writerow([a.name, a.type, *place, *blank, a.params, a.macs, *memory])
+    total = _csv_total(stats.memory) if stats.memory else []
+    writer.writerow(["total", "", "", "", "", "", *[""] * len(keys), stats.params, stats.macs, *total])
     return out.getvalue()
 
 
@@ -287,11 +358,28 @@ RICH_ROWS = 1000  # a larger table is printed by to_text: rich lays out about 50
 
 def to_text(stats: Stats) -> str:
     """The table as plain aligned columns, for networks of thousands of rows (linear time)."""
-    rows = [headers(stats), *(cells(r, stats.titles) for r in stats.rows)]
+    rows = [headers(stats), *(cells(r, stats.titles, m) for r, m in zip(stats.rows, stats.row_memory()))]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = [f"{stats.network}: {size(stats.input)} input"]
     lines += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
     return "\n".join(lines)
+
+
+def _csv_memory_headers(stats: Stats) -> list[str]:
+    """Exact bytes: each row's output and what it keeps for backward (training) or its live peak."""
+    if stats.memory is None:
+        return []
+    return ["activation_bytes", "saved_bytes" if stats.memory.setting.training else "peak_bytes"]
+
+
+def _csv_memory(memory: StageMemory | None) -> list:
+    if memory is None:
+        return []
+    return [memory.output, memory.saved if memory.peak is None else memory.peak]
+
+
+def _csv_total(est: Estimate) -> list:
+    return [est.activations, est.saved if est.setting.training else est.live]
 
 
 def to_markdown(stats: Stats) -> str:
@@ -299,21 +387,25 @@ def to_markdown(stats: Stats) -> str:
     shown = headers(stats)
     lines.append("| " + " | ".join(shown) + " |")
     lines.append("|" + "---|" * len(shown))
-    lines += ["| " + " | ".join(cells(r, stats.titles)) + " |" for r in stats.rows]
+    rows = zip(stats.rows, stats.row_memory())
+    lines += ["| " + " | ".join(cells(r, stats.titles, m)) + " |" for r, m in rows]
     lines += ["", summary(stats), ""]
     return "\n".join(lines)
 
 
 def summary(stats: Stats) -> str:
-    """Totals, aux heads and the budget verdict, as plain lines."""
+    """Totals, aux heads, the budget verdict and the memory estimate, as plain lines."""
     lines = [f"total (inference): {stats.params:,} params, {stats.macs:,} multiply-adds"]
-    for a in stats.aux:
+    for a, m in zip(stats.aux, stats.aux_memory()):
+        saved = f"; saved for backward {human_bytes(m.saved)}" if m else ""
         lines.append(
             f"aux head {a.name} (after {a.after}, loss weight {a.weight:g}): "
-            f"{a.params:,} params, {a.macs:,} multiply-adds (training only)"
+            f"{a.params:,} params, {a.macs:,} multiply-adds (training only){saved}"
         )
     if stats.budget is not None:
         lines.append(budget_verdict(stats.macs, stats.budget))
+    if stats.memory is not None:
+        lines += describe(stats.memory)
     return "\n".join(lines)
 
 
@@ -332,15 +424,16 @@ def to_rich(stats: Stats, matches=None):
     from rich.table import Table
 
     table = Table(title=f"{stats.network}: {size(stats.input)} input", title_justify="left")
-    right = {"depth", "params", "ops", *stats.titles.values()}
+    right = {"depth", "params", "ops", *stats.titles.values(), *memory_headers(stats)}
     for header in headers(stats):
         table.add_column(header, justify="right" if header in right else "left")
     printed = _printed_by_row(matches or [])
     if matches:
         table.add_column("paper params", justify="right")
         table.add_column("paper ops", justify="right")
-    for row in stats.rows:
-        table.add_row(*cells(row, stats.titles), *(printed.get(row.name, ("", "")) if matches else ()))
+    for row, memory in zip(stats.rows, stats.row_memory()):
+        paper = printed.get(row.name, ("", "")) if matches else ()
+        table.add_row(*cells(row, stats.titles, memory), *paper)
     return table
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,8 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
+from incdsl import memory
+from incdsl.memory import human_bytes
 from incdsl.runs import write_run_info
 from incdsl.train import Interrupted, RunFailed, TrainError
 from incdsl.train.augment import augment_batch
@@ -87,6 +89,8 @@ def run(config: TrainConfig, processes: Processes) -> list[dict[str, Any]]:
         bundle = load_model(
             config.target, num_classes=len(train_split.classes), fits_on=device, copies=copies
         )
+    # -- what a training step will hold at this batch size: printed, and refused when it cannot fit
+    check_step_memory(config, recipe, bundle, processes)
     train_loader, val_loader = make_loaders(train_split, val_split, config, processes)
 
     # -- model, optimizer, per-step learning-rate schedule, Polyak averaging
@@ -218,6 +222,66 @@ def training_copies(recipe: Recipe) -> int:
     optimizer's state per weight (AdamW 2, SGD and RMSProp with momentum 1 or 2) and the EMA copy."""
     slots = {"adamw": 2, "sgd": 1 if recipe.momentum else 0, "rmsprop": 1 + bool(recipe.momentum)}
     return 2 + slots.get(recipe.optimizer, 2) + (1 if recipe.ema_decay else 0)
+
+
+def step_setting(config: TrainConfig, recipe: Recipe, processes: Processes):
+    """What the activation-memory estimate is for (an incdsl.activations.Setting): this process's share
+    of the batch, the recipe's optimizer and averaged copy, bf16 under --amp (fp16 on CUDA: as many
+    bytes)."""
+    from incdsl.activations import DEVICES, Setting
+
+    kind = processes.device.type if processes.device.type in DEVICES else "cpu"
+    return Setting(
+        batch=config.batch_size // processes.world_size,
+        training=True,
+        dtype="bf16" if config.amp else "fp32",
+        device=kind,
+        optimizer=recipe.optimizer,
+        averaged=bool(recipe.ema_decay),
+    )
+
+
+def check_step_memory(config: TrainConfig, recipe: Recipe, bundle: ModelBundle, processes: Processes) -> None:
+    """Print the estimate of a training step's memory and refuse a batch whose peak cannot fit in the
+    device's free memory, saying the largest that can. A spec's target only: a model file has no IR."""
+    from incdsl.activations import describe, estimate, largest_batch
+
+    main, device = processes.is_main, processes.device
+    if bundle.spec_text is None:  # only its parameters were checked (load_model)
+        return
+    net = spec_network(bundle)
+    setting = step_setting(config, recipe, processes)
+    step = estimate(net, setting)
+    held = step.weights if device.type == "cpu" else 0  # the model is built in RAM already
+    free = memory.available_on(device)
+    for line in describe(step):
+        say(line, main)
+    say(f"  available on {device}: {'unknown' if free is None else human_bytes(free + held)}", main)
+    if free is None or step.peak - held <= free:
+        return
+    largest = largest_batch(net, setting, free + held)
+    hint = (
+        f"the largest batch that fits is {largest * processes.world_size}: "
+        f"--batch-size {largest * processes.world_size}"
+        if largest
+        else "not even a batch of 1 fits: use a smaller model or a machine with more memory"
+    )
+    raise memory.OutOfMemory(
+        f"{bundle.name}: a training step at batch {config.batch_size} needs about "
+        f"{human_bytes(step.peak)}, more than the {human_bytes(free + held)} available on {device}",
+        hint=hint,
+    )
+
+
+def spec_network(bundle: ModelBundle):
+    """The IR of the bundle's spec, with the classes its classifier was built for."""
+    import incdsl
+    from incdsl import ir, parser, passes
+
+    spec = parser.parse(bundle.spec_text, bundle.name)
+    if spec.classes != bundle.num_classes:
+        spec = replace(spec, classes=bundle.num_classes)
+    return passes.run(ir.build(spec, incdsl.prelude()))
 
 
 def check_finite(
