@@ -3,9 +3,9 @@
 Three variants of the same weights: the plain build (``build_module(net)``), the optimized build
 (``build_module(net, optimize=True)`` loading the plain one's state_dict) and that through
 ``torch.compile`` (inductor). Each is timed in eval mode under ``torch.inference_mode()`` at each batch
-size, and a training step (forward, backward, SGD step; aux heads in the loss) of the plain build, eager
-and compiled (the optimized build is inference-only). Also timed: ``incdsl compile``'s work for the
-spec (parse, IR, passes, code generation, black).
+size, and a training step (forward, backward, SGD step; aux heads in the loss) of the plain build (the
+optimized build is inference-only), and optionally of it through torch.compile. Also timed:
+``incdsl compile``'s work for the spec (parse, IR, passes, code generation, black).
 
 How: after a warm-up (for a compiled variant, its first call, which compiles and is reported on its
 own), the variants of one row take turns, round by round (A B C, then C B A, ...), so that a shared
@@ -21,6 +21,7 @@ its spread (the lowest and highest round). Threads are left at torch's default.
 from __future__ import annotations
 
 import copy
+import datetime
 import os
 import platform
 import statistics
@@ -95,10 +96,12 @@ class BenchResult:
     min_time: float
     seed: int
     threads: int
+    threads_default: bool  # torch's own choice, not set for the run
     torch: str
     machine: str
     load_before: tuple[float, float, float]
     load_after: tuple[float, float, float]
+    started: str  # when, in UTC (ISO 8601, to the second)
 
     def rows(self) -> list[tuple[str, int]]:
         """(mode, batch) in the order measured."""
@@ -144,23 +147,42 @@ def run(
     compile: bool = True,
     min_time: float = MIN_TIME,
     seed: int = SEED,
+    train_compile: bool = False,
+    threads: int | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> BenchResult:
     """Measure one spec (see the module docstring). ``train_batch`` 0: no training step;
     ``compile`` False: no compiled variants (inductor takes minutes per shape on a small CPU);
-    ``progress``: called with a line of news before each slow step."""
+    ``train_compile``: the training step through torch.compile too (forward and backward: several
+    times an eval shape's compile time); ``threads``: torch's intra-op threads for the run (default:
+    torch's default, one per core); ``progress``: called with a line of news before each slow step."""
     import torch
 
-    from . import build_module, load, report
-
-    say = progress or (lambda line: None)
     if rounds < 1:
         raise IncdslError(f"--rounds {rounds}: at least 1")
     check_train_batch(train_batch)
     for batch in batches:
         if not 1 <= batch <= MAX_BATCH:
             raise IncdslError(f"batch size {batch}: give 1 to {MAX_BATCH:,}")
+    if threads is not None and threads < 1:
+        raise IncdslError(f"--threads {threads}: at least 1")
+    default = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _run(target, batches, train_batch, rounds, compile, min_time, seed, train_compile,
+                    threads is None, progress or (lambda line: None))  # fmt: skip
+    finally:
+        torch.set_num_threads(default)
+
+
+def _run(target, batches, train_batch, rounds, compile, min_time, seed, train_compile, default, say):
+    import torch
+
+    from . import build_module, load, report
+
     net = load(target)
+    started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     load_before = os.getloadavg()
     source = source_seconds(target)
     torch.manual_seed(seed)
@@ -172,7 +194,7 @@ def run(
     for batch in batches:
         measurements += bench.eval_row(batch, plain, optimized, compile)
     if train_batch:
-        measurements += bench.train_row(train_batch, plain, compile)
+        measurements += bench.train_row(train_batch, plain, compile and train_compile)
     if compile:
         torch._dynamo.reset()
     stats = report.compute(net)
@@ -188,28 +210,32 @@ def run(
         min_time=min_time,
         seed=seed,
         threads=torch.get_num_threads(),
+        threads_default=default,
         torch=torch.__version__,
         machine=machine(),
         load_before=load_before,
         load_after=os.getloadavg(),
+        started=started,
     )
 
 
-def source_seconds(target: str | Path, repeats: int = 5, optimize: bool = False) -> Spread:
+def source_seconds(
+    target: str | Path, repeats: int = 5, optimize: bool = False, formatted: bool = True
+) -> Spread:
     """Seconds that ``incdsl compile`` spends on a spec in a warm process: read, parse, build the IR,
-    run the passes, generate the source and format it with black (median and range of ``repeats``,
-    after one untimed run that builds the parser).
+    run the passes, generate the source and (``formatted``) format it with black; the median and
+    range of ``repeats``, after one untimed run that builds the parser.
 
     >>> source_seconds("mini_googlenet", repeats=1).median > 0
     True
     """
     from . import compile_source
 
-    compile_source(target, optimize=optimize)
+    compile_source(target, formatted, optimize)
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
-        compile_source(target, optimize=optimize)
+        compile_source(target, formatted, optimize)
         times.append(time.perf_counter() - started)
     return Spread.of(times)
 
@@ -264,10 +290,16 @@ def conditions(result: BenchResult) -> str:
     """How and where it was measured, in one line."""
     load = "/".join(f"{x:.1f}" for x in result.load_before), "/".join(f"{x:.1f}" for x in result.load_after)
     return (
-        f"{result.machine}; torch {result.torch}, {result.threads} threads (torch's default); "
+        f"{result.machine}; torch {result.torch}, {threads(result)}; "
         f"{result.rounds} round{'s' * (result.rounds != 1)} of at least {result.min_time:g} s per variant, "
         "interleaved; "
         f"load average (1/5/15 min) {load[0]} before, {load[1]} after"
+    )
+
+
+def threads(result: BenchResult) -> str:
+    return f"{result.threads} thread{'s' * (result.threads != 1)} " + (
+        "(torch's default)" if result.threads_default else "(set for the run)"
     )
 
 
@@ -300,7 +332,7 @@ def markdown_table(results: Sequence[BenchResult]) -> str:
     lines = ["| spec | " + " | ".join(HEADERS) + " |", "|---" * (len(HEADERS) + 1) + "|"]
     for result in results:
         for mode, batch in result.rows():
-            lines.append(f"| {result.network} | " + " | ".join(cells(result, mode, batch)) + " |")
+            lines.append(f"| {Path(result.spec).stem} | " + " | ".join(cells(result, mode, batch)) + " |")
     return "\n".join(lines)
 
 
@@ -341,10 +373,42 @@ def to_dict(result: BenchResult) -> dict:
         "min_time": result.min_time,
         "seed": result.seed,
         "threads": result.threads,
+        "threads_default": result.threads_default,
         "torch": result.torch,
         "machine": result.machine,
         "load_average": {"before": list(result.load_before), "after": list(result.load_after)},
+        "started": result.started,
     }
+
+
+def from_dict(data: dict) -> BenchResult:
+    """The result that :func:`to_dict` gave ``data`` (to render saved runs again)."""
+    measurements = tuple(
+        Measurement(
+            m["mode"], m["batch"], m["variant"], tuple(m["rates"]), tuple(m["ratios"]),
+            m["compile_seconds"], m["error"],
+        )
+        for m in data["measurements"]
+    )  # fmt: skip
+    return BenchResult(
+        spec=data["spec"],
+        network=data["network"],
+        input=tuple(data["input"]),
+        params=data["params"],
+        macs=data["macs"],
+        measurements=measurements,
+        source_seconds=Spread(**data["source_seconds"]),
+        rounds=data["rounds"],
+        min_time=data["min_time"],
+        seed=data["seed"],
+        threads=data["threads"],
+        threads_default=data["threads_default"],
+        torch=data["torch"],
+        machine=data["machine"],
+        load_before=tuple(data["load_average"]["before"]),
+        load_after=tuple(data["load_average"]["after"]),
+        started=data["started"],
+    )
 
 
 # measuring ------------------------------------------------------------------------------------------

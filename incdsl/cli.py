@@ -149,6 +149,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-compile", dest="compile", action="store_false", help="skip torch.compile (minutes per shape)"
     )
+    p.add_argument(
+        "--compile-train", action="store_true", help="also the training step through torch.compile (slower)"
+    )
+    p.add_argument("--threads", help="torch's intra-op threads (default: torch's, one per core)")
     p.add_argument("--format", choices=("table", "markdown", "json"), default="table")
     p.set_defaults(func=cmd_bench)
 
@@ -414,6 +418,7 @@ def cmd_bench(args) -> int:
     train_batch = bench.check_train_batch(_option(read_int, "--train-batch", args.train_batch, 0))
     rounds = _option(read_int, "--rounds", args.rounds, 1, 1000)
     min_time = _option(read_float, "--min-time", args.min_time, 0, 600)
+    threads = None if args.threads is None else _option(read_int, "--threads", args.threads, 1, 1024)
     locate(args.spec)  # an unknown spec is refused before torch is imported
     try:
         import torch  # noqa: F401
@@ -423,7 +428,10 @@ def cmd_bench(args) -> int:
     def say(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
-    result = bench.run(args.spec, batches, train_batch, rounds, args.compile, min_time, progress=say)
+    result = bench.run(
+        args.spec, batches, train_batch, rounds, args.compile, min_time,
+        train_compile=args.compile_train, threads=threads, progress=say,
+    )  # fmt: skip
     if args.format == "json":
         print(json.dumps(bench.to_dict(result), indent=2, allow_nan=False))
     elif args.format == "markdown":

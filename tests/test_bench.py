@@ -25,7 +25,7 @@ def test_bench_json_has_the_documented_fields(capsys):
     data = json.loads(out)
     assert set(data) == {
         "spec", "network", "input", "params", "macs", "measurements", "source_seconds", "rounds",
-        "min_time", "seed", "threads", "torch", "machine", "load_average",
+        "min_time", "seed", "threads", "threads_default", "torch", "machine", "load_average", "started",
     }  # fmt: skip
     assert data["network"] == "MiniGoogLeNet" and data["input"] == [3, 32, 32] and data["rounds"] == 1
     assert data["threads"] == torch.get_num_threads() and data["torch"] == torch.__version__
@@ -51,21 +51,24 @@ def test_bench_table_and_markdown(capsys):
 
 
 def test_the_library_interleaves_and_ratios_within_rounds():
-    result = bench.run("mini_googlenet", batches=(1,), train_batch=0, rounds=3, compile=False, min_time=0)
+    threads = torch.get_num_threads()
+    result = bench.run("mini_googlenet", (1,), train_batch=0, rounds=3, compile=False, min_time=0, threads=1)
+    assert result.threads == 1 and not result.threads_default and torch.get_num_threads() == threads
     plain, optimized = result.measurements
     assert len(optimized.rates) == len(optimized.ratios) == 3
     assert optimized.ratios == tuple(o / p for o, p in zip(optimized.rates, plain.rates))
     assert optimized.ratio.low <= optimized.ratio.median <= optimized.ratio.high
     table = bench.markdown_table([result])
-    assert table.splitlines()[2].startswith("| MiniGoogLeNet | eval | 1 | ")
+    assert table.splitlines()[2].startswith("| mini_googlenet | eval | 1 | ")
+    assert bench.from_dict(json.loads(json.dumps(bench.to_dict(result)))) == result
 
 
 def test_a_failed_compile_is_reported_not_raised():
     measured = [bench.Measurement("eval", 8, "plain", (1.0,), (1.0,))]
     failed = bench._with_compile(measured, bench._Compiled(None, "BackendCompilerFailed: no compiler"))
     assert failed[-1].variant == "compiled" and failed[-1].img_per_s is None
-    result = bench.BenchResult("s", "N", (3, 8, 8), 1, 1, tuple(failed), bench.Spread(1, 1, 1), 1, 0, 0, 1,
-                               "t", "m", (0, 0, 0), (0, 0, 0))  # fmt: skip
+    result = bench.BenchResult("s", "N", (3, 8, 8), 1, 1, tuple(failed), bench.Spread(1, 1, 1), 1, 0, 0, 1, True,
+                               "t", "m", (0, 0, 0), (0, 0, 0), "2026-01-01T00:00:00+00:00")  # fmt: skip
     assert bench.cells(result, "eval", 8)[-3:] == ["failed", "BackendCompilerFailed", "-"]
 
 
@@ -84,6 +87,7 @@ def test_source_seconds_is_positive():
         (["mini_googlenet", "--train-batch", "1"], "--train-batch 1: give 2 to"),
         (["mini_googlenet", "--rounds", "0"], "--rounds: "),
         (["mini_googlenet", "--min-time", "nan"], "--min-time: "),
+        (["mini_googlenet", "--threads", "0"], "--threads: "),
     ],
 )
 def test_bench_errors_exit_2_without_a_traceback(capsys, argv, message):
