@@ -16,6 +16,7 @@ whole run takes hours there. Saved runs (--json) can be rendered again, together
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -56,13 +57,14 @@ def trainer_ratio(target: str, recipe: str, images: int, batch: int, rounds: int
 
     measure = {"trainer": trainer_throughput, "bare": bare_throughput}
     before = load_average()
-    for name in measure:
-        measure[name](target, 2 * batch, recipe, batch, 0)
     rates: dict[str, list[float]] = {"trainer": [], "bare": []}
-    for round_ in range(rounds):
-        say(f"trainer against a bare loop: round {round_ + 1} of {rounds}")
-        for name in measure if round_ % 2 == 0 else reversed(measure):
-            rates[name].append(measure[name](target, images, recipe, batch, round_))
+    with contextlib.redirect_stdout(sys.stderr):  # the trainer's epoch lines are progress, not the page
+        for name in measure:
+            measure[name](target, 2 * batch, recipe, batch, 0)
+        for round_ in range(rounds):
+            say(f"trainer against a bare loop: round {round_ + 1} of {rounds}")
+            for name in measure if round_ % 2 == 0 else reversed(measure):
+                rates[name].append(measure[name](target, images, recipe, batch, round_))
     ratios = [t / b for t, b in zip(rates["trainer"], rates["bare"])]
     return {"target": target, "recipe": recipe, "images": images, "batch": batch, "rates": rates,
             "ratios": ratios, "load_average": {"before": before, "after": load_average()}}  # fmt: skip
