@@ -32,6 +32,11 @@ test: install graphviz
 lint: install
 	ruff check . && ruff format --check .
 
+# speed.py prints the README's "Performance" figures: hours with torch.compile on 2 cores
+# (make bench BENCH_ARGS="--quick --no-compile" for minutes).
+BENCH_ARGS ?=
+
 bench: install
 	$(PYTHON) benchmarks/bench_startup.py
 	$(PYTHON) benchmarks/bench_train.py
+	$(PYTHON) benchmarks/speed.py $(BENCH_ARGS)

@@ -15,7 +15,7 @@ from . import __version__, load, locate, report
 from .activations import DTYPES, OPTIMIZER_SLOTS, Setting
 from .errors import BudgetExceeded, IncdslError
 from .files import check_output, write_atomic
-from .numbers import MAX_BUDGET, MAX_INT, NumberError, read_int, read_quantity
+from .numbers import MAX_BUDGET, MAX_INT, NumberError, read_float, read_int, read_quantity
 
 FORMATS = ("table", "markdown", "csv", "json")
 
@@ -148,6 +148,22 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="curves.png, .svg or .pdf")
     p.add_argument("--title", help="the figure's title")
     p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("bench", help="time the plain, optimized and compiled builds side by side (torch)")
+    p.add_argument("spec", help=spec_help)
+    p.add_argument("--batch", default="1,8,32", help="eval batch sizes, comma-separated (1,8,32)")
+    p.add_argument("--train-batch", default="16", help="the training step's batch size (16; 0: none)")
+    p.add_argument("--rounds", default="5", help="measurements of each variant, interleaved (5)")
+    p.add_argument("--min-time", default="1", metavar="SECONDS", help="the least time of one measurement (1)")
+    p.add_argument(
+        "--no-compile", dest="compile", action="store_false", help="skip torch.compile (minutes per shape)"
+    )
+    p.add_argument(
+        "--compile-train", action="store_true", help="also the training step through torch.compile (slower)"
+    )
+    p.add_argument("--threads", help="torch's intra-op threads (default: torch's, one per core)")
+    p.add_argument("--format", choices=("table", "markdown", "json"), default="table")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("lsp", help="run the language server over stdio, for editors (needs pygls)")
     p.set_defaults(func=cmd_lsp)
@@ -425,6 +441,49 @@ def cmd_plot(args) -> int:
     runs.plot([runs.read_run(path) for path in args.runs], args.output, args.title)
     print(f"wrote {args.output}")
     return 0
+
+
+def cmd_bench(args) -> int:
+    from . import bench
+
+    batches = bench.parse_batches(args.batch)
+    train_batch = bench.check_train_batch(_option(read_int, "--train-batch", args.train_batch, 0))
+    rounds = _option(read_int, "--rounds", args.rounds, 1, 1000)
+    min_time = _option(read_float, "--min-time", args.min_time, 0, 600)
+    threads = None if args.threads is None else _option(read_int, "--threads", args.threads, 1, 1024)
+    locate(args.spec)  # an unknown spec is refused before torch is imported
+    try:
+        import torch  # noqa: F401
+    except ImportError as error:
+        raise IncdslError(f"incdsl bench needs torch ({error})", hint="pip install 'incdsl[torch]'") from None
+
+    def say(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    result = bench.run(
+        args.spec, batches, train_batch, rounds, args.compile, min_time,
+        train_compile=args.compile_train, threads=threads, progress=say,
+    )  # fmt: skip
+    if args.format == "json":
+        print(json.dumps(bench.to_dict(result), indent=2, allow_nan=False))
+    elif args.format == "markdown":
+        print(bench.to_markdown(result), end="")
+    else:
+        from rich.console import Console
+
+        console = Console(width=200 if not sys.stdout.isatty() else None)
+        console.print(bench.to_rich(result))
+        console.print(bench.summary(result), highlight=False, markup=False)
+        console.print(bench.conditions(result), style="dim", highlight=False, markup=False)
+    return 0
+
+
+def _option(reader, name: str, text: str, *bounds):
+    """A number given on the command line, read by incdsl.numbers; an IncdslError naming the option."""
+    try:
+        return reader(text, *bounds)
+    except NumberError as error:
+        raise IncdslError(f"{name}: {error}") from None
 
 
 def cmd_lsp(args) -> int:

@@ -1,0 +1,271 @@
+"""The README's "Performance" figures: ``incdsl bench`` over the Inception specs, the trainer against a
+bare loop, and the time of ``incdsl compile`` for every shipped spec.
+
+Prints markdown, ready to paste under the README's "Performance" heading (progress goes to stderr).
+Every figure is a ratio of runs measured side by side and interleaved in this one process, or a
+median with its range; threads are torch's default. With torch.compile each spec compiles for
+minutes per batch size on a 2-core CPU, and the big specs' batch-32 rounds take minutes each: the
+whole run takes hours there. Saved runs (--json) can be rendered again, together, with --render.
+
+    python benchmarks/speed.py                                    # everything
+    python benchmarks/speed.py --specs googlenet_tv,inception_v3 --json a.json
+    python benchmarks/speed.py --quick --no-compile               # batch 8 and a training step only
+    python benchmarks/speed.py --render a.json b.json --write benchmarks/RESULTS.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from incdsl import bench, stats
+from incdsl.resources import shipped_specs
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+SPECS = ("googlenet_tv", "inception_v3", "inception_v4", "inception_resnet_v2", "bn_inception")
+TARGETS = {spec: {"optimized": 2.0, "compiled": 2.3} for spec in ("googlenet_tv", "inception_v3")}
+TARGET_BATCH = 8
+TRAINER_TARGET = 0.95
+COMPILE_TARGET = 0.5  # seconds: "well under a second" for incdsl compile
+
+
+def say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def load_average() -> list[float]:
+    return list(os.getloadavg())
+
+
+def show_load(load: list[float]) -> str:
+    return "/".join(f"{x:.1f}" for x in load)
+
+
+# the trainer against a bare loop ------------------------------------------------------------------
+def trainer_ratio(target: str, recipe: str, images: int, batch: int, rounds: int) -> dict:
+    """bench_train's two measurements, alternating (A B, B A, ...) after a short warm-up of each."""
+    from bench_train import bare_throughput, trainer_throughput
+
+    measure = {"trainer": trainer_throughput, "bare": bare_throughput}
+    before = load_average()
+    rates: dict[str, list[float]] = {"trainer": [], "bare": []}
+    with contextlib.redirect_stdout(sys.stderr):  # the trainer's epoch lines are progress, not the page
+        for name in measure:
+            measure[name](target, 2 * batch, recipe, batch, 0)
+        for round_ in range(rounds):
+            say(f"trainer against a bare loop: round {round_ + 1} of {rounds}")
+            for name in measure if round_ % 2 == 0 else reversed(measure):
+                rates[name].append(measure[name](target, images, recipe, batch, round_))
+    ratios = [t / b for t, b in zip(rates["trainer"], rates["bare"])]
+    return {"target": target, "recipe": recipe, "images": images, "batch": batch, "rates": rates,
+            "ratios": ratios, "load_average": {"before": before, "after": load_average()}}  # fmt: skip
+
+
+def trainer_markdown(result: dict) -> str:
+    ratio = bench.Spread.of(result["ratios"])
+    trainer, bare = (statistics.median(result["rates"][name]) for name in ("trainer", "bare"))
+    verdict = "meets" if ratio.median >= TRAINER_TARGET else "MISSES"
+    load = result["load_average"]
+    return (
+        f"**The trainer against a bare hand-written loop** (`benchmarks/bench_train.py`'s two loops: "
+        f"{result['target']}, `{result['recipe']}` recipe, batch {result['batch']}, {result['images']:,} "
+        f"fake images per epoch, {len(result['ratios'])} rounds, alternating): trainer {trainer:,.1f} img/s, "
+        f"bare loop {bare:,.1f} img/s, ratio **{bench.format_ratio(ratio)}**, which {verdict} the target "
+        f">= {TRAINER_TARGET}. Load average {show_load(load['before'])} before, "
+        f"{show_load(load['after'])} after."
+    )
+
+
+# incdsl compile, every shipped spec ---------------------------------------------------------------
+def command_seconds(spec: str, repeats: int) -> bench.Spread:
+    """Wall time of ``incdsl compile SPEC -o model.py`` in a fresh process (Python's start-up included)."""
+    times = []
+    with tempfile.TemporaryDirectory() as folder:
+        command = [sys.executable, "-m", "incdsl", "compile", spec, "-o", str(Path(folder) / "model.py")]
+        for _ in range(repeats + 1):  # the first one warms the file cache
+            started = time.perf_counter()
+            subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+            times.append(time.perf_counter() - started)
+    return bench.Spread.of(times[1:])
+
+
+def compile_times(repeats: int) -> dict:
+    rows, before = [], load_average()
+    for spec in shipped_specs():
+        say(f"timing incdsl compile {spec}")
+        numbers = stats(spec)
+        rows.append({
+            "spec": spec, "params": numbers.params, "macs": numbers.macs,
+            "source": bench.source_seconds(spec, repeats).__dict__,
+            "optimized": bench.source_seconds(spec, repeats, optimize=True).__dict__,
+            "unformatted": bench.source_seconds(spec, repeats, formatted=False).__dict__,
+            "command": command_seconds(spec, repeats).__dict__,
+        })  # fmt: skip
+    return {"repeats": repeats, "rows": rows, "load_average": {"before": before, "after": load_average()}}
+
+
+def compile_markdown(times: dict) -> str:
+    def ms(spread: dict) -> str:
+        s = bench.Spread(**spread)
+        return f"{s.median * 1000:,.0f} ({s.low * 1000:,.0f}-{s.high * 1000:,.0f})"
+
+    lines = [
+        "**`incdsl compile`, every shipped spec**, milliseconds:",
+        "",
+        "| spec | params | multiply-adds | source | `--optimize` source | unformatted source | the command |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in times["rows"]:
+        lines.append(
+            f"| {row['spec']} | {row['params']:,} | {row['macs']:,} | {ms(row['source'])} | "
+            f"{ms(row['optimized'])} | {ms(row['unformatted'])} | {ms(row['command'])} |"
+        )
+    slowest = max(max(row["source"]["median"], row["optimized"]["median"]) for row in times["rows"])
+    verdict = "meets" if slowest < COMPILE_TARGET else "MISSES"
+    load = times["load_average"]
+    lines += [
+        "",
+        f"Medians of {times['repeats']} (lowest-highest). *Source*: what `incdsl compile` does in a warm "
+        "process (read, parse, IR, passes, code generation, black); *unformatted*: the same without black; "
+        "*the command*: `incdsl compile SPEC -o model.py` in a fresh process, Python's start-up and imports "
+        f"included. Slowest source: {slowest * 1000:,.0f} ms, which {verdict} the target (well under a "
+        f"second: below {COMPILE_TARGET:g} s). Load average {show_load(load['before'])} before, "
+        f"{show_load(load['after'])} after.",
+    ]
+    return "\n".join(lines)
+
+
+# the whole page -----------------------------------------------------------------------------------
+def targets_markdown(results: list[bench.BenchResult]) -> str:
+    lines = [f"Targets (issue 10; CPU, eval at batch {TARGET_BATCH}, ratio to the plain build):", ""]
+    for result in results:
+        for variant, target in TARGETS.get(Path(result.spec).stem, {}).items():
+            m = result.get("eval", TARGET_BATCH, variant)
+            if m is None or m.ratio is None:
+                got = "not measured" if m is None else f"not measured ({m.error})"
+            else:
+                verdict = "meets" if m.ratio.median >= target else "MISSES"
+                got = f"{bench.format_ratio(m.ratio)}, which {verdict} it"
+            lines.append(f"- {Path(result.spec).stem}, {variant} >= {target}x: {got}")
+    return "\n".join(lines)
+
+
+def conditions_markdown(results: list[bench.BenchResult]) -> str:
+    lines = ["| spec | started (UTC) | rounds | seconds per measurement | load average before | after |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for r in results:
+        lines.append(
+            f"| {Path(r.spec).stem} | {r.started} | {r.rounds} | >= {r.min_time:g} | "
+            f"{show_load(list(r.load_before))} | {show_load(list(r.load_after))} |"
+        )
+    return "\n".join(lines)
+
+
+def page(results: list[bench.BenchResult], trainer: dict | None, compiles: dict | None, commands) -> str:
+    first = results[0] if results else None
+    machine = f"{first.machine}; torch {first.torch}, {bench.threads(first)}" if first else ""
+    lines = [
+        f"Measured with {', '.join(f'`{c}`' for c in commands)}" + (f": {machine}." if machine else "."),
+        "",
+    ]
+    if results:
+        lines += [
+            "Images per second (medians) and ratios to the plain build (the median of the rounds' ratios, "
+            "lowest-highest round in brackets); *compile s*: the compiled variant's first call "
+            "(compilation and one pass). Eval runs under `torch.inference_mode()`; the training step "
+            "(forward, backward, SGD) is the plain build's: the optimized build is inference-only.",
+            "",
+            bench.markdown_table(results),
+            "",
+            targets_markdown(results),
+            "",
+            conditions_markdown(results),
+            "",
+        ]
+    if trainer:
+        lines += [trainer_markdown(trainer), ""]
+    if compiles:
+        lines += [compile_markdown(compiles), ""]
+    return "\n".join(lines)
+
+
+def measure(args) -> dict:
+    batches = bench.parse_batches(args.batch or ("8" if args.quick else "1,8,32"))
+    rounds = args.rounds or (3 if args.quick else bench.ROUNDS)
+    min_time = args.min_time if args.min_time is not None else (0.3 if args.quick else bench.MIN_TIME)
+    results = []
+    for spec in filter(None, args.specs.split(",")):
+        say(f"== {spec}")
+        result = bench.run(
+            spec, batches, args.train_batch, rounds, args.compile, min_time,
+            train_compile=args.compile and args.compile_train, threads=args.threads, progress=say,
+        )  # fmt: skip
+        results.append(bench.to_dict(result))
+    trainer = None
+    if args.trainer:
+        images, trainer_rounds = (512, 2) if args.quick else (1024, 3)
+        trainer = trainer_ratio("mini_googlenet", "fast", images, 64, trainer_rounds)
+    compiles = compile_times(args.compile_repeats) if args.compile_times else None
+    command = " ".join(["python", "benchmarks/speed.py", *(sys.argv[1:])])
+    return {"commands": [command], "results": results, "trainer": trainer, "compile": compiles}
+
+
+def merged(files: list[Path]) -> dict:
+    """Saved runs together: every spec's result (a later file's wins), the last trainer and compile."""
+    data: dict = {"commands": [], "results": [], "trainer": None, "compile": None}
+    for path in files:
+        saved = json.loads(path.read_text())
+        data["commands"] += saved["commands"]
+        specs = {r["spec"] for r in saved["results"]}
+        data["results"] = [r for r in data["results"] if r["spec"] not in specs] + saved["results"]
+        data["trainer"] = saved["trainer"] or data["trainer"]
+        data["compile"] = saved["compile"] or data["compile"]
+    return data
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--specs", default=",".join(SPECS), help="comma-separated (default: %(default)s)")
+    parser.add_argument("--quick", action="store_true", help="eval at batch 8 only, 3 rounds, shorter runs")
+    parser.add_argument("--batch", help="eval batch sizes (default 1,8,32; 8 with --quick)")
+    parser.add_argument("--train-batch", type=int, default=bench.TRAIN_BATCH, help="0: no training step")
+    parser.add_argument("--rounds", type=int, help="default 5 (3 with --quick)")
+    parser.add_argument("--min-time", type=float, help="seconds per measurement (1; 0.3 with --quick)")
+    parser.add_argument("--no-compile", dest="compile", action="store_false", help="skip torch.compile")
+    parser.add_argument(
+        "--compile-train", action="store_true", help="also the training step through torch.compile (slow)"
+    )
+    parser.add_argument("--threads", type=int, help="torch's intra-op threads (default: torch's default)")
+    parser.add_argument("--no-trainer", dest="trainer", action="store_false", help="skip the trainer's ratio")
+    parser.add_argument("--no-compile-times", dest="compile_times", action="store_false")
+    parser.add_argument("--compile-repeats", type=int, default=5)
+    parser.add_argument("--json", type=Path, help="also write every figure here")
+    parser.add_argument(
+        "--render", type=Path, nargs="+", metavar="JSON", help="measure nothing: render these"
+    )
+    parser.add_argument("--write", type=Path, help="also write the page here (benchmarks/RESULTS.md)")
+    args = parser.parse_args(argv)
+    data = merged(args.render) if args.render else measure(args)
+    if args.json:
+        args.json.write_text(json.dumps(data, indent=2) + "\n")
+    results = [bench.from_dict(r) for r in data["results"]]
+    text = page(results, data["trainer"], data["compile"], data["commands"])
+    print(text)
+    if args.write:
+        args.write.write_text("# Benchmark results\n\n" + text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
