@@ -339,8 +339,12 @@ def largest_batch(net: Network, setting: Setting, available: int, limit: int = 2
     """The largest batch size whose :attr:`Estimate.peak` fits in ``available`` bytes (0 if none).
 
     >>> import incdsl
-    >>> largest_batch(incdsl.load("mini_googlenet"), Setting(1, training=True), 2**30)
-    136
+    >>> net, step = incdsl.load("mini_googlenet"), Setting(1, training=True)
+    >>> batch = largest_batch(net, step, 2**30)
+    >>> def peak(b):
+    ...     return estimate(net, replace(step, batch=b)).peak
+    >>> batch, peak(batch) <= 2**30 < peak(batch + 1)
+    (141, True)
     """
 
     def fits(batch: int) -> bool:
