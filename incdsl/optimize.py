@@ -10,11 +10,7 @@ changed, so one Network compiles to both builds.
   branches (an inception module's #1x1, #3x3 reduce and #5x5 reduce), run as one convolution whose
   output is split;
 - :func:`use_channels_last`: weights and activations in channels_last (NHWC) memory format, which
-  oneDNN's CPU convolutions (and cuDNN's tensor cores) run without reordering;
-- :func:`prepack_weights`: on a CPU, each convolution's weight is also kept in oneDNN's own blocked
-  layout, so that the reorder PyTorch does at every call is done once, when weights are loaded
-  (measured: 1.5x a convolution at batch 8, 2.3x at batch 1); torch.compile and torch.export see
-  plain F.conv2d.
+  oneDNN's CPU convolutions (and cuDNN's tensor cores) run without reordering.
 
 >>> import incdsl
 >>> net = incdsl.load("googlenet_tv")
@@ -52,7 +48,6 @@ class Plan:
     folded: set[Layer] = field(default_factory=set)
     fused: dict[Fork, tuple[Group, ...]] = field(default_factory=dict)
     channels_last: bool = False
-    prepack: bool = False
     owners: dict[Fork, object] = field(default_factory=dict, repr=False)
 
     def groups(self, cls) -> list[Group]:
@@ -109,13 +104,7 @@ def use_channels_last(net: Network, plan: Plan) -> Plan:
     return plan
 
 
-def prepack_weights(net: Network, plan: Plan) -> Plan:
-    """Folded convolutions (alone or fused) keep a oneDNN-packed copy of their weight for the CPU."""
-    plan.prepack = bool(plan.folded)
-    return plan
-
-
-PASSES = (fold_batchnorm, fuse_siblings, use_channels_last, prepack_weights)
+PASSES = (fold_batchnorm, fuse_siblings, use_channels_last)
 
 
 def optimize(net: Network, passes=PASSES) -> Plan:

@@ -42,14 +42,17 @@ def _template() -> jinja2.Template:
     return env.get_template("model.py.j2")
 
 
-def generate(net: Network, formatted: bool = True, optimize: bool = False, compiled: bool = False) -> str:
+def generate(
+    net: Network, formatted: bool = True, optimize: bool = False, compiled: bool = False, plan=None
+) -> str:
     """The model file's source text (formatted with black unless ``formatted`` is False). With
-    ``optimize``, the inference build (see :class:`OptimizedWriter`); ``compiled`` makes its
-    ``build()`` return the model through ``torch.compile`` by default."""
+    ``optimize``, the inference build (see :class:`OptimizedWriter`) of the plan that
+    :func:`incdsl.optimize.optimize` makes, or of ``plan`` (some passes only); ``compiled`` makes
+    its ``build()`` return the model through ``torch.compile`` by default."""
     if optimize:
-        from ..optimize import optimize as plan
+        from ..optimize import optimize as passes
 
-        writer = OptimizedWriter(net, plan(net))
+        writer = OptimizedWriter(net, plan if plan is not None else passes(net))
     else:
         writer = Writer(net)
     blocks = [writer.block_class(cls) for cls in net.blocks]
@@ -64,7 +67,6 @@ def generate(net: Network, formatted: bool = True, optimize: bool = False, compi
         source_name=_safe_file_name(net.spec.path),
         optimized=optimize,
         compiled=compiled,
-        prepack=getattr(writer, "plan", None) is not None and writer.plan.prepack,
     )
     return _format(text) if formatted else text
 
@@ -491,7 +493,7 @@ class OptimizedWriter(Writer):
     def folded_conv(self, layer: Layer) -> str:
         """``FoldedConv2d``: a convolution's, its BatchNorm's and its ReLU's state, run as one conv."""
         op = layer.op
-        self.used |= {"FoldedConv2d", "F", "torch"}
+        self.used |= {"FoldedConv2d", "prepared", "F", "torch"}  # it derives its weights with prepared()
         kw = conv_arguments(op)
         if op["bias"]:
             kw.append("bias=True")
@@ -529,17 +531,15 @@ class OptimizedWriter(Writer):
             f"self.{name}_weight = torch.cat([{', '.join(f'{h}.weight' for h in heads)}]){layout}",
             f"self.{name}_bias = torch.cat([{', '.join(f'{h}.bias' for h in heads)}])",
         ]
-        if self.plan.prepack:
-            self.prepare.append(f"self.{name}_packed = pack(self.{name}_weight, (1, 1), (0, 0), 1)")
-        weights = f"self.{name}_weight, self.{name}_bias, self.{name}_packed"
-        conv = f"conv({src}, {weights}, (1, 1), (0, 0), 1, {group.heads[0].op['relu']})"
+        conv = f"F.conv2d({src}, self.{name}_weight, self.{name}_bias)"
+        if group.heads[0].op["relu"]:
+            conv = f"F.relu({conv}, inplace=True)"
         names = ", ".join(b.var for b in group.branches)
         return Code(
             init=(
                 f"self.{name}_sizes = [{sizes}]  # {', '.join(h[5:] for h in heads)} as one",
                 f'self.register_buffer("{name}_weight", torch.empty(0), persistent=False)',
                 f'self.register_buffer("{name}_bias", torch.empty(0), persistent=False)',
-                f"self.{name}_packed: Optional[Tensor] = None",
             ),
             forward=(f"{tmp} = {conv}", f"{names} = {tmp}.split(self.{name}_sizes, 1)"),
         )
