@@ -26,7 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from incdsl import bench, stats
+from incdsl import bench, build_module, stats
+from incdsl import load as incdsl_load
 from incdsl.resources import shipped_specs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -144,6 +145,92 @@ def compile_markdown(times: dict) -> str:
     return "\n".join(lines)
 
 
+# what bounds the ratio ----------------------------------------------------------------------------
+CONV_OPS = ("aten::mkldnn_convolution", "aten::thnn_conv2d", "aten::_slow_conv2d_forward",
+            "mkldnn::_convolution_pointwise")  # fmt: skip
+
+
+def matmul_rate(size: int = 2048, repeats: int = 7) -> float:
+    """The CPU's float32 matmul rate in GFLOP/s (the median of ``repeats`` products of two square
+    matrices): the arithmetic a convolution can hope for."""
+    import torch
+
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    for _ in range(2):
+        a @ b
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - started)
+    return 2 * size**3 / statistics.median(times) / 1e9
+
+
+def ceiling(spec: str, batch: int, rounds: int = 5) -> dict:
+    """Where the time of each build goes (eval): its wall time per batch (the median of ``rounds``,
+    the builds taking turns) and the convolutions' share of its op time (the profiler, over 3
+    forwards). If everything but its convolutions took no time, the optimized build would run at
+    plain time / the optimized build's convolution time: the most fusing and layout can give."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    net = incdsl_load(spec)
+    torch.manual_seed(0)
+    plain = build_module(net).eval()
+    optimized = build_module(net, optimize=True)
+    optimized.load_state_dict(plain.state_dict())
+    builds = {"plain": plain, "optimized": optimized}
+    x = torch.randn(batch, *net.input.as_list())
+    row: dict = {"spec": spec, "batch": batch, "macs": stats(spec).macs}
+    with torch.inference_mode():
+        for name, model in builds.items():
+            model(x)
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                for _ in range(3):
+                    model(x)
+            events = prof.key_averages()
+            conv = sum(e.self_cpu_time_total for e in events if e.key in CONV_OPS)
+            row[name] = {"convolution_share": conv / sum(e.self_cpu_time_total for e in events)}
+        times: dict[str, list[float]] = {name: [] for name in builds}
+        for round_ in range(rounds):
+            for name in builds if round_ % 2 == 0 else reversed(builds):
+                started = time.perf_counter()
+                builds[name](x)
+                times[name].append(time.perf_counter() - started)
+    for name in builds:
+        row[name]["seconds"] = statistics.median(times[name])
+    return row
+
+
+def ceiling_markdown(rows: list[dict], matmul: float) -> str:
+    lines = [
+        f"**What bounds the ratio** (eval at batch {rows[0]['batch']}: wall time per batch, the median "
+        "of 5 interleaved; the convolutions' share of the op time from the profiler; a float32 "
+        f"2048x2048 matmul ran at {matmul:,.0f} GFLOP/s in the same run):",
+        "",
+        "| spec | plain: ms per batch | convolutions | optimized: ms per batch | convolutions | "
+        "convolutions' GFLOP/s (optimized) | ratio | ceiling: plain / optimized convolutions |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        plain, fast = row["plain"], row["optimized"]
+        conv = fast["seconds"] * fast["convolution_share"]
+        rate = 2 * row["macs"] * row["batch"] / conv / 1e9
+        lines.append(
+            f"| {row['spec']} | {plain['seconds'] * 1000:,.0f} | {plain['convolution_share']:.0%} | "
+            f"{fast['seconds'] * 1000:,.0f} | {fast['convolution_share']:.0%} | {rate:,.0f} | "
+            f"{plain['seconds'] / fast['seconds']:.2f}x | {plain['seconds'] / conv:.2f}x |"
+        )
+    lines += [
+        "",
+        "The ceiling is the ratio the optimized build would reach if nothing but its convolutions took "
+        "time (GFLOP/s counts every multiply-add of the network as two operations). Where the "
+        "convolutions already run near the matmul rate, only less arithmetic, not a better schedule "
+        "of the same arithmetic, could go past it.",
+    ]
+    return "\n".join(lines)
+
+
 # the whole page -----------------------------------------------------------------------------------
 def targets_markdown(results: list[bench.BenchResult]) -> str:
     lines = [f"Targets (issue 10; CPU, eval at batch {TARGET_BATCH}, ratio to the plain build):", ""]
@@ -170,7 +257,9 @@ def conditions_markdown(results: list[bench.BenchResult]) -> str:
     return "\n".join(lines)
 
 
-def page(results: list[bench.BenchResult], trainer: dict | None, compiles: dict | None, commands) -> str:
+def page(
+    results: list[bench.BenchResult], trainer: dict | None, compiles: dict | None, commands, bounds=None
+) -> str:
     first = results[0] if results else None
     machine = f"{first.machine}; torch {first.torch}, {bench.threads(first)}" if first else ""
     lines = [
@@ -193,6 +282,8 @@ def page(results: list[bench.BenchResult], trainer: dict | None, compiles: dict 
         ]
     if trainer:
         lines += [trainer_markdown(trainer), ""]
+    if bounds:
+        lines += [ceiling_markdown(bounds["rows"], bounds["matmul_gflops"]), ""]
     if compiles:
         lines += [compile_markdown(compiles), ""]
     return "\n".join(lines)
@@ -215,13 +306,24 @@ def measure(args) -> dict:
         images, trainer_rounds = (512, 2) if args.quick else (1024, 3)
         trainer = trainer_ratio("mini_googlenet", "fast", images, 64, trainer_rounds)
     compiles = compile_times(args.compile_repeats) if args.compile_times else None
+    bounds = None
+    if args.ceiling:
+        say("profiling where the time goes")
+        rows = [ceiling(spec, TARGET_BATCH) for spec in TARGETS]
+        bounds = {"rows": rows, "matmul_gflops": matmul_rate()}
     command = " ".join(["python", "benchmarks/speed.py", *(sys.argv[1:])])
-    return {"commands": [command], "results": results, "trainer": trainer, "compile": compiles}
+    return {
+        "commands": [command],
+        "results": results,
+        "trainer": trainer,
+        "compile": compiles,
+        "ceiling": bounds,
+    }
 
 
 def merged(files: list[Path]) -> dict:
     """Saved runs together: every spec's result (a later file's wins), the last trainer and compile."""
-    data: dict = {"commands": [], "results": [], "trainer": None, "compile": None}
+    data: dict = {"commands": [], "results": [], "trainer": None, "compile": None, "ceiling": None}
     for path in files:
         saved = json.loads(path.read_text())
         data["commands"] += saved["commands"]
@@ -229,6 +331,7 @@ def merged(files: list[Path]) -> dict:
         data["results"] = [r for r in data["results"] if r["spec"] not in specs] + saved["results"]
         data["trainer"] = saved["trainer"] or data["trainer"]
         data["compile"] = saved["compile"] or data["compile"]
+        data["ceiling"] = saved.get("ceiling") or data["ceiling"]
     return data
 
 
@@ -249,6 +352,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, help="torch's intra-op threads (default: torch's default)")
     parser.add_argument("--no-trainer", dest="trainer", action="store_false", help="skip the trainer's ratio")
     parser.add_argument("--no-compile-times", dest="compile_times", action="store_false")
+    parser.add_argument(
+        "--no-ceiling", dest="ceiling", action="store_false", help="skip the profile of where the time goes"
+    )
     parser.add_argument("--compile-repeats", type=int, default=5)
     parser.add_argument("--json", type=Path, help="also write every figure here")
     parser.add_argument(
@@ -260,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps(data, indent=2) + "\n")
     results = [bench.from_dict(r) for r in data["results"]]
-    text = page(results, data["trainer"], data["compile"], data["commands"])
+    text = page(results, data["trainer"], data["compile"], data["commands"], data.get("ceiling"))
     print(text)
     if args.write:
         args.write.write_text("# Benchmark results\n\n" + text)
