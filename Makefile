@@ -32,11 +32,10 @@ test: install graphviz
 lint: install
 	ruff check . && ruff format --check .
 
-# speed.py prints the README's "Performance" figures: hours with torch.compile on 2 cores
-# (make bench BENCH_ARGS="--quick --no-compile" for minutes).
+# speed.py prints the README's "Performance" figures, the trainer against a bare loop included (26
+# minutes on 2 cores; make bench BENCH_ARGS="--quick --no-compile" for a few).
 BENCH_ARGS ?=
 
 bench: install
 	$(PYTHON) benchmarks/bench_startup.py
-	$(PYTHON) benchmarks/bench_train.py
 	$(PYTHON) benchmarks/speed.py $(BENCH_ARGS)
