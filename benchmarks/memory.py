@@ -14,10 +14,10 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
 
+import memory_probe as probe  # noqa: E402
 from memory_probe import peak_bytes, saved_by_module  # noqa: E402
 
 import incdsl  # noqa: E402
@@ -62,20 +62,8 @@ def live(net, batch: int) -> tuple[int, int]:
 
 def training_peak(net, batch: int) -> tuple[int, int]:
     module = incdsl.build_module(net).train()
-    optimizer = torch.optim.AdamW(module.parameters())
-    x, labels = torch.randn(batch, *net.input.as_list()), torch.randint(0, net.classes, (batch,))
-
-    def steps():
-        for _ in range(3):
-            out = module(x)
-            logits, *aux = out if isinstance(out, tuple) else (out,)
-            loss = F.cross_entropy(logits, labels) + sum(F.cross_entropy(a, labels) for a in aux)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-
-    before = sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers(), x, labels))
-    return estimate(net, Setting(batch, training=True)).peak, before + peak_bytes(steps)
+    measured = probe.training_peak(module, batch, net.input.as_list(), net.classes)
+    return estimate(net, Setting(batch, training=True)).peak, measured
 
 
 def main(cases: list[str]) -> None:

@@ -5,7 +5,8 @@
   that made it (a ``TorchDispatchMode`` notes, for every storage an op creates, the innermost module
   running at the time);
 - :func:`peak_bytes`: the most bytes the CPU allocator had handed out at once while a function ran,
-  from the profiler's allocation events (``profile_memory=True``), counted from zero at its start.
+  from the profiler's allocation events (``profile_memory=True``), counted from zero at its start;
+- :func:`training_peak`: the CPU peak of three AdamW steps as the trainer takes them.
 """
 
 from __future__ import annotations
@@ -85,3 +86,25 @@ def peak_bytes(fn) -> int:
         current += event.nbytes()
         peak = max(peak, current)
     return peak
+
+
+def training_peak(module: torch.nn.Module, batch: int, shape: list[int], classes: int) -> int:
+    """The most CPU bytes alive at once over three AdamW steps on a random batch, as the trainer takes
+    them (the last step's gradients alive through the next forward; aux heads' losses added): the
+    weights, buffers and batch, and the peak the profiler sees on top of them."""
+    import torch.nn.functional as F
+
+    optimizer = torch.optim.AdamW(module.parameters())
+    x, labels = torch.randn(batch, *shape), torch.randint(0, classes, (batch,))
+
+    def steps():
+        for _ in range(3):
+            out = module(x)
+            logits, *aux = out if isinstance(out, tuple) else (out,)
+            loss = F.cross_entropy(logits, labels) + sum(F.cross_entropy(a, labels) for a in aux)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+    before = sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers(), x, labels))
+    return before + peak_bytes(steps)

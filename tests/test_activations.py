@@ -357,28 +357,14 @@ def test_the_training_peak_bounds_the_cpu_allocator_from_above(name, batch):
     """Three AdamW steps as the trainer takes them (last step's gradients alive through the forward),
     every allocation but the weights and the batch seen by the profiler: the estimate is above the
     measured peak (it allows for the largest layer's transient tensors) by at most 15%."""
-    torch = pytest.importorskip("torch")
-    import torch.nn.functional as F
-    from memory_probe import peak_bytes
+    pytest.importorskip("torch")
+    from memory_probe import training_peak
 
     if not _cpu_conv_rules_apply("fp32"):
         pytest.skip("calibrated on oneDNN")
     net = _network(name)
     module = incdsl.build_module(net).train()
-    optimizer = torch.optim.AdamW(module.parameters())
-    x, labels = torch.randn(batch, *net.input.as_list()), torch.randint(0, net.classes, (batch,))
-
-    def steps():
-        for _ in range(3):
-            out = module(x)
-            logits, *aux = out if isinstance(out, tuple) else (out,)
-            loss = F.cross_entropy(logits, labels) + sum(F.cross_entropy(a, labels) for a in aux)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-
-    before = sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers(), x, labels))
-    measured = before + peak_bytes(steps)
+    measured = training_peak(module, batch, net.input.as_list(), net.classes)
     est = estimate(net, Setting(batch, training=True))
     assert measured <= est.peak <= 1.15 * measured
 
