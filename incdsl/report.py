@@ -324,9 +324,15 @@ def cells(row: Row, titles: dict[str, str] | None = None, memory: StageMemory | 
 
 
 def _memory_cells(memory: StageMemory | None) -> list[str]:
+    return [human_bytes(b) for b in _memory_figures(memory)]
+
+
+def _memory_figures(memory: StageMemory | None) -> list[int]:
+    """A row's memory columns, in bytes: its output, then what it keeps for backward (training) or
+    the most activation bytes alive while it runs (inference); none without a batch size."""
     if memory is None:
         return []
-    return [human_bytes(memory.output), human_bytes(memory.saved if memory.peak is None else memory.peak)]
+    return [memory.output, memory.saved if memory.peak is None else memory.peak]
 
 
 def _cell(value) -> str:
@@ -341,12 +347,12 @@ def to_csv(stats: Stats) -> str:
     writer.writerow(["name", "type", "patch", "input", "output", "depth", *keys, "params", "macs", *extra])
     for r, m in zip(stats.rows, stats.row_memory()):
         cols = [r.columns.get(k, "") for k in keys]
-        shapes = [size(r.input), size(r.output)]
-        writer.writerow([r.name, r.type, r.patch, *shapes, r.depth, *cols, r.params, r.macs, *_csv_memory(m)])
+        shapes, memory = [size(r.input), size(r.output)], _memory_figures(m)
+        writer.writerow([r.name, r.type, r.patch, *shapes, r.depth, *cols, r.params, r.macs, *memory])
     for a, m in zip(stats.aux, stats.aux_memory()):
         blank = [""] * len(keys)
         place = [f"after {a.after}", "", size(a.output), ""]
-        memory = _csv_memory(m) if m else [""] * len(extra)
+        memory = _memory_figures(m) if m else [""] * len(extra)
         writer.writerow([a.name, a.type, *place, *blank, a.params, a.macs, *memory])
     total = _csv_total(stats.memory) if stats.memory else []
     writer.writerow(["total", "", "", "", "", "", *[""] * len(keys), stats.params, stats.macs, *total])
@@ -370,12 +376,6 @@ def _csv_memory_headers(stats: Stats) -> list[str]:
     if stats.memory is None:
         return []
     return ["activation_bytes", "saved_bytes" if stats.memory.setting.training else "peak_bytes"]
-
-
-def _csv_memory(memory: StageMemory | None) -> list:
-    if memory is None:
-        return []
-    return [memory.output, memory.saved if memory.peak is None else memory.peak]
 
 
 def _csv_total(est: Estimate) -> list:
