@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from incdsl import bench, build_module, stats
+from incdsl import bench, stats
 from incdsl import load as incdsl_load
 from incdsl.resources import shipped_specs
 
@@ -45,10 +45,6 @@ def say(line: str) -> None:
 
 def load_average() -> list[float]:
     return list(os.getloadavg())
-
-
-def show_load(load: list[float]) -> str:
-    return "/".join(f"{x:.1f}" for x in load)
 
 
 # the trainer against a bare loop ------------------------------------------------------------------
@@ -81,8 +77,8 @@ def trainer_markdown(result: dict) -> str:
         f"{result['target']}, `{result['recipe']}` recipe, batch {result['batch']}, {result['images']:,} "
         f"fake images per epoch, {len(result['ratios'])} rounds, alternating): trainer {trainer:,.1f} img/s, "
         f"bare loop {bare:,.1f} img/s, ratio **{bench.format_ratio(ratio)}**, which {verdict} the target "
-        f">= {TRAINER_TARGET}. Load average {show_load(load['before'])} before, "
-        f"{show_load(load['after'])} after."
+        f">= {TRAINER_TARGET}. Load average {bench.format_load(load['before'])} before, "
+        f"{bench.format_load(load['after'])} after."
     )
 
 
@@ -139,8 +135,8 @@ def compile_markdown(times: dict) -> str:
         "process (read, parse, IR, passes, code generation, black); *unformatted*: the same without black; "
         "*the command*: `incdsl compile SPEC -o model.py` in a fresh process, Python's start-up and imports "
         f"included. Slowest source: {slowest * 1000:,.0f} ms, which {verdict} the target (well under a "
-        f"second: below {COMPILE_TARGET:g} s). Load average {show_load(load['before'])} before, "
-        f"{show_load(load['after'])} after.",
+        f"second: below {COMPILE_TARGET:g} s). Load average {bench.format_load(load['before'])} before, "
+        f"{bench.format_load(load['after'])} after.",
     ]
     return "\n".join(lines)
 
@@ -175,11 +171,7 @@ def ceiling(spec: str, batch: int, rounds: int = 5) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
     net = incdsl_load(spec)
-    torch.manual_seed(0)
-    plain = build_module(net).eval()
-    optimized = build_module(net, optimize=True)
-    optimized.load_state_dict(plain.state_dict())
-    builds = {"plain": plain, "optimized": optimized}
+    builds = dict(zip(("plain", "optimized"), bench.builds(net)))
     x = torch.randn(batch, *net.input.as_list())
     row: dict = {"spec": spec, "batch": batch, "macs": stats(spec).macs}
     with torch.inference_mode():
@@ -252,7 +244,7 @@ def conditions_markdown(results: list[bench.BenchResult]) -> str:
     for r in results:
         lines.append(
             f"| {Path(r.spec).stem} | {r.started} | {r.rounds} | >= {r.min_time:g} | "
-            f"{show_load(list(r.load_before))} | {show_load(list(r.load_after))} |"
+            f"{bench.format_load(r.load_before)} | {bench.format_load(r.load_after)} |"
         )
     return "\n".join(lines)
 

@@ -179,16 +179,13 @@ def run(
 def _run(target, batches, train_batch, rounds, compile, min_time, seed, train_compile, default, say):
     import torch
 
-    from . import build_module, load, report
+    from . import load, report
 
     net = load(target)
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     load_before = os.getloadavg()
     source = source_seconds(target)
-    torch.manual_seed(seed)
-    plain = build_module(net).eval()
-    optimized = build_module(net, optimize=True)
-    optimized.load_state_dict(plain.state_dict())
+    plain, optimized = builds(net, seed)
     bench = _Bench(net, rounds, min_time, say)
     measurements = []
     for batch in batches:
@@ -217,6 +214,20 @@ def _run(target, batches, train_batch, rounds, compile, min_time, seed, train_co
         load_after=os.getloadavg(),
         started=started,
     )
+
+
+def builds(net: Network, seed: int = SEED):
+    """The plain build in eval mode and the optimized build, holding the same weights (the plain
+    one's, drawn after ``torch.manual_seed(seed)``)."""
+    import torch
+
+    from . import build_module
+
+    torch.manual_seed(seed)
+    plain = build_module(net).eval()
+    optimized = build_module(net, optimize=True)
+    optimized.load_state_dict(plain.state_dict())
+    return plain, optimized
 
 
 def source_seconds(
@@ -288,13 +299,18 @@ def format_ratio(ratio: Spread) -> str:
 
 def conditions(result: BenchResult) -> str:
     """How and where it was measured, in one line."""
-    load = "/".join(f"{x:.1f}" for x in result.load_before), "/".join(f"{x:.1f}" for x in result.load_after)
+    load = format_load(result.load_before), format_load(result.load_after)
     return (
         f"{result.machine}; torch {result.torch}, {threads(result)}; "
         f"{result.rounds} round{'s' * (result.rounds != 1)} of at least {result.min_time:g} s per variant, "
         "interleaved; "
         f"load average (1/5/15 min) {load[0]} before, {load[1]} after"
     )
+
+
+def format_load(load: Sequence[float]) -> str:
+    """A load average (1, 5 and 15 minutes) as ``1.2/1.3/1.6``."""
+    return "/".join(f"{x:.1f}" for x in load)
 
 
 def threads(result: BenchResult) -> str:
@@ -452,19 +468,14 @@ class _Bench:
 
     def train_step(self, model, x, labels) -> Callable[[], None]:
         import torch
-        import torch.nn.functional as F
+
+        from .train.losses import training_loss
 
         optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9)
         weights = {aux.name: aux.weight for aux in self.net.auxes}
 
         def step() -> None:
-            outputs = model(x)
-            if isinstance(outputs, tuple):  # the aux heads' logits too
-                loss = F.cross_entropy(outputs[0], labels)
-                for name, weight in weights.items():
-                    loss = loss + weight * F.cross_entropy(getattr(outputs, name), labels)
-            else:
-                loss = F.cross_entropy(outputs, labels)
+            loss = training_loss(model(x), labels, weights, 0.0)  # the trainer's: aux heads weighted
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -17,8 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
@@ -49,6 +48,7 @@ from incdsl.train.distributed import (
 from incdsl.train.ema import EMA
 from incdsl.train.evaluate import autocast, evaluate
 from incdsl.train.logs import METRICS, MetricsLog, progress, read_metrics, say, summary, warn
+from incdsl.train.losses import training_loss
 from incdsl.train.models import ModelBundle, load_model
 from incdsl.train.recipes import Recipe, build_optimizer, build_scheduler, get_recipe
 from incdsl.train.views import eval_view, train_view
@@ -353,18 +353,6 @@ def seed_epoch(seed: int, epoch: int, rank: int) -> torch.Generator:
     np.random.seed(global_seed)
     torch.manual_seed(global_seed)
     return torch.Generator().manual_seed(augment_seed)
-
-
-def training_loss(
-    outputs: Tensor | tuple, labels: Tensor, aux_weights: dict[str, float], smoothing: float
-) -> Tensor:
-    """The main head's cross-entropy plus each auxiliary head's, weighted as the spec says."""
-    if not isinstance(outputs, tuple):
-        return F.cross_entropy(outputs, labels, label_smoothing=smoothing)
-    loss = F.cross_entropy(outputs.logits, labels, label_smoothing=smoothing)
-    for name, weight in aux_weights.items():
-        loss = loss + weight * F.cross_entropy(getattr(outputs, name), labels, label_smoothing=smoothing)
-    return loss
 
 
 def check_run_dir(run_dir: Path, resume: bool) -> None:
