@@ -148,6 +148,7 @@ class BlockClass:
 
     attrs: Scope | None = field(default=None, repr=False)
     body: Seq | None = field(default=None, repr=False)
+    locals: Scope | None = field(default=None, repr=False)  # its forward's variables (allocated with name)
     name: str = ""  # the Python class name (allocated once the network is built)
     params: tuple[tuple[str, str], ...] = ()  # (name, 'int' | 'float'), the template's order, but fixed
     uses_classes: bool = False  # takes num_classes too
@@ -205,6 +206,7 @@ class ModelClass:
     auxes: tuple[AuxHead, ...]
     dropout: float | None  # the default of the ``dropout`` argument, when there is one
     attrs: Scope | None = field(default=None, repr=False)
+    locals: Scope | None = field(default=None, repr=False)  # its forward's variables (the aux heads')
 
 
 @dataclass(eq=False)
@@ -784,7 +786,8 @@ class _Names:
             cls.name = self.file.claim(class_name(_class_stem(cls, self.blocks)), what, cls.template.span)
         for cls in self.blocks:
             self._parameters(cls)
-            _locals(cls.body, locals_scope())
+            cls.locals = locals_scope()
+            _locals(cls.body, cls.locals)
             _stored(cls.body, cls.attrs)
         self._auxes()
 
@@ -796,7 +799,7 @@ class _Names:
 
     def _auxes(self) -> None:
         fields = Scope("output fields", {"logits": "the main output"})
-        local = locals_scope()
+        local = self.model.locals = locals_scope()
         auxes = []
         for aux in self.model.auxes:
             span = aux.source.name.span

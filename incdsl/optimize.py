@@ -33,12 +33,14 @@ from .symbols import Scope
 @dataclass(frozen=True, eq=False)
 class Group:
     """Branches of one Fork whose first layers, 1x1 convolutions of its input, run as one.
-    ``name`` prefixes the attributes that hold the fused weight and bias (allocated in the class)."""
+    ``name`` prefixes the attributes that hold the fused weight and bias, ``var`` is the forward's
+    variable for the fused output (both allocated in the class, beside its own names)."""
 
     fork: Fork
     branches: tuple[Branch, ...]
     heads: tuple[Layer, ...]
     name: str
+    var: str
 
 
 @dataclass
@@ -69,10 +71,12 @@ def _foldable(layer: Layer) -> bool:
 
 def fuse_siblings(net: Network, plan: Plan, minimum: int = 2) -> Plan:
     """Groups of at least ``minimum`` branches whose heads are folded 1x1 convolutions of the fork's
-    input with the same activation; each group gets a fresh attribute name in its class."""
-    scopes: dict[int, Scope] = {}
+    input with the same activation; each group gets a fresh attribute name and a fresh local
+    variable in its class."""
+    scopes: dict[int, tuple[Scope, Scope]] = {}
     for cls, body in _classes(net):
-        names = scopes.setdefault(id(cls), cls.attrs.copy())  # fresh names, the IR's scope untouched
+        # fresh names in copies: the IR's scopes stay untouched (one Network compiles to both builds)
+        names, local = scopes.setdefault(id(cls), (cls.attrs.copy(), cls.locals.copy()))
         for fork in (n for n in walk(body) if isinstance(n, Fork)):
             heads = [(b, _head(b)) for b in fork.branches]
             groups = []
@@ -82,7 +86,8 @@ def fuse_siblings(net: Network, plan: Plan, minimum: int = 2) -> Plan:
                 ]
                 if len(members) >= minimum:
                     branches, layers = zip(*members)
-                    groups.append(Group(fork, branches, layers, names.fresh("fused", "fused 1x1 weights")))
+                    name = names.fresh("fused", "fused 1x1 weights")
+                    groups.append(Group(fork, branches, layers, name, local.fresh(name)))
             if groups:
                 plan.fused[fork] = tuple(groups)
                 plan.owners[fork] = cls

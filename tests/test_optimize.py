@@ -59,6 +59,24 @@ def test_fused_names_are_fresh_in_their_class():
     assert optimize(net).groups(net.blocks[0])[0].name == "fused_2"  # the IR's own names are untouched
 
 
+def test_the_fused_output_gets_a_fresh_local_in_its_forward():
+    """Allocated in a copy of the class's locals scope, beside the forward's own variables (the
+    branch outputs); the IR's scope is left as it was."""
+    text = (
+        "input 8x8x4\ndefaults conv: bn\ntemplate t { branch fused: conv 1x1 4; branch b: conv 1x1 4 }\nt\n"
+    )
+    net = incdsl.from_text(text, "n.inc")
+    (group,) = optimize(net).groups(net.blocks[0])
+    assert "fused" in net.blocks[0].locals and group.var == "fused_2"
+    assert "fused_2" not in net.blocks[0].locals
+    plain = randomised(incdsl.build_module(net)).eval()
+    fast = incdsl.build_module(net, optimize=True)
+    fast.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 4, 8, 8)
+    with torch.inference_mode():
+        assert torch.allclose(fast(x), plain(x), atol=1e-5)
+
+
 def test_channels_last_is_a_decision_of_its_own():
     assert use_channels_last(incdsl.load("mini_googlenet"), Plan()).channels_last
 

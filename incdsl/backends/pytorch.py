@@ -457,10 +457,9 @@ class OptimizedWriter(Writer):
         self.plan = plan
         self.fused_heads = {b: g for groups in plan.fused.values() for g in groups for b in g.branches}
         self.prepare: list[str] = []  # the current class's prepare() lines
-        self.taken: set[str] = set()  # its forward's locals
 
     def block_class(self, cls: BlockClass) -> dict:
-        self.prepare, self.taken = [], _locals_of(cls.body)
+        self.prepare = []
         view = super().block_class(cls)
         if self.prepare:
             self.used.add("prepared")
@@ -523,7 +522,7 @@ class OptimizedWriter(Writer):
 
     def fused_group(self, group, src: str) -> Code:
         """One 1x1 convolution for the group's heads, its output split into their branches' variables."""
-        name, tmp = group.name, _fresh(group.name, self.taken)
+        name, tmp = group.name, group.var
         sizes = ", ".join(literal(h.op["out"]) for h in group.heads)
         heads = [self.head_module(b) for b in group.branches]
         layout = ".contiguous(memory_format=torch.channels_last)" if self.plan.channels_last else ""
@@ -581,20 +580,6 @@ class OptimizedWriter(Writer):
             self.used.add("F")
             return f"F.relu({expr}, inplace=True)"
         return expr
-
-
-def _locals_of(body: Node) -> set[str]:
-    from ..ir import walk
-
-    return {n.var for n in walk(body) if isinstance(n, Branch)} | {"x", "self"}
-
-
-def _fresh(base: str, taken: set[str]) -> str:
-    name, i = base, 2
-    while name in taken:
-        name, i = f"{base}_{i}", i + 1
-    taken.add(name)
-    return name
 
 
 def _prepare_method(lines: list[str]) -> tuple[str, ...]:
