@@ -130,7 +130,19 @@ def _conv(op, x, y, c: Context) -> Saves:
         own.append(("bf16 weight", _weights(op, x, y) * 2))
     if op["bn"] and s.training:
         own += [("conv output (batch_norm's input)", out), ("mean, invstd", 2 * y.channels * FLOAT32_BYTES)]
-    return Saves("cast", bool(op["relu"]), tuple(own), width, _conv_work(op, x, y, c))
+    kept, own = _activation_kept(op["act"], out, own, c)
+    return Saves("cast", kept, tuple(own), width, _conv_work(op, x, y, c))
+
+
+def _activation_kept(name: str | None, out: int, own: list, c: Context) -> tuple[bool, list]:
+    """A conv's or linear layer's activation: ReLU (in place) keeps its result, the layer's output;
+    an activation whose backward needs its input keeps the pre-activation tensor (training only)."""
+    if name is None:
+        return False, own
+    saves = L.ACTIVATIONS[name].saves
+    if saves == "input" and c.setting.training:
+        own = [*own, (f"{name}'s input", out)]
+    return saves == "output", own
 
 
 def _conv_work(op, x, y, c: Context) -> int:
@@ -182,9 +194,27 @@ def _lrn(op, x, y, c: Context) -> Saves:
     return Saves("kept", own=own if c.setting.training else (), width=FLOAT32_BYTES, work=2 * out)
 
 
-def _relu(op, x, y, c: Context) -> Saves:
-    """relu (out of place: its input may feed another branch): its result."""
-    return Saves(output=True)
+def _activation(op, x, y, c: Context) -> Saves:
+    """An activation on its own row (out of place: its input may feed another branch): its result
+    (relu, sigmoid, tanh), or its input (relu6, silu, gelu, hardswish, ...), as the layer table says;
+    the identity returns its input."""
+    saves = op.kind.saves
+    if saves == "none":
+        return IDENTITY
+    return Saves("kept") if saves == "input" else Saves(output=True)
+
+
+def _batch_norm(op, x, y, c: Context) -> Saves:
+    """batch_norm in training: its input, save_mean and save_invstd (float32, one per channel); in
+    eval mode it keeps nothing."""
+    if not c.setting.training:
+        return Saves()
+    return Saves("kept", own=(("mean, invstd", 2 * x.channels * FLOAT32_BYTES),))
+
+
+def _flatten(op, x, y, c: Context) -> Saves:
+    """flatten: a view of its input."""
+    return IDENTITY
 
 
 def _dropout(op, x, y, c: Context) -> Saves:
@@ -200,8 +230,9 @@ def _linear(op, x, y, c: Context) -> Saves:
     """linear (addmm): its input, flattened (a view), and its weight (autocast: bf16 copies); with
     relu (in place): its result."""
     s = c.setting
-    own = (("bf16 weight", y.channels * x.numel * 2),) if s.autocast and s.training else ()
-    return Saves("cast", bool(op["relu"]), own, s.width)
+    own = [("bf16 weight", y.channels * x.numel * 2)] if s.autocast and s.training else []
+    kept, own = _activation_kept(op["act"], c.size(y, s.width), own, c)
+    return Saves("cast", kept, tuple(own), s.width)
 
 
 IDENTITY = Saves(alias=True)
@@ -215,6 +246,12 @@ def _identity(op, x, y, c: Context) -> Saves:
 def _concat(op, shapes, y, c: Context) -> Saves:
     """torch.cat: nothing (its backward slices the gradient by sizes)."""
     return Saves()
+
+
+def _mul(op, shapes, y, c: Context) -> Saves:
+    """``gate * x``: mul keeps both operands (the gate, N x C x 1 x 1, and x), counted where they were
+    made."""
+    return Saves("kept")
 
 
 def _add(op, shapes, y, c: Context) -> Saves:
@@ -232,12 +269,15 @@ SAVES: dict[type, Rule] = {
     L.AvgPool: _avg_pool,
     L.AdaptiveAvgPool: _adaptive_avg_pool,
     L.LRN: _lrn,
-    L.ReLU: _relu,
+    L.Activation: _activation,
+    L.BatchNorm: _batch_norm,
+    L.Flatten: _flatten,
     L.Dropout: _dropout,
     L.Linear: _linear,
     L.Softmax: _identity,
     L.Concat: _concat,
     L.Add: _add,
+    L.Mul: _mul,
 }
 
 
@@ -512,6 +552,8 @@ class _Walk:
         saves = rule(fork.merge.kind)(fork.merge, shapes, fork.facts.output, context)
         entry = self._entry(fork.key, fork.merge.kind.name, fork.facts.output, max(o.width for o in outs))
         entry.kept = self.setting.training and saves.output
+        for out in outs if self.setting.training and saves.input else ():
+            out.entry.kept = True
         entry.work = saves.work
         return _Value(entry), max(work, held + entry.output + saves.work), held
 

@@ -13,10 +13,11 @@ from .errors import Span
 
 @dataclass(frozen=True)
 class Size:
-    """``HxW`` or ``HxWxC``, with an optional ``/stride``."""
+    """``HxW`` or ``HxWxC``, with an optional ``/stride``. Inside a template a size may name parameters
+    (``kxk``, ``3x3/s``); once bound, its dimensions and stride are numbers or symbolic values."""
 
-    dims: tuple[int, ...]
-    stride: int | None = None
+    dims: tuple
+    stride: object = None
 
     def __str__(self) -> str:
         text = "x".join(map(str, self.dims))
@@ -30,7 +31,25 @@ class Ref:
     name: str
 
 
-Value = int | float | Size | Ref
+@dataclass(frozen=True)
+class Binary:
+    """``left OP right``: arithmetic in an argument (``w*4``, ``c//r``, ``(k-1)//2``); ``SIZE/s`` is a
+    size with the stride ``s``."""
+
+    op: str  # + - * / // %
+    left: Value
+    right: Value
+
+
+@dataclass(frozen=True)
+class Apply:
+    """``fn(arg, ...)``: one of the spec language's functions (``make_divisible(c*t, 8)``, ``max``)."""
+
+    fn: str
+    args: tuple[Value, ...]
+
+
+Value = int | float | Size | Ref | Binary | Apply
 
 
 @dataclass(frozen=True)
@@ -84,6 +103,18 @@ class Residual:
     items: tuple[Item, ...]
     args: tuple[Arg, ...]
     span: Span = field(compare=False)
+    merge: str = "add"  # the merge kind: add (residual), mul (gate: x * body(x))
+
+
+@dataclass(frozen=True)
+class Sequential:
+    """``sequential NAME { rows }``: an ``nn.Sequential`` whose positions are the rows, in order. At the
+    top level its rows are the network's stages (see :attr:`Row.sequence`); inside a template it is
+    one attribute, run as one module."""
+
+    name: Name
+    items: tuple[Item, ...]
+    span: Span = field(compare=False)
 
 
 @dataclass(frozen=True)
@@ -93,9 +124,10 @@ class Shortcut:
     items: tuple[Row, ...]
     span: Span = field(compare=False)
     name: Name | None = None
+    args: tuple[Arg, ...] = ()  # when=FLAG: the projection only where the flag is 1
 
 
-Item = Row | Branch | Residual | Shortcut
+Item = Row | Branch | Residual | Shortcut | Sequential
 
 
 @dataclass(frozen=True)
@@ -108,6 +140,7 @@ class Template:
     body: tuple[Item, ...]
     span: Span = field(compare=False)
     titles: tuple[str | None, ...] = ()
+    sequential: bool = False  # an nn.Sequential: its rows are positions 0, 1, 2, ...
 
     def title(self, param: str) -> str | None:
         titles = dict(zip(self.params, self.titles))

@@ -32,12 +32,31 @@ def format_spec(spec: ast.Spec) -> str:
     return "\n\n".join("\n".join(s) for s in sections if s) + "\n"
 
 
+_PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2, "//": 2, "%": 2}
+MERGE_WORDS = {"add": "residual", "mul": "gate"}
+
+
 def _value(value: ast.Value) -> str:
+    """A value as written, arithmetic without blanks (``w*4``), parenthesised only where needed."""
     if isinstance(value, ast.Ref):
         return value.name
     if isinstance(value, float):
         return repr(value)
+    if isinstance(value, ast.Binary):
+        level = _PRECEDENCE[value.op]
+        return f"{_operand(value.left, level)}{value.op}{_operand(value.right, level + 1)}"
+    if isinstance(value, ast.Apply):
+        return f"{value.fn}({', '.join(_value(a) for a in value.args)})"
+    if isinstance(value, ast.Size):
+        dims = "x".join(_value(d) for d in value.dims)
+        return dims if value.stride is None else f"{dims}/{_operand(value.stride, 3)}"
     return str(value)
+
+
+def _operand(value: ast.Value, level: int) -> str:
+    inner = _PRECEDENCE.get(value.op, 3) if isinstance(value, ast.Binary) else 3
+    negative = isinstance(value, (int, float)) and value < 0
+    return f"({_value(value)})" if inner < level or negative else _value(value)
 
 
 def _args(args: tuple[ast.Arg, ...]) -> str:
@@ -73,11 +92,16 @@ def _items(items: tuple[ast.Item, ...], depth: int) -> list[str]:
             lines.append(pad + _row(item))
             continue
         if isinstance(item, ast.Residual):
-            head = f"residual {_args(item.args)}".rstrip()
+            head = f"{MERGE_WORDS[item.merge]} {_args(item.args)}".rstrip()
             lines += [f"{pad}{head} {{", *_items(item.items, depth + 1), pad + "}"]
+            continue
+        if isinstance(item, ast.Sequential):
+            lines += [f"{pad}sequential {item.name.text} {{", *_items(item.items, depth + 1), pad + "}"]
             continue
         word = "shortcut" if isinstance(item, ast.Shortcut) else "branch"
         name = f" {item.name.text}" if item.name else ""
+        if isinstance(item, ast.Shortcut) and item.args:
+            name += " " + _args(item.args)
         if len(item.items) == 1 and isinstance(item.items[0], ast.Row):
             lines.append(f"{pad}{word}{name}: {_row(item.items[0])}")
             continue
@@ -90,7 +114,8 @@ def _items(items: tuple[ast.Item, ...], depth: int) -> list[str]:
 def _template(template: ast.Template) -> list[str]:
     params = [p if t is None else f'{p} "{t}"' for p, t in zip(template.params, _titles(template))]
     head = f"({', '.join(params)})" if params else ""
-    return [f"template {template.name}{head} {{", *_items(template.body, 1), "}"]
+    sequential = " sequential" if template.sequential else ""
+    return [f"template {template.name}{head}{sequential} {{", *_items(template.body, 1), "}"]
 
 
 def _titles(template: ast.Template) -> tuple:

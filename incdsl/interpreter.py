@@ -126,7 +126,45 @@ def _conv(run: Interpreter, op: L.Op, x: Tensor, t: dict) -> Tensor:
             BN_MOMENTUM,
             op["eps"],
         )
-    return F.relu(y) if op["relu"] else y
+    return activate(op["act"], y)
+
+
+def activate(name: str | None, x: Tensor, op: L.Op | None = None) -> Tensor:
+    """``x`` through the activation ``name`` (None: unchanged), from the layer table's entry."""
+    if name is None:
+        return x
+    kind = L.ACTIVATIONS[name]
+    if not kind.function:
+        return x
+    module, function = kind.function.split(".")
+    options = {kind.keywords[k]: (op[k] if op is not None else v) for k, v in kind.options.items()}
+    return getattr(_NAMESPACES[module], function)(x, **options)
+
+
+_NAMESPACES = {"F": F, "torch": torch}
+
+
+def _activation(run, op, x, t):
+    return activate(op.kind.name, x, op)
+
+
+def _batch_norm(run, op, x, t):
+    if run.training:
+        t[BATCHES].add_(1)
+    return F.batch_norm(
+        x,
+        t[RUNNING_MEAN],
+        t[RUNNING_VAR],
+        t[NORM_WEIGHT],
+        t[NORM_BIAS],
+        run.training,
+        op["momentum"],
+        op["eps"],
+    )
+
+
+def _flatten(run, op, x, t):
+    return x.flatten(1)
 
 
 def _max_pool(run, op, x, t):
@@ -136,10 +174,6 @@ def _max_pool(run, op, x, t):
 def _avg_pool(run, op, x, t):
     include_pad = not op["exclude_pad"]
     return F.avg_pool2d(x, op["kernel"], op["stride"], op["pad"], op["ceil"], include_pad)
-
-
-def _relu(run, op, x, t):
-    return F.relu(x)
 
 
 def _adaptive_avg_pool(run, op, x, t):
@@ -156,7 +190,7 @@ def _dropout(run, op, x, t):
 
 def _linear(run, op, x, t):
     y = F.linear(x.flatten(1), t[WEIGHT], t.get(BIAS))
-    return F.relu(y) if op["relu"] else y
+    return activate(op["act"], y)
 
 
 def _identity(run, op, x, t):
@@ -169,20 +203,33 @@ _OPS = {
     L.AvgPool: _avg_pool,
     L.AdaptiveAvgPool: _adaptive_avg_pool,
     L.LRN: _lrn,
-    L.ReLU: _relu,
+    L.Activation: _activation,
+    L.BatchNorm: _batch_norm,
+    L.Flatten: _flatten,
     L.Dropout: _dropout,
     L.Linear: _linear,
     L.Softmax: _identity,
 }
 
 
+def _shortcut_and_body(merge: L.Op, outputs: list[Tensor]) -> tuple[Tensor, Tensor]:
+    i = merge["shortcut"]
+    return outputs[i], outputs[1 - i]
+
+
 def _add(merge: L.Op, outputs: list[Tensor]) -> Tensor:
-    shortcut, body = outputs
+    shortcut, body = _shortcut_and_body(merge, outputs)
     y = body * merge["scale"] + shortcut
     return F.relu(y) if merge["relu"] else y
+
+
+def _mul(merge: L.Op, outputs: list[Tensor]) -> Tensor:
+    shortcut, body = _shortcut_and_body(merge, outputs)
+    return body * shortcut
 
 
 _MERGES = {
     L.Concat: lambda merge, outputs: torch.cat(outputs, 1),
     L.Add: _add,
+    L.Mul: _mul,
 }

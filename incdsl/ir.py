@@ -47,9 +47,23 @@ from types import MappingProxyType
 
 from . import ast
 from .errors import IncdslError, Span, SpecArgumentError, SpecNameError, SpecSyntaxError, did_you_mean
-from .layers import KINDS, MERGES, Add, Dropout, Op, Shape, Tensor, bind, check_defaults, resolve
+from .layers import (
+    ACT,
+    KINDS,
+    MERGES,
+    SHORTCUT,
+    Dropout,
+    Op,
+    Shape,
+    Tensor,
+    bind,
+    check_defaults,
+    known,
+    resolve,
+    value_of,
+)
 from .naming import BranchPlan, Member, ResidualPlan, plan_block, stage_name
-from .symbolic import Expr, Num, Sym
+from .symbolic import Expr, Num, Sym, Word, names, symbolic
 from .symbols import (
     Scope,
     attributes_scope,
@@ -293,8 +307,8 @@ def _flow(g, node: Node, source: str, stage: str, aux: str | None) -> str:
     if isinstance(node, Fork):
         outputs = [_flow(g, branch, source, stage, aux) for branch in node.branches]
         g.add_node(node.key, node=node, stage=stage, aux=aux)
-        for i, output in enumerate(outputs):  # a residual's first branch is its shortcut
-            g.add_edge(output, node.key, shortcut=i == 0 and isinstance(node.merge.kind, Add))
+        for i, output in enumerate(outputs):  # a residual's or a gate's input, or its projection
+            g.add_edge(output, node.key, shortcut=i == node.merge.args.get("shortcut"))
         return node.key
     return _flow(g, node.body, source, stage, aux)
 
@@ -437,7 +451,7 @@ class _Builder:
         template = self.templates.get(row.kind)
         if template is not None:
             return self._call(template, row, attr, frame)
-        if row.kind not in KINDS:
+        if row.kind not in KINDS and row.kind != ACT:
             raise SpecNameError(
                 f"unknown layer kind or template '{row.kind}'",
                 row.span,
@@ -465,17 +479,34 @@ class _Builder:
         merge = bind(MERGES["concat"], (), (), frame.env, None, first)
         return Fork(first, branches, merge, _join(frame.key, f"concat@{first.line}:{first.column}"))
 
-    def _residual(self, plan: ResidualPlan, frame: _Frame) -> Fork:
-        """``act(shortcut(x) + scale * body(x))`` as a Fork: the shortcut first, then the body."""
-        span = plan.residual.span
+    def _residual(self, plan: ResidualPlan, frame: _Frame) -> Node:
+        """A merge of the block's input with its body as a Fork: ``act(shortcut(x) + scale * body(x))``
+        (a residual), ``x * body(x)`` (a gate). Its branches are in the order written, so modules are
+        registered (and state_dict keys listed) as the spec reads: an identity shortcut first, a
+        projection where it is written. With ``when=0`` the block is its body alone."""
+        residual = plan.residual
+        span = residual.span
+        merge = bind(MERGES[residual.merge], (), residual.args, frame.env, frame.origins, span)
+        if known(merge["when"]) and not merge["when"]:
+            return self._seq(plan.body, frame, span)
+        projected = plan.shortcut is not None and self._projects(plan.residual, frame)
         with self._deeper(span):
-            if plan.shortcut is None:
+            if not projected:
                 shortcut = Branch(span, Seq(span, ()), None, var_hint="identity")
             else:
                 shortcut = self._branch(plan.shortcut, frame)
             body = Branch(span, self._seq(plan.body, frame, span), None, var_hint="out")
-        merge = bind(MERGES["add"], (), plan.residual.args, frame.env, frame.origins, span)
-        return Fork(span, (shortcut, body), merge, _join(frame.key, f"add@{span.line}:{span.column}"))
+        branches = (body, shortcut) if projected and plan.shortcut_last else (shortcut, body)
+        merge = replace(merge, args=MappingProxyType({**merge.args, "shortcut": branches.index(shortcut)}))
+        key = _join(frame.key, f"{residual.merge}@{span.line}:{span.column}")
+        return Fork(span, branches, merge, key)
+
+    @staticmethod
+    def _projects(residual: ast.Residual, frame: _Frame) -> bool:
+        """Whether the residual's shortcut line is in force (its ``when=``, a number or a flag)."""
+        item = next(i for i in residual.items if isinstance(i, ast.Shortcut))
+        when = bind(SHORTCUT, (), item.args, frame.env, frame.origins, item.span)["when"]
+        return not known(when) or bool(when)
 
     def _branch(self, plan: BranchPlan, frame: _Frame) -> Branch:
         inner = frame if plan.attr is None else frame.inside(plan.attr)
@@ -505,11 +536,11 @@ class _Builder:
         flags = self._flag_params(template)
         fixed = {}
         for param, value in args.items():
-            if param in flags and value not in (0, 1) and not isinstance(value, Sym):
+            if param in flags and value not in (0, 1) and not symbolic(value):
                 raise SpecArgumentError(
                     f"'{param}' is a flag of template '{template.name}': 0 or 1, not {value}", origins[param]
                 )
-            if param in flags or (value == 0 and not isinstance(value, (float, Sym))):
+            if param in flags or isinstance(value, Word) or (value == 0 and not isinstance(value, float)):
                 fixed[param] = value
         return fixed
 
@@ -519,7 +550,10 @@ class _Builder:
             self.flag_params[template.name] = frozenset()  # a recursive template is refused later
             used = set()
             for item in _items(template.body):
-                kind = MERGES["add"] if isinstance(item, ast.Residual) else KINDS.get(item.kind)
+                if isinstance(item, ast.Shortcut):
+                    kind = SHORTCUT
+                else:
+                    kind = MERGES[item.merge] if isinstance(item, ast.Residual) else KINDS.get(item.kind)
                 callee = self.templates.get(item.kind) if isinstance(item, ast.Row) else None
                 flags = self._flag_params(callee) if callee else kind.flags() if kind else frozenset()
                 named = dict(zip(callee.params, (a for a in item.args if a.key is None))) if callee else {}
@@ -539,7 +573,8 @@ class _Builder:
         if key in self.classes:
             return self.classes[key]
         attrs = attributes_scope()
-        cls = BlockClass(template, plan_block(template.body, attrs), MappingProxyType(dict(fixed)), attrs)
+        plan = plan_block(template.body, attrs, positional=template.sequential)
+        cls = BlockClass(template, plan, MappingProxyType(dict(fixed)), attrs)
         self.classes[key] = cls
         flags = self._flag_params(template)
         env = {p: fixed.get(p, Sym(p)) for p in template.params}
@@ -656,13 +691,9 @@ def _row_groups(rows: tuple[ast.Row, ...]) -> dict[Span, int]:
 
 
 def _value(arg: ast.Arg, env) -> Num:
-    value = arg.value
-    if isinstance(value, ast.Ref):
-        if value.name not in env:
-            raise SpecNameError(f"unknown name '{value.name}'", arg.span, did_you_mean(value.name, env))
-        return env[value.name]
+    value = value_of(arg.value, env, arg.span)
     if isinstance(value, ast.Size):
-        raise SpecArgumentError("template arguments are numbers, not sizes", arg.span)
+        raise SpecArgumentError("template arguments are numbers (or activations), not sizes", arg.span)
     return value
 
 
@@ -673,12 +704,15 @@ def _zero_width(plan: BranchPlan, env: Mapping[str, Num]) -> bool:
         row = member.row
         if row is None or row.kind not in KINDS:
             continue
-        names = [p.name for p in KINDS[row.kind].positional]
+        params = [p.name for p in KINDS[row.kind].positional]
         values = [a for a in row.args if a.key is None]
-        if "out" in names and len(values) > names.index("out"):
-            arg = values[names.index("out")]
-            value = env.get(arg.value.name) if isinstance(arg.value, ast.Ref) else arg.value
-            if value == 0 and not isinstance(value, (float, Sym)):
+        if "out" in params and len(values) > params.index("out"):
+            arg = values[params.index("out")]
+            try:
+                value = value_of(arg.value, env, arg.span)
+            except IncdslError:
+                continue  # reported where the row is built
+            if value == 0 and not isinstance(value, float):
                 return True
     return False
 
@@ -717,18 +751,22 @@ def _param_type(body: Seq, param: str) -> str:
     for node in walk(body):
         if isinstance(node, (Layer, Fork)):
             op = node.op if isinstance(node, Layer) else node.merge
-            uses |= {op.kind.arg_type(k) for k, v in op.args.items() if v == Sym(param)}
+            uses |= {op.kind.arg_type(k) for k, v in op.args.items() if param in names(v)}
         elif isinstance(node, Call):
             types = dict(node.cls.params)
-            uses |= {types[k] for k, v in node.args.items() if v == Sym(param)}
+            uses |= {
+                types[k] if v == Sym(param) else "int" for k, v in node.args.items() if param in names(v)
+            }
     return "float" if uses == {"float"} else "int"
 
 
 def _mentions(body: Seq, name: Sym) -> bool:
     for node in walk(body):
-        if isinstance(node, Layer) and name in node.op.args.values():
+        if isinstance(node, Layer) and any(name in names(v) for v in node.op.args.values()):
             return True
-        if isinstance(node, Call) and (node.cls.uses_classes or name in node.args.values()):
+        if isinstance(node, Call) and (
+            node.cls.uses_classes or any(name in names(v) for v in node.args.values())
+        ):
             return True
     return False
 
@@ -824,7 +862,7 @@ def _stored(body: Node, attrs: Scope) -> None:
     for node in walk(body):
         if isinstance(node, Fork):
             for key, value in node.merge.args.items():
-                if isinstance(value, Sym):
+                if symbolic(value):
                     node.stored[key] = attrs.fresh(key, f"the stored {key} of a {node.merge.kind.name}")
 
 
@@ -846,7 +884,7 @@ def _variant(cls: BlockClass) -> str:
 def _items(items) -> Iterator:
     """Every row and residual of a template body, nested ones too (the AST's)."""
     for item in items:
-        if isinstance(item, (ast.Row, ast.Residual)):
+        if isinstance(item, (ast.Row, ast.Residual, ast.Shortcut)):
             yield item
-        if isinstance(item, (ast.Branch, ast.Residual, ast.Shortcut)):
+        if isinstance(item, (ast.Branch, ast.Residual, ast.Shortcut, ast.Sequential)):
             yield from _items(item.items)

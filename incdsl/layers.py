@@ -23,9 +23,12 @@ from typing import Any
 
 from . import ast
 from .errors import ShapeError, Span, SpecArgumentError, SpecNameError, did_you_mean
-from .symbolic import Expr, Num, Sym
+from .symbolic import ArithmeticError_, Expr, Num, Sym, Word, apply, symbolic
 
-__all__ = ["KINDS", "MERGES", "Expr", "Kind", "LayerKind", "MergeKind", "Num", "Op", "Shape", "Sym", "Tensor"]
+__all__ = [
+    "ACTIVATIONS", "KINDS", "MERGES", "Activation", "Expr", "Kind", "LayerKind", "MergeKind", "Num", "Op", "Shape",
+    "Sym", "Tensor",
+]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -128,7 +131,9 @@ class LayerKind(Kind):
     identity = False  # True: computes nothing (softmax: the model returns logits, the loss applies it)
     flattens = False  # True: the output is flat (N x C), whatever the input
 
-    def out_channels(self, op: Op, channels: int | Expr) -> int | Expr:
+    def out_channels(self, op: Op, channels: int | Expr, spatial: tuple[int, int] = (1, 1)) -> int | Expr:
+        """Output channels from input channels (an expression inside a class); ``spatial`` is the
+        feature map a flattening kind flattens."""
         return channels
 
     def out_shape(self, op: Op, x: Shape) -> Shape:
@@ -161,8 +166,9 @@ def register(cls: type[LayerKind]) -> type[LayerKind]:
 
 
 def known(value) -> bool:
-    """Whether a value is a number here, not a parameter known only by name."""
-    return not isinstance(value, Sym)
+    """Whether a value is a number here, not a parameter (or an expression of parameters) known only
+    by name."""
+    return not symbolic(value)
 
 
 def _pair(value) -> tuple:
@@ -198,11 +204,12 @@ def _spatial(op: Op, x: Shape, ceil: bool = False) -> tuple[int, int]:
 
 def _kernel_and_stride(args: dict, span: Span) -> None:
     size = args["kernel"]
-    if len(size.dims) != 2 or min(size.dims) < 1:
+    if len(size.dims) != 2 or any(known(d) and not (isinstance(d, int) and d >= 1) for d in size.dims):
         raise SpecArgumentError(f"a kernel is written HxW, like 3x3 or 1x7, not {size}", span)
     args["kernel"], args["stride"] = size.dims, 1 if size.stride is None else size.stride
-    if args["stride"] < 1:
-        raise SpecArgumentError("a stride must be at least 1", span)
+    stride = args["stride"]
+    if known(stride) and not (isinstance(stride, int) and stride >= 1):
+        raise SpecArgumentError(f"a stride is a whole number, at least 1, not {stride}", span)
 
 
 def _padding(args: dict, default: tuple[int, int], span: Span) -> None:
@@ -211,7 +218,7 @@ def _padding(args: dict, default: tuple[int, int], span: Span) -> None:
         args["pad"] = default
     elif isinstance(pad, ast.Size) and len(pad.dims) == 2 and pad.stride is None:
         args["pad"] = pad.dims
-    elif isinstance(pad, int) and pad >= 0:
+    elif not known(pad) or isinstance(pad, int) and not isinstance(pad, bool) and pad >= 0:
         args["pad"] = (pad, pad)
     else:
         raise SpecArgumentError(f"pad is a count (1) or HxW (0x3), not {pad}", span)
@@ -234,33 +241,36 @@ def _positive(args: dict, key: str, spans: Mapping[str, Span], span: Span) -> No
 
 @register
 class Conv(LayerKind):
-    """``conv KxK[/s] C``: convolution, with the network's conv defaults (bias/ReLU or BN+ReLU)."""
+    """``conv KxK[/s] C``: convolution, with the network's conv defaults (bias/ReLU or BN+ReLU). ``act=``
+    names its activation (``relu``, the default, or ``relu6``, ``silu``, ..., ``none``); ``relu`` and
+    ``norelu`` are short for ``act=relu`` and ``act=none``."""
 
     name = "conv"
     positional = (Param("kernel", "size"), Param("out", "int"))
     options = MappingProxyType(
-        {"pad": None, "bias": None, "bn": False, "eps": 1e-5, "relu": True, "groups": 1}
+        {"pad": None, "bias": None, "bn": False, "eps": 1e-5, "relu": True, "act": None, "groups": 1}
     )
 
     def flags(self):
         return super().flags() | {"bias"}  # bias defaults to "unless bn"
 
     def arg_type(self, key):
-        return "int" if key == "pad" else super().arg_type(key)
+        return "int" if key == "pad" else "activation" if key == "act" else super().arg_type(key)
 
     def finish(self, args, op_span, spans):
         _kernel_and_stride(args, spans.get("kernel", op_span))
         kh, kw = args["kernel"]
-        _padding(args, ((kh - 1) // 2, (kw - 1) // 2), spans.get("pad", op_span))
+        _padding(args, (_half(kh), _half(kw)), spans.get("pad", op_span))
         _positive(args, "out", spans, op_span)
         _positive(args, "groups", spans, op_span)
         eps = args["eps"]
         _require(not known(eps) or eps > 0, f"eps must be positive, not {eps}", spans.get("eps", op_span))
         if args["bias"] is None:
             args["bias"] = not args["bn"]
+        _activation_option(args, spans, op_span)
         return args
 
-    def out_channels(self, op, channels):
+    def out_channels(self, op, channels, spatial=(1, 1)):
         return op["out"]
 
     def out_shape(self, op, x):
@@ -269,11 +279,12 @@ class Conv(LayerKind):
         return Shape(op["out"], *_spatial(op, x))
 
     def state(self, op, x, y):
-        """A convolution followed by BN or an activation is a small module (``conv``, ``bn``); a bare
-        convolution is ``nn.Conv2d`` itself, as torchvision lays them out."""
+        """A convolution followed by BN or a ReLU is a small module (``conv``, ``bn``); a bare
+        convolution (another activation is applied to its output) is ``nn.Conv2d`` itself, as
+        torchvision lays them out."""
         kh, kw = op["kernel"]
         out = y.channels
-        wrapped = op["bn"] or op["relu"]
+        wrapped = op["bn"] or op["act"] == "relu"
         conv = "conv." if wrapped else ""
         tensors = [Tensor(conv + "weight", (out, x.channels // op["groups"], kh, kw), WEIGHT)]
         if op["bias"]:
@@ -288,6 +299,26 @@ class Conv(LayerKind):
 
     def depth(self, op):
         return 1
+
+
+def _half(k):
+    """The padding that keeps a size at stride 1: (k - 1) // 2 per side (an expression inside a class)."""
+    return apply("//", apply("-", k, 1), 2)
+
+
+def _activation_option(args: dict, spans: Mapping[str, Span], span: Span) -> None:
+    """``act=NAME`` (or the ``relu``/``norelu`` flags) as ``args["act"]``: an activation's name, or None."""
+    act, relu = args.pop("act"), args.pop("relu")
+    if act is not None and "relu" in spans and "act" in spans:
+        raise SpecArgumentError("write act=NAME or relu/norelu, not both", spans["act"])
+    if act is None:
+        act = "relu" if relu else None
+    elif not isinstance(act, Word):
+        raise SpecArgumentError(
+            f"an activation is a name (act=relu6), not {act}", spans.get("act", span),
+            "options: " + ", ".join([*ACTIVATIONS, "none"]),
+        )  # fmt: skip
+    args["act"] = None if act in NO_ACTIVATION else act if act is None else str(act)
 
 
 def _norm(prefix: str, channels: int) -> list[Tensor]:
@@ -394,18 +425,22 @@ class Dropout(LayerKind):
 
 @register
 class Linear(LayerKind):
-    """``linear N [relu] [nobias]``: fully connected; flattens a spatial input first."""
+    """``linear N [act=NAME | relu] [nobias]``: fully connected; flattens a spatial input first."""
 
     name = "linear"
     positional = (Param("out", "int"),)
-    options = MappingProxyType({"bias": True, "relu": False})
+    options = MappingProxyType({"bias": True, "relu": False, "act": None})
     flattens = True
+
+    def arg_type(self, key):
+        return "activation" if key == "act" else super().arg_type(key)
 
     def finish(self, args, op_span, spans):
         _positive(args, "out", spans, op_span)
+        _activation_option(args, spans, op_span)
         return args
 
-    def out_channels(self, op, channels):
+    def out_channels(self, op, channels, spatial=(1, 1)):
         return op["out"]
 
     def out_shape(self, op, x):
@@ -425,10 +460,98 @@ class Linear(LayerKind):
 
 
 @register
-class ReLU(LayerKind):
-    """``relu``: a rectifier on its own row (after a convolution written ``norelu``, say)."""
+class Flatten(LayerKind):
+    """``flatten``: a feature map to a vector (C x H x W values), as ``torch.flatten(x, 1)``."""
 
-    name = "relu"
+    name = "flatten"
+    flattens = True
+
+    def out_channels(self, op, channels, spatial=(1, 1)):
+        return Expr.of(channels) * (spatial[0] * spatial[1])
+
+    def out_shape(self, op, x):
+        return Shape(x.channels if x.flat else x.numel, 1, 1, flat=True)
+
+
+@register
+class BatchNorm(LayerKind):
+    """``batchnorm [eps=] [momentum=]``: batch normalisation on its own row (``nn.BatchNorm2d``, or
+    ``BatchNorm1d`` after a linear layer), as torchvision's ResNets and pre-activation networks write it."""
+
+    name = "batchnorm"
+    options = MappingProxyType({"eps": 1e-5, "momentum": 0.1})
+
+    def finish(self, args, op_span, spans):
+        eps, momentum = args["eps"], args["momentum"]
+        _require(not known(eps) or eps > 0, f"eps must be positive, not {eps}", spans.get("eps", op_span))
+        ok = not known(momentum) or 0 <= momentum <= 1
+        _require(ok, f"momentum is in [0, 1], not {momentum}", spans.get("momentum", op_span))
+        return args
+
+    def state(self, op, x, y):
+        return tuple(_norm("", x.channels))
+
+
+class Activation(LayerKind):
+    """An elementwise nonlinearity: a row of its own (``relu6``), or a conv's or linear layer's
+    ``act=``. Each is one :func:`activation` line below: its name, PyTorch's module and function for
+    it, its options (and their PyTorch keywords), and what autograd keeps for its backward (its
+    ``output`` or its ``input``). Every backend spells an activation from these fields alone."""
+
+    torch = ""  # the nn module: nn.<torch>(...)
+    function = ""  # the functional form: F.relu6, torch.sigmoid ("" for the identity)
+    keywords: Mapping[str, str] = MappingProxyType({})  # option -> the PyTorch keyword it is given as
+    saves = "output"  # what its backward needs: "output", "input" or "none"
+    title = ""
+
+
+ACTIVATIONS: dict[str, Activation] = {}
+NO_ACTIVATION = ("none", "identity")  # act=none (or identity): no activation
+
+
+def activation(name: str, torch: str, function: str, saves: str = "output", title: str = "", **options):
+    """Register an activation kind (see :class:`Activation`); options are ``spec_name=(default,
+    "pytorch_keyword")``."""
+    kind = type(
+        torch,
+        (Activation,),
+        {
+            "__doc__": f"``{name}``: {title or name} (``nn.{torch}``).",
+            "name": name,
+            "torch": torch,
+            "function": function,
+            "saves": saves,
+            "title": title or name,
+            "options": MappingProxyType({k: default for k, (default, _) in options.items()}),
+            "keywords": MappingProxyType({k: keyword for k, (_, keyword) in options.items()}),
+        },
+    )
+    register(kind)
+    ACTIVATIONS[name] = KINDS[name]
+    return kind
+
+
+ReLU = activation("relu", "ReLU", "F.relu")
+activation("relu6", "ReLU6", "F.relu6", saves="input", title="ReLU6")
+activation("silu", "SiLU", "F.silu", saves="input", title="SiLU")
+activation("sigmoid", "Sigmoid", "torch.sigmoid")
+activation("hardswish", "Hardswish", "F.hardswish", saves="input", title="hard swish")
+activation("hardsigmoid", "Hardsigmoid", "F.hardsigmoid", saves="input", title="hard sigmoid")
+activation("gelu", "GELU", "F.gelu", saves="input", title="GELU")
+activation("tanh", "Tanh", "torch.tanh")
+activation(
+    "leaky_relu",
+    "LeakyReLU",
+    "F.leaky_relu",
+    saves="input",
+    title="leaky ReLU",
+    slope=(0.01, "negative_slope"),
+)
+Identity = activation("identity", "Identity", "", saves="none", title="identity")
+
+# ``act NAME``: the row of the activation NAME names (``act relu6`` is ``relu6``); in a template,
+# ``act a`` takes the activation from a parameter. Not a kind: resolved when the row is bound.
+ACT = "act"
 
 
 @register
@@ -495,13 +618,28 @@ class Concat(MergeKind):
         return Shape(sum(s.channels for s in shapes), shapes[0].height, shapes[0].width)
 
 
+class _WithShortcut(MergeKind):
+    """A merge of a block's body with its input, or with a projection of it (the ``shortcut``):
+    ``branches[shortcut]`` is that input. ``when=0`` (a flag a template passes on) leaves the merge
+    out, so one template serves the blocks with and without it."""
+
+    options = MappingProxyType({"when": True})
+
+    def out_channels(self, merge, channels):
+        return channels[merge["shortcut"]]
+
+    def _shapes(self, merge: Op, shapes: list[Shape]) -> tuple[Shape, list[Shape]]:
+        i = merge["shortcut"]
+        return shapes[i], shapes[:i] + shapes[i + 1 :]
+
+
 @register_merge
-class Add(MergeKind):
+class Add(_WithShortcut):
     """A residual connection: ``relu(shortcut + scale * body)``, Inception-ResNet's (with the scale
-    that keeps its sums small) and ResNet's (scale 1). The first branch is the shortcut."""
+    that keeps its sums small) and ResNet's (scale 1)."""
 
     name = "add"
-    options = MappingProxyType({"scale": 1.0, "relu": True})
+    options = MappingProxyType({"scale": 1.0, "relu": True, "when": True})
 
     def finish(self, args, op_span, spans):
         scale = args["scale"]
@@ -509,11 +647,8 @@ class Add(MergeKind):
         _require(ok, f"a residual's scale must be positive, not {scale}", spans.get("scale", op_span))
         return args
 
-    def out_channels(self, merge, channels):
-        return channels[0]
-
     def out_shape(self, merge, shapes, span):
-        shortcut, *body = shapes
+        shortcut, body = self._shapes(merge, shapes)
         for shape in body:
             if shape != shortcut:
                 raise ShapeError(
@@ -524,6 +659,39 @@ class Add(MergeKind):
                     "with a shortcut: conv 1x1/S C norelu",
                 )
         return shortcut
+
+
+@register_merge
+class Mul(_WithShortcut):
+    """A gate: ``x * body(x)``, the body's output (one value per channel, broadcast over height and
+    width, or a map of x's size) scaling its input: squeeze-and-excitation's channel attention."""
+
+    name = "mul"
+
+    def out_shape(self, merge, shapes, span):
+        x, body = self._shapes(merge, shapes)
+        for shape in body:
+            spatial = (shape.height, shape.width) in ((1, 1), (x.height, x.width))
+            if shape.flat or x.flat or shape.channels != x.channels or not spatial:
+                raise ShapeError(
+                    f"a gate multiplies its input ({_shape_text(x)}) by its body's output "
+                    f"({_shape_text(shape)}): it must have the input's {x.channels} channels, at 1x1 or "
+                    f"{x.height}x{x.width}",
+                    span,
+                    f"end the gate's body with a 1x1 conv to {x.channels} channels and an activation",
+                )
+        return x
+
+
+class ShortcutOptions(Kind):
+    """The options of a residual's ``shortcut`` line: ``when=FLAG`` keeps the projection only where the
+    flag is 1 (else the block adds its input itself), so one template serves every block of a stage."""
+
+    name = "shortcut"
+    options = MappingProxyType({"when": True})
+
+
+SHORTCUT = ShortcutOptions()
 
 
 def _shape_text(shape: Shape) -> str:
@@ -540,9 +708,28 @@ def resolve(
     origins: Mapping[str, Span] | None = None,
 ) -> Op:
     """Turn a row of a known kind into an :class:`Op`, binding names through ``env``. ``origins``
-    says where a name's value was written (a template argument at its call), for error spans."""
-    kind = KINDS[row.kind]
-    return bind(kind, defaults.get(row.kind, ()), row.args, env, origins, row.span)
+    says where a name's value was written (a template argument at its call), for error spans. A row
+    ``act NAME`` is the activation it names (``act a``, in a template given ``a``)."""
+    if row.kind == ACT:
+        kind, args = _named_activation(row, env, origins)
+    else:
+        kind, args = KINDS[row.kind], row.args
+    return bind(kind, defaults.get(kind.name, ()), args, env, origins, row.span)
+
+
+def _named_activation(row: ast.Row, env, origins) -> tuple[Activation, tuple[ast.Arg, ...]]:
+    positional = [a for a in row.args if a.key is None]
+    if not positional:
+        raise SpecArgumentError("act names an activation: act relu6", row.span)
+    first = positional[0]
+    value = value_of(first.value, env, first.span)
+    if isinstance(value, Word) and value in NO_ACTIVATION:
+        value = Word("identity")
+    if not isinstance(value, Word):
+        raise SpecArgumentError(
+            f"act names an activation ({', '.join(ACTIVATIONS)}), not {value}", _origin(first, origins)
+        )
+    return ACTIVATIONS[value], tuple(a for a in row.args if a is not first)
 
 
 def bind(
@@ -565,7 +752,7 @@ def bind(
             _once(key, arg, own)
         if arg.key is not None:
             _check_option(kind, arg.key, value, where)
-            flag = arg.key in kind.flags() and not isinstance(value, Sym)
+            flag = arg.key in kind.flags() and not symbolic(value)
             args[arg.key], spans[arg.key] = bool(value) if flag else value, where
         elif isinstance(value, tuple):  # a flag: ("relu", True)
             args[value[0]], spans[value[0]] = value[1], where
@@ -591,21 +778,61 @@ def _once(key: str, arg: ast.Arg, seen: dict[str, ast.Arg]) -> None:
 
 
 def _bind(arg: ast.Arg, env: Mapping[str, Num], kind: Kind):
-    """A value with names bound; a bare unbound name becomes a flag ``(option, bool)``."""
+    """A value with names bound and arithmetic done; a bare unbound name becomes a flag ``(option,
+    bool)`` when the kind has that flag."""
     if arg.key is not None and arg.key not in kind.options:
         raise SpecArgumentError(
             f"{kind.name} has no option '{arg.key}'", arg.span, _options_hint(arg.key, kind)
         )
-    if not isinstance(arg.value, ast.Ref):
-        return arg.value
-    name = arg.value.name
+    if isinstance(arg.value, ast.Ref) and arg.value.name not in env and arg.key is None:
+        flag = _flag(arg.value.name, kind)
+        if flag:
+            return flag
+    return value_of(arg.value, env, arg.span, kind.flags())
+
+
+def value_of(value: ast.Value, env: Mapping[str, Num], span: Span, flags=frozenset()):
+    """An argument's value: numbers as written, names bound through ``env`` (``kxk`` is a size of
+    two names), arithmetic computed (symbolic inside a class), an activation's name a :class:`Word`."""
+    if isinstance(value, ast.Ref):
+        return _name_value(value.name, env, span, flags)
+    if isinstance(value, ast.Binary):
+        left, right = value_of(value.left, env, span), value_of(value.right, env, span)
+        if isinstance(left, ast.Size) and value.op == "/" and left.stride is None:
+            return ast.Size(left.dims, _number(right, "a stride", span))
+        return _compute(value.op, (left, right), span)
+    if isinstance(value, ast.Apply):
+        return _compute(value.fn, tuple(value_of(a, env, span) for a in value.args), span)
+    return value
+
+
+def _name_value(name: str, env: Mapping[str, Num], span: Span, flags) -> Num | ast.Size | Word:
     if name in env:
         return env[name]
-    flag = _flag(name, kind) if arg.key is None else None
-    if flag:
-        return flag
-    candidates = list(env) + list(kind.flags())
-    raise SpecNameError(f"unknown name '{name}'", arg.span, did_you_mean(name, candidates))
+    if name in ACTIVATIONS or name in NO_ACTIVATION:
+        return Word(name)
+    parts = name.split("x")
+    if len(parts) in (2, 3) and all(p in env or p.isdigit() for p in parts):  # kxk, 1xk
+        return ast.Size(tuple(env[p] if p in env else int(p) for p in parts))
+    candidates = list(env) + list(flags)
+    raise SpecNameError(f"unknown name '{name}'", span, did_you_mean(name, candidates))
+
+
+def _number(value, what: str, span: Span) -> Num:
+    if isinstance(value, (ast.Size, Word)) or isinstance(value, bool):
+        raise SpecArgumentError(f"{what} is a number, not {value}", span)
+    return value
+
+
+def _compute(fn: str, values: tuple, span: Span):
+    for value in values:
+        _number(value, f"an operand of {fn}", span)
+    try:
+        return apply(fn, *values)
+    except ArithmeticError_ as error:
+        raise SpecArgumentError(f"{fn} of {', '.join(map(str, values))}: {error}", span) from None
+    except TypeError as error:
+        raise SpecArgumentError(f"{fn} of {', '.join(map(str, values))}: {error}", span) from None
 
 
 def _flag(name: str, kind: Kind) -> tuple[str, bool] | None:
@@ -622,12 +849,18 @@ def _check_option(kind: Kind, key: str, value, span: Span) -> None:
     """An option takes a value of its default's type; a flag is written bare (bn, nobn)."""
     default = kind.options[key]
     if isinstance(default, bool) or key in kind.flags():
-        if value in (0, 1) and not isinstance(value, float) or isinstance(value, Sym):
+        if value in (0, 1) and not isinstance(value, float) or symbolic(value):
             return  # relu=1, relu=0, or relu=act for a template's flag parameter
         raise SpecArgumentError(
             f"{key} is a flag: write '{key}' or 'no{key}' (or {key}=0, {key}=1), not {key}={value}", span
         )
-    if isinstance(default, (int, float)) and not isinstance(value, (int, float, Sym)):
+    if kind.arg_type(key) == "activation":
+        if not isinstance(value, Word) and not symbolic(value):
+            raise SpecArgumentError(
+                f"{key} names an activation ({', '.join([*ACTIVATIONS, 'none'])}), not {value}", span
+            )
+        return
+    if isinstance(default, (int, float)) and not isinstance(value, (int, float, Sym, Expr)):
         raise SpecArgumentError(f"{kind.name}'s {key} must be a number, not {value}", span)
     if isinstance(default, int) and not isinstance(default, bool) and isinstance(value, float):
         raise SpecArgumentError(f"{kind.name}'s {key} must be an integer, not {value}", span)
@@ -654,11 +887,18 @@ def _take_positionals(kind: Kind, span: Span, values: list, args: dict, spans: d
 
 _TYPE_CHECKS: dict[str, Callable[[Any], bool]] = {
     "size": lambda v: isinstance(v, ast.Size),
-    "int": lambda v: isinstance(v, (int, Sym)) and not isinstance(v, bool),
-    "float": lambda v: isinstance(v, (int, float, Sym)) and not isinstance(v, bool),
+    "int": lambda v: (isinstance(v, int) or symbolic(v)) and not isinstance(v, bool),
+    "float": lambda v: (isinstance(v, (int, float)) or symbolic(v)) and not isinstance(v, bool),
 }
 
-_TYPE_WORDS = {"size": "a size like 3x3", "int": "an integer", "float": "a number"}
+_TYPE_CHECKS["activation"] = lambda v: isinstance(v, Word) or symbolic(v)
+
+_TYPE_WORDS = {
+    "size": "a size like 3x3",
+    "int": "an integer",
+    "float": "a number",
+    "activation": "an activation",
+}
 
 
 def _check_type(param: Param, value, span: Span, kind: Kind) -> None:

@@ -57,6 +57,7 @@ class ResidualPlan:
     body: tuple[Member, ...]
     shortcut: BranchPlan | None
     residual: ast.Residual
+    shortcut_last: bool = False  # written after the body: registered (and run) after it
 
 
 @dataclass(frozen=True)
@@ -96,8 +97,11 @@ def _nth_name(name: ast.Name | None, i: int) -> ast.Name | None:
     return replace(name, text=f"{name.text}_{i + 1}")
 
 
-def plan_block(items: tuple[ast.Item, ...], scope: Scope) -> tuple[Member, ...]:
-    """Name every row of a block, claiming each attribute in ``scope``; see the module docstring."""
+def plan_block(items: tuple[ast.Item, ...], scope: Scope, positional: bool = False) -> tuple[Member, ...]:
+    """Name every row of a block, claiming each attribute in ``scope``; see the module docstring. The
+    block of a ``sequential`` template is positional: its rows are its positions 0, 1, ..."""
+    if positional:
+        return _container(list(items), positional=True)
     unnamed: list[ast.Row] = []
     skeleton = _plan(expand_repeats(items), unnamed)
     _claim_names(skeleton, scope)
@@ -117,6 +121,8 @@ def _plan(items: list[ast.Item], unnamed: list[ast.Row]) -> tuple[Member, ...]:
             group = []
         if isinstance(item, ast.Residual):
             members.append(Member(None, residual=_plan_residual(item, unnamed)))
+        elif isinstance(item, ast.Sequential):
+            members.append(Member(None, group=(_plan_sequential(item),)))
         elif isinstance(item, ast.Shortcut):
             raise SpecArgumentError(
                 "a shortcut belongs inside a residual", item.span, "residual { ...; shortcut: conv 1x1/2 C }"
@@ -141,13 +147,23 @@ def _plan_residual(residual: ast.Residual, unnamed: list[ast.Row]) -> ResidualPl
     if not body:
         raise SpecArgumentError("a residual needs a body: the layers whose output is added to its input",
                                 residual.span)  # fmt: skip
-    shortcut = None
+    shortcut, last = None, False
     if shortcuts:
         item = shortcuts[0]
         attr = item.name.text if item.name else "shortcut"
         branch = ast.Branch(item.items, item.span, item.name)
         shortcut = BranchPlan(attr, _container(list(item.items)), branch, attr)
-    return ResidualPlan(body, shortcut, residual)
+        last = residual.items.index(item) > 0
+    return ResidualPlan(body, shortcut, residual, last)
+
+
+def _plan_sequential(group: ast.Sequential) -> BranchPlan:
+    """``sequential NAME { rows }`` in a block: one nn.Sequential attribute, its rows at positions
+    0, 1, ... (a named row keyed by its name), run as one module."""
+    branch = ast.Branch(group.items, group.span, group.name)
+    return BranchPlan(
+        group.name.text, _container(list(group.items), positional=True), branch, group.name.text
+    )
 
 
 def _plan_group(branches: list[ast.Branch], unnamed: list[ast.Row]) -> tuple[BranchPlan, ...]:
@@ -174,24 +190,32 @@ def _flattened_var(members: tuple[Member, ...], index: int) -> str:
     return f"branch{index}"
 
 
-def _container(items: list[ast.Item]) -> tuple[Member, ...]:
-    """Members of a named branch: one unnamed row stands alone, else an nn.Sequential."""
+def _container(items: list[ast.Item], positional: bool = False) -> tuple[Member, ...]:
+    """Members of a named branch (or a ``sequential`` group): one unnamed row stands alone, else an
+    nn.Sequential keyed by position or by the rows' names; a group nested in it is a position too."""
+    items = expand_repeats(tuple(items))
     for item in items:
-        if isinstance(item, ast.Branch):
+        if isinstance(item, (ast.Branch, ast.Residual)):
             raise SpecArgumentError(
-                "a named branch cannot fork again",
+                "a named branch cannot fork again" if isinstance(item, ast.Branch) else
+                "a named branch or sequential group holds rows, not residuals",
                 item.span,
-                "leave the outer branch unnamed and name its layers instead (they become attributes)",
-            )
-    if len(items) == 1 and items[0].name is None:
+                "leave the outer branch unnamed and name its layers instead (they become attributes), or "
+                "write the block as a template and call it as a row",
+            )  # fmt: skip
+    if len(items) == 1 and isinstance(items[0], ast.Row) and items[0].name is None and not positional:
         return (Member("", items[0]),)
     scope = attributes_scope(SEQUENTIAL_METHODS)
     members = []
-    for i, row in enumerate(items):
-        attr = attribute_name(row)
+    for i, item in enumerate(items):
+        if isinstance(item, ast.Sequential):
+            plan = _plan_sequential(item)
+            members.append(Member(None, group=(replace(plan, attr=str(i), var=plan.var),)))
+            continue
+        attr = attribute_name(item)
         if attr is not None:
-            scope.claim(attr, f"layer '{attr}' of this branch", row.name.span)
-        members.append(Member(attr or str(i), row))
+            scope.claim(attr, f"layer '{attr}' of this branch", item.name.span)
+        members.append(Member(attr or str(i), item))
     return tuple(members)
 
 

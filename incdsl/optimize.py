@@ -66,7 +66,7 @@ def fold_batchnorm(net: Network, plan: Plan) -> Plan:
 
 def _foldable(layer: Layer) -> bool:
     op = layer.op
-    return isinstance(op.kind, Conv) and (op["bn"] or op["relu"])
+    return isinstance(op.kind, Conv) and (op["bn"] or op["act"] == "relu")
 
 
 def fuse_siblings(net: Network, plan: Plan, minimum: int = 2) -> Plan:
@@ -82,7 +82,9 @@ def fuse_siblings(net: Network, plan: Plan, minimum: int = 2) -> Plan:
             groups = []
             for relu in (True, False):
                 members = [
-                    (b, h) for b, h in heads if h in plan.folded and _one_by_one(h) and h.op["relu"] is relu
+                    (b, h)
+                    for b, h in heads
+                    if h in plan.folded and _one_by_one(h) and h.op["act"] == ("relu" if relu else None)
                 ]
                 if len(members) >= minimum:
                     branches, layers = zip(*members)

@@ -27,8 +27,13 @@ from lark.lexer import TerminalDef
 
 from . import ast, numbers, usercache
 from .errors import Span, SpecArgumentError, SpecSyntaxError
+from .errors import SpecNameError, did_you_mean
 from .numbers import MAX_BUDGET, MAX_INT, MAX_REPEAT, NumberError
 from .resources import grammar_text
+from .symbolic import FUNCTIONS
+
+# The words that open a merge block, and the merge kind each asks for (layers.MERGES).
+MERGE_WORDS = {"residual": "add", "gate": "mul"}
 
 # Limits that keep the work per spec bounded (README, "Errors and limits"). The largest shipped spec is
 # 7 KB and nests braces 3 deep; a template takes at most 6 arguments.
@@ -185,8 +190,29 @@ def quantity(text: str) -> int:
     return numbers.read_quantity(text)
 
 
-class _Rows(list):
-    """The rows of a ``sequential`` group, in order, for ``start`` to add to the spec's rows."""
+def _positions_only(items: tuple, what: str) -> None:
+    """A sequential group's items are its positions: rows and nested groups, no branches."""
+    for item in items:
+        if not isinstance(item, (ast.Row, ast.Sequential)):
+            raise SpecSyntaxError(
+                f"{what} holds rows (and sequential groups), one per position",
+                item.span,
+                "write the branches in a template and call it as a row of the group",
+            )
+
+
+def _top_level_rows(group: ast.Sequential) -> list[ast.Row]:
+    """The rows of a top-level ``sequential NAME { }``: stages of the network, positions of the group."""
+    rows = []
+    for item in group.items:
+        if isinstance(item, ast.Sequential):
+            raise SpecSyntaxError(
+                "a top-level sequential group holds rows, each a stage of the network",
+                item.span,
+                "put the inner group in a template (template NAME sequential { ... }) and call it as a row",
+            )
+        rows.append(replace(item, sequence=group.name))
+    return rows
 
 
 class _ToAst(Transformer):
@@ -249,13 +275,45 @@ class _ToAst(Transformer):
             )
         return tuple(args)
 
-    @v_args(inline=True)
-    def positional(self, token):
-        return ast.Arg(self._value(token), self._span(token))
+    def _operand(self, item) -> ast.Value:
+        return self._value(item) if isinstance(item, Token) else item
+
+    def _expression_span(self, meta, item) -> Span:
+        if isinstance(item, Token):
+            return self._span(item)
+        return Span(self.path, meta.line, meta.column, self.source, max(1, meta.end_pos - meta.start_pos))
+
+    @v_args(meta=True)
+    def positional(self, meta, children):
+        (value,) = children
+        return ast.Arg(self._operand(value), self._expression_span(meta, value))
 
     @v_args(inline=True)
-    def keyword(self, key, token):
-        return ast.Arg(self._value(token), self._span(key), key=str(key))
+    def keyword(self, key, value):
+        return ast.Arg(self._operand(value), self._span(key), key=str(key))
+
+    shortcut_option = keyword
+
+    # arithmetic: w*4, (k-1)//2, make_divisible(c*t, 8), 3x3/s ---------------------------------
+    def _binary(op: str):  # noqa: N805 (a method factory, called in the class body)
+        @v_args(inline=True)
+        def build(self, left, right):
+            return ast.Binary(op, self._operand(left), self._operand(right))
+
+        return build
+
+    add, sub, mul, div, floordiv, mod = map(_binary, ("+", "-", "*", "/", "//", "%"))
+
+    @v_args(inline=True)
+    def apply(self, fn, *args):
+        name = str(fn)
+        if name not in FUNCTIONS:
+            raise SpecNameError(f"unknown function '{name}'", self._span(fn), did_you_mean(name, FUNCTIONS))
+        _, fewest, most = FUNCTIONS[name]
+        if not fewest <= len(args) <= most:
+            count = f"{fewest}" if fewest == most else f"{fewest} to {most}"
+            raise SpecArgumentError(f"{name} takes {count} arguments, got {len(args)}", self._span(fn))
+        return ast.Apply(name, tuple(self._operand(a) for a in args))
 
     @v_args(inline=True)
     def name(self, token):
@@ -285,17 +343,17 @@ class _ToAst(Transformer):
 
     @v_args(meta=True)
     def residual(self, meta, children):
-        *args, body = children
-        return ast.Residual(body, tuple(args), self._span(meta))
+        word, *args, body = children
+        return ast.Residual(body, tuple(args), self._span(meta), MERGE_WORDS[str(word)])
 
     @v_args(meta=True)
     def shortcut(self, meta, children):
-        name, content = children
+        name, *args, content = children
         items = content if isinstance(content, tuple) else (content,)
         for item in items:
             if not isinstance(item, ast.Row):
                 raise SpecSyntaxError("a shortcut holds rows only (its projection)", item.span)
-        return ast.Shortcut(items, self._span(meta), name)
+        return ast.Shortcut(items, self._span(meta), name, tuple(args))
 
     @v_args(inline=True)
     def param(self, name, title):
@@ -304,27 +362,25 @@ class _ToAst(Transformer):
     def params(self, children):
         return tuple(c for c in children if c is not None)
 
+    def sequential_mark(self, children):
+        return True
+
     @v_args(meta=True)
     def template_def(self, meta, children):
-        name, params, body = children
+        name, params, sequential, body = children
         params = params or ()
         span = self._span(name)
         names = self._arguments([p for p, _ in params], span, "a template")
-        return ast.Template(str(name), names, body, span, tuple(t for _, t in params))
+        if sequential:
+            _positions_only(body, "a sequential template")
+        titles = tuple(t for _, t in params)
+        return ast.Template(str(name), names, body, span, titles, sequential=bool(sequential))
 
     @v_args(inline=True)
     def sequential_def(self, name, body):
         group = ast.Name(str(name), self._span(name))
-        rows = []
-        for item in body:
-            if not isinstance(item, ast.Row):
-                raise SpecSyntaxError(
-                    "a sequential group holds rows, one per position",
-                    item.span,
-                    "write the branches in a template and call it as a row of the group",
-                )
-            rows.append(replace(item, sequence=group))
-        return _Rows(rows)
+        _positions_only(body, "a sequential group")
+        return ast.Sequential(group, body, group.span)
 
     @v_args(meta=True)
     def aux_def(self, meta, children):
@@ -364,8 +420,8 @@ class _ToAst(Transformer):
         spans: dict = {}
         groups: dict[type, list] = {ast.Defaults: [], ast.Template: [], ast.Row: [], ast.Aux: []}
         for statement in statements:
-            if isinstance(statement, _Rows):
-                groups[ast.Row] += statement
+            if isinstance(statement, ast.Sequential):
+                groups[ast.Row] += _top_level_rows(statement)
             elif isinstance(statement, tuple):
                 key, value, span = statement
                 if key in header:

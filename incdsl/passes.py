@@ -111,7 +111,7 @@ def infer_channels(net: Network) -> None:
 def _channels(node: Node, c: Expr, cls: BlockClass | None = None) -> Expr:
     if isinstance(node, Layer):
         flat_input, spatial = _flattened(node, cls)
-        out = Expr.of(node.op.kind.out_channels(node.op, c))
+        out = Expr.of(node.op.kind.out_channels(node.op, c, spatial))
         node.channels = Channels(c, out, flat_input, spatial)
         return out
     if isinstance(node, Seq):

@@ -51,7 +51,8 @@ TITLES = {
     L.AvgPool: "avg pool",
     L.AdaptiveAvgPool: "avg pool",
     L.LRN: "local response norm",
-    L.ReLU: "relu",
+    L.Activation: lambda op: op.kind.title,
+    L.BatchNorm: "batch norm",
     L.Dropout: lambda op: f"dropout ({op['p'] * 100:g}%)",
     L.Linear: "linear",
     L.Softmax: "softmax",
@@ -185,7 +186,7 @@ def _columns(node: Layer | Call, titles: dict[str, str]) -> dict:
 def _scale(node: Node) -> float | None:
     """The scale of the first residual in a block's own body (not in the blocks it calls)."""
     if isinstance(node, Fork) and isinstance(node.merge.kind, L.Add):
-        return node.merge["scale"]
+        return node.merge["scale"] if node.merge["scale"] != 1 else None
     children = node.items if isinstance(node, Seq) else node.branches if isinstance(node, Fork) else ()
     if isinstance(node, Branch):
         children = (node.body,)

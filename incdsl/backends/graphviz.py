@@ -56,7 +56,10 @@ FILLS = MappingProxyType(
         L.Dropout: "#ececec",
         L.Linear: "#e4d7f0",
         L.Softmax: "#f5d5d5",
-        L.ReLU: "#ececec",
+        L.Activation: "#ececec",
+        L.BatchNorm: "#ececec",
+        L.Flatten: "#ececec",
+        L.Mul: "#f2e6d8",
         L.Concat: "#f4f4f4",
         L.Add: "#e6f2d8",
     }

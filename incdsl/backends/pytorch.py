@@ -25,9 +25,10 @@ from pathlib import Path
 import jinja2
 
 from ..ir import BlockClass, Branch, Call, Fork, Layer, ModelClass, Network, Node, Seq
+from .. import layers as L
 from ..layers import Conv, Op
 from ..passes import is_lone
-from ..symbolic import Sym
+from ..symbolic import Atom, Expr, Sym, names
 
 
 @cache
@@ -112,8 +113,8 @@ def _metadata(net: Network) -> dict:
 
 
 def literal(value) -> str:
-    """A value as Python source: a parameter's name, or a number."""
-    return str(value) if isinstance(value, Sym) else repr(value)
+    """A value as Python source: a parameter's name, an expression of parameters, or a number."""
+    return str(value) if isinstance(value, (Sym, Atom, Expr)) else repr(value)
 
 
 def _pair_src(value) -> str:
@@ -163,21 +164,48 @@ class Writer:
         self.conv_bias = any(
             layer.op["bias"] and layer.op["bn"] for layer in net.layers() if _is_conv(layer.op)
         )
+        self.used |= {"make_divisible"} if _calls_make_divisible(net) else set()
 
     # classes ---------------------------------------------------------------------------------
     def block_class(self, cls: BlockClass) -> dict:
         signature = ["in_channels: int", *(f"{p}: {t}" for p, t in cls.params)]
         if cls.uses_classes:
             signature.append("num_classes: int")
+        if cls.template.sequential:
+            return self.sequential_class(cls, signature)
         code, out = self.visit(cls.body, "x", "x")
         return {
             "template": cls.template.name,
             "class_name": cls.name,
+            "base": "nn.Module",
             "signature": ", ".join(signature),
-            "init": code.init,
+            "init": ("super().__init__()", *code.init),
             "forward": (*code.forward, f"return {out}"),
             "methods": (),
         }
+
+    def sequential_class(self, cls: BlockClass, signature: list[str]) -> dict:
+        """A ``sequential`` template: an nn.Sequential of its rows, as torchvision's
+        Conv2dNormActivation is; no forward of its own."""
+        parts = [self.position_module(node) for node in cls.body.items]
+        return {
+            "template": cls.template.name,
+            "class_name": cls.name,
+            "base": "nn.Sequential",
+            "signature": ", ".join(signature),
+            "init": ("super().__init__(", *(f"    {part}," for part in parts), ")"),
+            "forward": (),
+            "methods": (),
+        }
+
+    def position_module(self, node: Node) -> str:
+        """Source constructing one position of an nn.Sequential: a layer, a call, a nested group."""
+        if isinstance(node, Fork):  # a nested sequential group: a one-branch group
+            return self.container(node.branches[0])
+        if isinstance(node, Layer) and node.op.kind.flattens and not isinstance(node.op.kind, L.Flatten):
+            if not node.channels.flat_input:
+                return f"nn.Sequential(nn.Flatten(), {self.module(node)})"
+        return "nn.Identity()" if _identity(node) else self.module(node)
 
     def model_class(self, model: ModelClass) -> dict:
         net = self.net
@@ -296,7 +324,7 @@ class Writer:
         """Source constructing a named branch of several layers: an nn.Sequential keyed by position,
         or by the layers' names."""
         parts = [
-            (node.attr, "nn.Identity()" if _identity(node) else self.module(node))
+            (node.branches[0].container if isinstance(node, Fork) else node.attr, self.position_module(node))
             for node in branch.body.items
         ]
         if all(attr.isdigit() for attr, _ in parts):
@@ -324,7 +352,9 @@ class Writer:
     @staticmethod
     def flattens(node: Layer | Call) -> bool:
         """Whether the node's input is flattened before it (a linear layer on a feature map)."""
-        return isinstance(node, Layer) and node.op.kind.flattens and not node.channels.flat_input
+        if not isinstance(node, Layer) or isinstance(node.op.kind, L.Flatten):
+            return False
+        return node.op.kind.flattens and not node.channels.flat_input
 
     def call(self, node: Layer | Call, module: str, source: str) -> str:
         """The forward expression applying ``module`` to ``source``."""
@@ -354,7 +384,7 @@ class Writer:
 
     # how each layer kind is spelt: module_<Kind> constructs it, apply_<Kind> applies it ----
     def module_Conv(self, op: Op, cin: str) -> str:
-        helper = CONV_HELPERS.get((op["bn"], op["relu"]), "nn.Conv2d")
+        helper = CONV_HELPERS.get((op["bn"], op["act"] == "relu"), "nn.Conv2d")
         self.used.add(helper if helper != "nn.Conv2d" else "nn")
         if helper in ("BasicConv2d", "ConvReLU"):
             self.used.add("F")
@@ -391,8 +421,38 @@ class Writer:
             f"beta={literal(op['beta'])}, k={literal(k)})"
         )
 
-    def module_ReLU(self, op: Op, cin: str) -> str:
-        return "nn.ReLU()"  # not in place: its input may feed another branch or a shortcut
+    def apply_Conv(self, op: Op, expr: str) -> str:
+        """An activation other than ReLU (which the helper classes apply) is applied to the output."""
+        return expr if op["act"] == "relu" else self.activate(op["act"], expr)
+
+    def activate(self, name: str | None, expr: str) -> str:
+        """``expr`` through the activation ``name`` (None: unchanged), in its functional form."""
+        if name is None or not L.ACTIVATIONS[name].function:
+            return expr
+        kind = L.ACTIVATIONS[name]
+        self.used.add(kind.function.split(".")[0])
+        return f"{kind.function}({expr})"
+
+    def module_Activation(self, op: Op, cin: str) -> str:
+        """``nn.ReLU6()``, ``nn.LeakyReLU(negative_slope=0.2)``: not in place (the input may feed
+        another branch or a shortcut)."""
+        kind = op.kind
+        kw = [f"{kind.keywords[k]}={literal(op[k])}" for k, v in kind.options.items() if op[k] != v]
+        return f"nn.{kind.torch}({', '.join(kw)})"
+
+    def apply_Activation(self, op: Op, expr: str) -> str:
+        return expr
+
+    def module_BatchNorm(self, op: Op, cin: str) -> str:
+        kw = [cin]
+        if op["eps"] != 1e-5:
+            kw.append(f"eps={literal(op['eps'])}")
+        if op["momentum"] != 0.1:
+            kw.append(f"momentum={literal(op['momentum'])}")
+        return f"nn.BatchNorm2d({', '.join(kw)})"
+
+    def module_Flatten(self, op: Op, cin: str) -> str:
+        return "nn.Flatten()"
 
     def module_Dropout(self, op: Op, cin: str) -> str:
         return f"nn.Dropout(p={literal(op['p'])})"
@@ -402,19 +462,25 @@ class Writer:
         return f"nn.Linear({cin}, {literal(op['out'])}{bias})"
 
     def apply_Linear(self, op: Op, expr: str) -> str:
-        if op["relu"]:
+        if op["act"] == "relu":
             self.used.add("F")
             return f"F.relu({expr}, inplace=True)"
-        return expr
+        return self.activate(op["act"], expr)
 
     # how each merge kind is spelt ----------------------------------------------------------------
     def merge_Concat(self, fork: Fork, outputs: list[str]) -> str:
         self.used.add("torch")
         return f"torch.cat([{', '.join(outputs)}], 1)"
 
+    def merge_Mul(self, fork: Fork, outputs: list[str]) -> str:
+        """``gate * x``: the body's output (N x C x 1 x 1) scales its input, as torchvision's
+        SqueezeExcitation returns ``scale * input``."""
+        shortcut, body = _split(fork, outputs)
+        return f"{body} * {shortcut}"
+
     def merge_Add(self, fork: Fork, outputs: list[str]) -> str:
         """``out * scale + x``, then ReLU: the order timm's Inception-ResNet blocks compute in."""
-        shortcut, body = outputs
+        shortcut, body = _split(fork, outputs)
         scale = fork.merge["scale"]
         if "scale" in fork.stored:
             body = f"{body} * self.{fork.stored['scale']}"
@@ -424,6 +490,35 @@ class Writer:
             self.used.add("F")
             return f"F.relu({body} + {shortcut}, inplace=True)"
         return f"{body} + {shortcut}"
+
+
+def _split(fork: Fork, outputs: list[str]) -> tuple[str, str]:
+    """(the shortcut's output, the body's) of a residual or a gate."""
+    i = fork.merge["shortcut"]
+    return outputs[i], outputs[1 - i]
+
+
+def _calls_make_divisible(net: Network) -> bool:
+    values = [v for cls in net.blocks for n in _class_nodes(cls) for v in _values(n)]
+    return any("make_divisible" in str(v) for v in values if isinstance(v, (Atom, Expr)))
+
+
+def _class_nodes(cls: BlockClass):
+    from ..ir import walk
+
+    return walk(cls.body)
+
+
+def _values(node: Node):
+    if isinstance(node, Layer):
+        yield from node.op.args.values()
+        yield from (v for value in node.op.args.values() if isinstance(value, tuple) for v in value)
+        if node.channels is not None:
+            yield node.channels.input
+    elif isinstance(node, Call):
+        yield from node.args.values()
+        if node.channels is not None:
+            yield node.channels.input
 
 
 def _identity(node: Node) -> bool:
@@ -500,7 +595,7 @@ class OptimizedWriter(Writer):
             kw.append("bn=False")
         elif op["eps"] != self.bn_eps:
             kw.append(f"eps={literal(op['eps'])}")
-        if not op["relu"]:
+        if op["act"] != "relu":
             kw.append("relu=False")
         return f"FoldedConv2d({layer.channels.input}, {literal(op['out'])}, {', '.join(kw)})"
 
@@ -531,7 +626,7 @@ class OptimizedWriter(Writer):
             f"self.{name}_bias = torch.cat([{', '.join(f'{h}.bias' for h in heads)}])",
         ]
         conv = f"F.conv2d({src}, self.{name}_weight, self.{name}_bias)"
-        if group.heads[0].op["relu"]:
+        if group.heads[0].op["act"] == "relu":
             conv = f"F.relu({conv}, inplace=True)"
         names = ", ".join(b.var for b in group.branches)
         return Code(
@@ -567,7 +662,7 @@ class OptimizedWriter(Writer):
 
     def merge_Add(self, fork: Fork, outputs: list[str]) -> str:
         """``torch.add(x, out, alpha=scale)``: the scale and the add in one operation."""
-        shortcut, body = outputs
+        shortcut, body = _split(fork, outputs)
         scale = fork.merge["scale"]
         alpha = f"self.{fork.stored['scale']}" if "scale" in fork.stored else literal(scale)
         expr = (

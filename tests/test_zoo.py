@@ -1,0 +1,86 @@
+"""torchvision's CNN zoo, weight for weight: each shipped zoo spec against torchvision 0.28's model.
+
+For every spec, from the reference data in tests/fixtures/reference (torchvision is never imported):
+the generated model's state_dict has torchvision's keys and shapes *in torchvision's order* (so its
+checkpoints load with ``strict=True``, and through ``.safetensors``), its parameter count and
+multiply-adds equal torchvision's (counted by incdsl's stats, by ``numel()`` and by
+``FlopCounterMode``), and with every tensor filled from its name its eval-mode logits equal
+torchvision's on two inputs (the second 4 times the first: large activations, where ReLU6 and ReLU,
+or hard-swish and SiLU, differ) to a relative error under 1e-5.
+"""
+
+import importlib.util
+import json
+from functools import cache
+
+import pytest
+from conftest import TESTS
+
+import incdsl
+
+torch = pytest.importorskip("torch")
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+REFERENCE = TESTS / "fixtures" / "reference"
+
+# spec -> torchvision's model name
+ZOO = {
+    "resnet18": "resnet18",
+    "resnet50": "resnet50",
+    "resnext50_32x4d": "resnext50_32x4d",
+    "wide_resnet50_2": "wide_resnet50_2",
+}
+
+
+def _reference_init():
+    spec = importlib.util.spec_from_file_location("reference_init", REFERENCE / "reference_init.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+reference_init = _reference_init()
+
+
+@cache
+def zoo_models() -> dict:
+    return json.loads((REFERENCE / "zoo_models.json").read_text())
+
+
+@cache
+def zoo_logits() -> dict:
+    return json.loads((REFERENCE / "zoo_reference_logits.json").read_text())
+
+
+def rel_error(got, expected) -> float:
+    return ((got - expected).norm() / expected.norm()).item()
+
+
+@pytest.mark.parametrize("spec", ZOO)
+def test_zoo_spec_is_torchvisions_model(spec):
+    reference = zoo_models()[ZOO[spec]]
+    net = incdsl.load(spec)
+    model = incdsl.build_module(net).eval()
+
+    # keys and shapes, in torchvision's order: a strict load, and the safetensors route, work as is
+    shapes = [(key, list(t.shape)) for key, t in model.state_dict().items()]
+    assert shapes == list(reference["state_dict"].items())
+    model.load_state_dict({k: torch.zeros(s) for k, s in reference["state_dict"].items()}, strict=True)
+
+    # counts: incdsl's stats, torch's numel, torchvision's
+    stats = incdsl.stats(net)
+    assert stats.params == sum(p.numel() for p in model.parameters()) == reference["params"]
+    assert stats.macs == reference["macs"]
+
+    # the same function: logits equal torchvision's on both reference inputs
+    reference_init.fill_state_dict(model)
+    c, size = reference["input"][0], reference["input"][1]
+    x = reference_init.reference_input(2, c, size, seed=0)
+    expected = zoo_logits()[ZOO[spec]]
+    with torch.no_grad(), FlopCounterMode(display=False) as flops:
+        logits = model(x)
+    assert flops.get_total_flops() // 2 == 2 * reference["macs"]  # a batch of 2
+    assert rel_error(logits, torch.tensor(expected["logits"])) < 1e-5
+    with torch.no_grad():
+        logits_x4 = model(4 * x)
+    assert rel_error(logits_x4, torch.tensor(expected["logits_x4"])) < 1e-5
