@@ -212,6 +212,11 @@ def _batch_norm(op, x, y, c: Context) -> Saves:
     return Saves("kept", own=(("mean, invstd", 2 * x.channels * FLOAT32_BYTES),))
 
 
+def _shuffle(op, x, y, c: Context) -> Saves:
+    """channel_shuffle: a copy (reshape, transpose, contiguous); its backward keeps nothing."""
+    return Saves()
+
+
 def _flatten(op, x, y, c: Context) -> Saves:
     """flatten: a view of its input."""
     return IDENTITY
@@ -272,6 +277,7 @@ SAVES: dict[type, Rule] = {
     L.Activation: _activation,
     L.BatchNorm: _batch_norm,
     L.Flatten: _flatten,
+    L.Shuffle: _shuffle,
     L.Dropout: _dropout,
     L.Linear: _linear,
     L.Softmax: _identity,

@@ -76,7 +76,8 @@ class Name:
 @dataclass(frozen=True)
 class Row:
     """``[name:] [Nx] kind args...``: a layer, or a call of a template. A top-level row written inside
-    ``sequential NAME { ... }`` has that group's name as ``sequence``."""
+    ``sequential NAME { ... }`` has that group's name as ``sequence``; a group nested there is a row of
+    kind ``sequential`` holding it (``group``): one position, an nn.Sequential of its own."""
 
     kind: str
     args: tuple[Arg, ...]
@@ -84,6 +85,7 @@ class Row:
     name: Name | None = None
     repeat: int = 1
     sequence: Name | None = None
+    group: Sequential | None = None  # a sequential group nested in a top-level one: one position
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,14 @@ class Residual:
 
 
 @dataclass(frozen=True)
+class Split:
+    """``split { branches }``: the input's channels in equal parts, one per branch, concatenated."""
+
+    items: tuple[Item, ...]
+    span: Span = field(compare=False)
+
+
+@dataclass(frozen=True)
 class Sequential:
     """``sequential NAME { rows }``: an ``nn.Sequential`` whose positions are the rows, in order. At the
     top level its rows are the network's stages (see :attr:`Row.sequence`); inside a template it is
@@ -127,7 +137,7 @@ class Shortcut:
     args: tuple[Arg, ...] = ()  # when=FLAG: the projection only where the flag is 1
 
 
-Item = Row | Branch | Residual | Shortcut | Sequential
+Item = Row | Branch | Residual | Shortcut | Sequential | Split
 
 
 @dataclass(frozen=True)

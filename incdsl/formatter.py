@@ -80,7 +80,10 @@ def _rows(rows: tuple[ast.Row, ...]) -> list[str]:
         if row.sequence is not None and group is None:
             group = row.sequence
             lines.append(f"sequential {group.text} {{")
-        lines.append(INDENT * (group is not None) + _row(row))
+        if row.group is not None:
+            lines += _items((row.group,), 1)
+        else:
+            lines.append(INDENT * (group is not None) + _row(row))
     return lines + ["}"] * (group is not None)
 
 
@@ -95,8 +98,12 @@ def _items(items: tuple[ast.Item, ...], depth: int) -> list[str]:
             head = f"{MERGE_WORDS[item.merge]} {_args(item.args)}".rstrip()
             lines += [f"{pad}{head} {{", *_items(item.items, depth + 1), pad + "}"]
             continue
+        if isinstance(item, ast.Split):
+            lines += [f"{pad}split {{", *_items(item.items, depth + 1), pad + "}"]
+            continue
         if isinstance(item, ast.Sequential):
-            lines += [f"{pad}sequential {item.name.text} {{", *_items(item.items, depth + 1), pad + "}"]
+            name = f" {item.name.text}" if item.name else ""
+            lines += [f"{pad}sequential{name} {{", *_items(item.items, depth + 1), pad + "}"]
             continue
         word = "shortcut" if isinstance(item, ast.Shortcut) else "branch"
         name = f" {item.name.text}" if item.name else ""

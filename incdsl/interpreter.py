@@ -67,7 +67,8 @@ class Interpreter:
                 x = self.visit(item, x)
             return x
         if isinstance(node, Fork):
-            outputs = [self.visit(branch, x) for branch in node.branches]
+            parts = x.chunk(len(node.branches), 1) if node.split else [x] * len(node.branches)
+            outputs = [self.visit(branch, part) for branch, part in zip(node.branches, parts)]
             return _MERGES[type(node.merge.kind)](node.merge, outputs)
         assert isinstance(node, (Branch, Call))
         return self.visit(node.body, x)
@@ -163,6 +164,12 @@ def _batch_norm(run, op, x, t):
     )
 
 
+def _shuffle(run, op, x, t):
+    n, c, h, w = x.shape
+    g = op["groups"]
+    return x.reshape(n, g, c // g, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+
 def _flatten(run, op, x, t):
     return x.flatten(1)
 
@@ -206,6 +213,7 @@ _OPS = {
     L.Activation: _activation,
     L.BatchNorm: _batch_norm,
     L.Flatten: _flatten,
+    L.Shuffle: _shuffle,
     L.Dropout: _dropout,
     L.Linear: _linear,
     L.Softmax: _identity,

@@ -62,7 +62,7 @@ from .layers import (
     resolve,
     value_of,
 )
-from .naming import BranchPlan, Member, ResidualPlan, plan_block, stage_name
+from .naming import BranchPlan, Member, ResidualPlan, plan_block, plan_sequential, stage_name
 from .symbolic import Expr, Num, Sym, Word, names, symbolic
 from .symbols import (
     Scope,
@@ -140,6 +140,8 @@ class Fork(Node):
     merge: Op  # merge.kind is a MergeKind (concat, add); merge.args its options
     key: str  # an id for the merge point (``inception3a.concat@9:5``), not an attribute
     stored: dict[str, str] = field(default_factory=dict)  # a class body's: option -> attribute holding it
+    split: bool = False  # each branch takes an equal part of the input's channels (x.chunk)
+    inputs: tuple[str, ...] = ()  # a class body's split: the forward's variables for the parts
 
 
 @dataclass(eq=False)
@@ -442,12 +444,14 @@ class _Builder:
 
     def _member(self, member: Member, frame: _Frame) -> Node:
         if member.group:
-            return self._fork(member.group, frame)
+            return self._fork(member.group, frame, member.split)
         if member.residual is not None:
             return self._residual(member.residual, frame)
         return self._row(member.row, member.attr, frame)
 
-    def _row(self, row: ast.Row, attr: str, frame: _Frame) -> Layer | Call:
+    def _row(self, row: ast.Row, attr: str, frame: _Frame) -> Layer | Call | Fork:
+        if row.group is not None:  # a sequential group at one position of a top-level one
+            return self._fork((replace(plan_sequential(row.group), attr=attr),), frame)
         template = self.templates.get(row.kind)
         if template is not None:
             return self._call(template, row, attr, frame)
@@ -468,16 +472,18 @@ class _Builder:
         op = resolve(row, frame.env, self.defaults, frame.origins)
         return Layer(row.span, op, attr, _join(frame.local, attr), _join(frame.key, attr))
 
-    def _fork(self, group: tuple[BranchPlan, ...], frame: _Frame) -> Fork:
-        """A parallel group, concatenated; a branch a 0 in a template column empties is dropped."""
+    def _fork(self, group: tuple[BranchPlan, ...], frame: _Frame, split: bool = False) -> Fork:
+        """A parallel group, concatenated; a branch a 0 in a template column empties is dropped (not
+        in a split, whose parts are as many as its branches)."""
         first = group[0].branch.span
-        kept = [plan for plan in group if not _zero_width(plan, frame.env)]
+        kept = [plan for plan in group if split or not _zero_width(plan, frame.env)]
         if not kept:
             raise SpecArgumentError("every branch of this group has 0 channels", first)
         with self._deeper(first):
             branches = tuple(self._branch(plan, frame) for plan in kept)
         merge = bind(MERGES["concat"], (), (), frame.env, None, first)
-        return Fork(first, branches, merge, _join(frame.key, f"concat@{first.line}:{first.column}"))
+        key = _join(frame.key, f"concat@{first.line}:{first.column}")
+        return Fork(first, branches, merge, key, split=split)
 
     def _residual(self, plan: ResidualPlan, frame: _Frame) -> Node:
         """A merge of the block's input with its body as a Fork: ``act(shortcut(x) + scale * body(x))``
@@ -855,6 +861,8 @@ def _locals(body: Node, scope: Scope) -> None:
     for node in walk(body):
         if isinstance(node, Branch):
             node.var = scope.fresh(node.var_hint)
+        if isinstance(node, Fork) and node.split:
+            node.inputs = tuple(scope.fresh(f"x{i}") for i in range(1, len(node.branches) + 1))
 
 
 def _stored(body: Node, attrs: Scope) -> None:

@@ -26,8 +26,8 @@ from .errors import ShapeError, Span, SpecArgumentError, SpecNameError, did_you_
 from .symbolic import ArithmeticError_, Expr, Num, Sym, Word, apply, symbolic
 
 __all__ = [
-    "ACTIVATIONS", "KINDS", "MERGES", "Activation", "Expr", "Kind", "LayerKind", "MergeKind", "Num", "Op", "Shape",
-    "Sym", "Tensor",
+    "ACTIVATIONS", "KINDS", "MERGES", "Activation", "Expr", "Kind", "LayerKind", "MergeKind", "Num", "Op",
+    "Shape", "Sym", "Tensor",
 ]  # fmt: skip
 
 
@@ -549,6 +549,28 @@ activation(
 )
 Identity = activation("identity", "Identity", "", saves="none", title="identity")
 
+
+@register
+class Shuffle(LayerKind):
+    """``shuffle G``: channel shuffle in G groups (ShuffleNet): channel ``g * C/G + i`` moves to
+    ``i * G + g``, so the next convolution mixes what separate groups (or a split's parts) computed."""
+
+    name = "shuffle"
+    positional = (Param("groups", "int"),)
+
+    def finish(self, args, op_span, spans):
+        _positive(args, "groups", spans, op_span)
+        return args
+
+    def out_shape(self, op, x):
+        if x.flat or x.channels % op["groups"]:
+            raise ShapeError(
+                f"shuffle {op['groups']} needs a feature map whose channels it divides, not {_shape_text(x)}",
+                op.span,
+            )
+        return x
+
+
 # ``act NAME``: the row of the activation NAME names (``act relu6`` is ``relu6``); in a template,
 # ``act a`` takes the activation from a parameter. Not a kind: resolved when the row is bound.
 ACT = "act"
@@ -860,7 +882,7 @@ def _check_option(kind: Kind, key: str, value, span: Span) -> None:
                 f"{key} names an activation ({', '.join([*ACTIVATIONS, 'none'])}), not {value}", span
             )
         return
-    if isinstance(default, (int, float)) and not isinstance(value, (int, float, Sym, Expr)):
+    if isinstance(default, (int, float)) and not (isinstance(value, (int, float)) or symbolic(value)):
         raise SpecArgumentError(f"{kind.name}'s {key} must be a number, not {value}", span)
     if isinstance(default, int) and not isinstance(default, bool) and isinstance(value, float):
         raise SpecArgumentError(f"{kind.name}'s {key} must be an integer, not {value}", span)

@@ -31,7 +31,10 @@ from .formatter import format_spec
 from .resources import prelude_path
 
 LANGUAGE = "incdsl"
-KEYWORDS = ("network", "input", "classes", "budget", "defaults", "template", "branch", "aux")
+KEYWORDS = (
+    "network", "input", "classes", "budget", "defaults", "template", "branch", "aux", "residual", "gate", "split",
+    "shortcut", "sequential", "act",
+)  # fmt: skip
 _WORD = re.compile(r"[A-Za-z0-9_]+")
 
 

@@ -47,6 +47,7 @@ class Member:
     group: tuple[BranchPlan, ...] = ()
     residual: ResidualPlan | None = None
     sequence: str | None = None
+    split: bool = False  # the group's branches take equal parts of the input's channels
 
 
 @dataclass(frozen=True)
@@ -121,8 +122,16 @@ def _plan(items: list[ast.Item], unnamed: list[ast.Row]) -> tuple[Member, ...]:
             group = []
         if isinstance(item, ast.Residual):
             members.append(Member(None, residual=_plan_residual(item, unnamed)))
+        elif isinstance(item, ast.Split):
+            members.append(Member(None, group=_plan_group(list(item.items), unnamed), split=True))
         elif isinstance(item, ast.Sequential):
-            members.append(Member(None, group=(_plan_sequential(item),)))
+            if item.name is None:
+                raise SpecArgumentError(
+                    "a sequential group in a block needs a name: its attribute",
+                    item.span,
+                    "sequential block { ... }",
+                )
+            members.append(Member(None, group=(plan_sequential(item),)))
         elif isinstance(item, ast.Shortcut):
             raise SpecArgumentError(
                 "a shortcut belongs inside a residual", item.span, "residual { ...; shortcut: conv 1x1/2 C }"
@@ -157,13 +166,12 @@ def _plan_residual(residual: ast.Residual, unnamed: list[ast.Row]) -> ResidualPl
     return ResidualPlan(body, shortcut, residual, last)
 
 
-def _plan_sequential(group: ast.Sequential) -> BranchPlan:
+def plan_sequential(group: ast.Sequential) -> BranchPlan:
     """``sequential NAME { rows }`` in a block: one nn.Sequential attribute, its rows at positions
     0, 1, ... (a named row keyed by its name), run as one module."""
     branch = ast.Branch(group.items, group.span, group.name)
-    return BranchPlan(
-        group.name.text, _container(list(group.items), positional=True), branch, group.name.text
-    )
+    name = group.name.text if group.name else "sequential"  # unnamed: a position of an outer group
+    return BranchPlan(name, _container(list(group.items), positional=True), branch, name)
 
 
 def _plan_group(branches: list[ast.Branch], unnamed: list[ast.Row]) -> tuple[BranchPlan, ...]:
@@ -209,7 +217,7 @@ def _container(items: list[ast.Item], positional: bool = False) -> tuple[Member,
     members = []
     for i, item in enumerate(items):
         if isinstance(item, ast.Sequential):
-            plan = _plan_sequential(item)
+            plan = plan_sequential(item)
             members.append(Member(None, group=(replace(plan, attr=str(i), var=plan.var),)))
             continue
         attr = attribute_name(item)

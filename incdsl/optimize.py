@@ -77,7 +77,7 @@ def fuse_siblings(net: Network, plan: Plan, minimum: int = 2) -> Plan:
     for cls, body in _classes(net):
         # fresh names in copies: the IR's scopes stay untouched (one Network compiles to both builds)
         names, local = scopes.setdefault(id(cls), (cls.attrs.copy(), cls.locals.copy()))
-        for fork in (n for n in walk(body) if isinstance(n, Fork)):
+        for fork in (n for n in walk(body) if isinstance(n, Fork) and not n.split):
             heads = [(b, _head(b)) for b in fork.branches]
             groups = []
             for relu in (True, False):

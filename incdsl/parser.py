@@ -26,11 +26,12 @@ from lark.grammar import Rule
 from lark.lexer import TerminalDef
 
 from . import ast, numbers, usercache
-from .errors import Span, SpecArgumentError, SpecSyntaxError
-from .errors import SpecNameError, did_you_mean
+from .errors import Span, SpecArgumentError, SpecNameError, SpecSyntaxError, did_you_mean
 from .numbers import MAX_BUDGET, MAX_INT, MAX_REPEAT, NumberError
 from .resources import grammar_text
 from .symbolic import FUNCTIONS
+
+SEQUENTIAL = "sequential"  # the kind of a row that holds a nested sequential group
 
 # The words that open a merge block, and the merge kind each asks for (layers.MERGES).
 MERGE_WORDS = {"residual": "add", "gate": "mul"}
@@ -205,12 +206,8 @@ def _top_level_rows(group: ast.Sequential) -> list[ast.Row]:
     """The rows of a top-level ``sequential NAME { }``: stages of the network, positions of the group."""
     rows = []
     for item in group.items:
-        if isinstance(item, ast.Sequential):
-            raise SpecSyntaxError(
-                "a top-level sequential group holds rows, each a stage of the network",
-                item.span,
-                "put the inner group in a template (template NAME sequential { ... }) and call it as a row",
-            )
+        if isinstance(item, ast.Sequential):  # one position: an nn.Sequential of its own
+            item = ast.Row(SEQUENTIAL, (), item.span, name=item.name, group=item)
         rows.append(replace(item, sequence=group.name))
     return rows
 
@@ -347,6 +344,16 @@ class _ToAst(Transformer):
         return ast.Residual(body, tuple(args), self._span(meta), MERGE_WORDS[str(word)])
 
     @v_args(meta=True)
+    def split(self, meta, children):
+        (body,) = children
+        for item in body:
+            if not isinstance(item, ast.Branch):
+                raise SpecSyntaxError("a split holds branches, one per part of its input", item.span)
+        if len(body) < 2:
+            raise SpecSyntaxError("a split needs two branches or more", self._span(meta))
+        return ast.Split(body, self._span(meta))
+
+    @v_args(meta=True)
     def shortcut(self, meta, children):
         name, *args, content = children
         items = content if isinstance(content, tuple) else (content,)
@@ -376,11 +383,12 @@ class _ToAst(Transformer):
         titles = tuple(t for _, t in params)
         return ast.Template(str(name), names, body, span, titles, sequential=bool(sequential))
 
-    @v_args(inline=True)
-    def sequential_def(self, name, body):
-        group = ast.Name(str(name), self._span(name))
+    @v_args(meta=True)
+    def sequential_def(self, meta, children):
+        name, body = children
+        group = None if name is None else ast.Name(str(name), self._span(name))
         _positions_only(body, "a sequential group")
-        return ast.Sequential(group, body, group.span)
+        return ast.Sequential(group, body, group.span if group else self._span(meta))
 
     @v_args(meta=True)
     def aux_def(self, meta, children):
@@ -421,6 +429,12 @@ class _ToAst(Transformer):
         groups: dict[type, list] = {ast.Defaults: [], ast.Template: [], ast.Row: [], ast.Aux: []}
         for statement in statements:
             if isinstance(statement, ast.Sequential):
+                if statement.name is None:
+                    raise SpecSyntaxError(
+                        "a top-level sequential group needs a name: its attribute in the model",
+                        statement.span,
+                        "sequential features { ... }",
+                    )
                 groups[ast.Row] += _top_level_rows(statement)
             elif isinstance(statement, tuple):
                 key, value, span = statement

@@ -19,7 +19,7 @@ from dataclasses import replace
 from .errors import IncdslError, ShapeError, SpecArgumentError
 from .ir import BlockClass, Branch, Call, Channels, Facts, Fork, Layer, Network, Node, Seq
 from .layers import TRAINABLE, Shape
-from .symbolic import Expr, Sym
+from .symbolic import Expr, Sym, apply, simplest
 
 IN_CHANNELS = Sym("in_channels")
 
@@ -41,7 +41,8 @@ def _shape(node: Node, x: Shape) -> Shape:
         for item in node.items:
             y = _shape(item, y)
     elif isinstance(node, Fork):
-        y = node.merge.kind.out_shape(node.merge, [_shape(b, x) for b in node.branches], node.span)
+        part = _part(node, x) if node.split else x
+        y = node.merge.kind.out_shape(node.merge, [_shape(b, part) for b in node.branches], node.span)
     elif isinstance(node, Call):
         with _in_call(node):
             y = _shape(node.body, x)
@@ -49,6 +50,22 @@ def _shape(node: Node, x: Shape) -> Shape:
         y = _shape(node.body, x)
     node.facts = Facts(x, y)
     return y
+
+
+def _part(fork: Fork, x: Shape) -> Shape:
+    """What each branch of a split gets: an equal part of the input's channels."""
+    n = len(fork.branches)
+    if x.flat or x.channels % n:
+        raise ShapeError(
+            f"a split cuts its input's channels into {n} equal parts; {_text(x)} does not divide",
+            fork.span,
+            f"give it a multiple of {n} channels",
+        )
+    return replace(x, channels=x.channels // n)
+
+
+def _text(x: Shape) -> str:
+    return f"{x.channels} (flat)" if x.flat else str(x)
 
 
 class _in_call:
@@ -119,7 +136,8 @@ def _channels(node: Node, c: Expr, cls: BlockClass | None = None) -> Expr:
         for item in node.items:
             out = _channels(item, out, cls)
     elif isinstance(node, Fork):
-        outs = [_channels(b, c, cls) for b in node.branches]
+        part = Expr.of(apply("//", simplest(c), len(node.branches))) if node.split else c
+        outs = [_channels(b, part, cls) for b in node.branches]
         out = Expr.of(node.merge.kind.out_channels(node.merge, outs))
     elif isinstance(node, Branch):
         out = _channels(node.body, c, cls)

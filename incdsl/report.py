@@ -53,6 +53,7 @@ TITLES = {
     L.LRN: "local response norm",
     L.Activation: lambda op: op.kind.title,
     L.BatchNorm: "batch norm",
+    L.Shuffle: lambda op: f"channel shuffle ({op['groups']})",
     L.Dropout: lambda op: f"dropout ({op['p'] * 100:g}%)",
     L.Linear: "linear",
     L.Softmax: "softmax",
@@ -193,7 +194,9 @@ def _scale(node: Node) -> float | None:
     return next((s for s in map(_scale, children) if s is not None), None)
 
 
-def _kind(node: Layer | Call) -> str:
+def _kind(node: Layer | Call | Fork) -> str:
+    if isinstance(node, Fork):
+        return "sequential"
     return node.cls.template.name if isinstance(node, Call) else node.op.kind.name
 
 
@@ -202,7 +205,14 @@ def _stage_type(stage: Stage) -> str:
         stage.node, Call
     ):  # "inception (3a)"; a named stage shows its name: "InceptionA (Mixed_5b)"
         return f"{stage.template} ({stage.label or stage.name})"
+    if isinstance(stage.node, Fork):  # a nested sequential group: "2x mbconv (features.2)"
+        return f"{_group_title(stage.node.branches[0].body.items)} ({stage.label or stage.name})"
     return _title(stage.node)
+
+
+def _group_title(items) -> str:
+    kinds = [_kind(item) for item in items]
+    return f"{len(kinds)}x {kinds[0]}" if kinds and len(set(kinds)) == 1 else "sequential"
 
 
 def _title(layer: Layer) -> str:

@@ -22,7 +22,6 @@ Expr(terms=(('make_divisible(c * t, 8)', 2),), const=0)
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -218,18 +217,18 @@ def apply(fn: str, *args):
     a, b = (args + (None,))[:2]
     exact = all(isinstance(x, int) or symbolic(x) for x in args)
     if fn in ("+", "-") and exact:
-        return _simplest(Expr.of(a) + Expr.of(b) * (1 if fn == "+" else -1))
+        return simplest(Expr.of(a) + Expr.of(b) * (1 if fn == "+" else -1))
     if fn == "*" and exact and (isinstance(a, int) or isinstance(b, int)):
         number, other = (a, b) if isinstance(a, int) else (b, a)
-        return _simplest(Expr.of(other) * number)
+        return simplest(Expr.of(other) * number)
     if fn == "//" and isinstance(b, int) and b > 0 and exact:
         e = Expr.of(a)
         if all(k % b == 0 for _, k in e.terms) and e.const % b == 0:
-            return _simplest(Expr(tuple((n, k // b) for n, k in e.terms), e.const // b))
-    return Atom(fn, tuple(_simplest(x) if isinstance(x, Expr) else x for x in args))
+            return simplest(Expr(tuple((n, k // b) for n, k in e.terms), e.const // b))
+    return Atom(fn, tuple(simplest(x) if isinstance(x, Expr) else x for x in args))
 
 
-def _simplest(e: Expr):
+def simplest(e: Expr):
     """A number for a constant expression, the name itself for a lone name, else the expression."""
     if e.value is not None:
         return e.value
@@ -249,7 +248,7 @@ def substitute(value, values: Mapping[str, Expr | int | float]):
         return apply(value.fn, *(substitute(a, values) for a in value.args))
     if isinstance(value, Sym) and value in values:
         given = values[value]
-        return _simplest(given) if isinstance(given, Expr) else given
+        return simplest(given) if isinstance(given, Expr) else given
     return value
 
 

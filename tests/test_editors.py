@@ -8,7 +8,7 @@ import sys
 
 from conftest import ROOT
 
-from incdsl.layers import KINDS
+from incdsl.layers import ACT, KINDS
 
 EDITORS = ROOT / "editors"
 
@@ -29,7 +29,7 @@ def test_textmate_grammar_patterns_compile_and_name_every_kind():
     for pattern in _patterns(grammar):
         re.compile(pattern)  # Python's re stands in for Oniguruma: the patterns use the common subset
     kinds = re.search(r"\((conv\|[^)]*)\)", grammar["repository"]["kind"]["match"]).group(1).split("|")
-    assert set(kinds) == set(KINDS) | {"inception"}
+    assert set(kinds) == set(KINDS) | {ACT, "inception"}, "run: python editors/sync.py"
     package = json.loads((EDITORS / "vscode" / "package.json").read_text())
     assert package["contributes"]["grammars"][0]["scopeName"] == grammar["scopeName"]
 
@@ -37,7 +37,7 @@ def test_textmate_grammar_patterns_compile_and_name_every_kind():
 def test_vim_syntax_names_every_kind():
     syntax = (EDITORS / "nvim" / "syntax" / "incdsl.vim").read_text()
     line = next(line for line in syntax.splitlines() if line.startswith("syn keyword incdslKind"))
-    assert set(line.split()[3:]) == set(KINDS) | {"inception"}
+    assert set(line.split()[3:]) == set(KINDS) | {ACT, "inception"}, "run: python editors/sync.py"
 
 
 def test_lsp_without_pygls_says_how_to_get_it(capsys, monkeypatch):

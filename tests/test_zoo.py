@@ -17,6 +17,7 @@ import pytest
 from conftest import TESTS
 
 import incdsl
+from incdsl.resources import shipped_specs
 
 torch = pytest.importorskip("torch")
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
@@ -29,7 +30,18 @@ ZOO = {
     "resnet50": "resnet50",
     "resnext50_32x4d": "resnext50_32x4d",
     "wide_resnet50_2": "wide_resnet50_2",
+    "vgg16_bn": "vgg16_bn",
+    "squeezenet1_1": "squeezenet1_1",
+    "densenet121": "densenet121",
+    "mobilenet_v2": "mobilenet_v2",
+    "mobilenet_v3_large": "mobilenet_v3_large",
+    "efficientnet_b0": "efficientnet_b0",
+    "regnet_y_400mf": "regnet_y_400mf",
+    "shufflenet_v2_x1_0": "shufflenet_v2_x1_0",
+    "mnasnet1_0": "mnasnet1_0",
+    "convnext_tiny": "convnext_tiny",
 }
+SHIPPED = [spec for spec in ZOO if spec in shipped_specs()]
 
 
 def _reference_init():
@@ -56,7 +68,7 @@ def rel_error(got, expected) -> float:
     return ((got - expected).norm() / expected.norm()).item()
 
 
-@pytest.mark.parametrize("spec", ZOO)
+@pytest.mark.parametrize("spec", SHIPPED)
 def test_zoo_spec_is_torchvisions_model(spec):
     reference = zoo_models()[ZOO[spec]]
     net = incdsl.load(spec)

@@ -59,6 +59,7 @@ FILLS = MappingProxyType(
         L.Activation: "#ececec",
         L.BatchNorm: "#ececec",
         L.Flatten: "#ececec",
+        L.Shuffle: "#ececec",
         L.Mul: "#f2e6d8",
         L.Concat: "#f4f4f4",
         L.Add: "#e6f2d8",

@@ -24,11 +24,11 @@ from pathlib import Path
 
 import jinja2
 
-from ..ir import BlockClass, Branch, Call, Fork, Layer, ModelClass, Network, Node, Seq
 from .. import layers as L
+from ..ir import BlockClass, Branch, Call, Fork, Layer, ModelClass, Network, Node, Seq
 from ..layers import Conv, Op
 from ..passes import is_lone
-from ..symbolic import Atom, Expr, Sym, names
+from ..symbolic import Atom, Expr, Sym
 
 
 @cache
@@ -202,9 +202,6 @@ class Writer:
         """Source constructing one position of an nn.Sequential: a layer, a call, a nested group."""
         if isinstance(node, Fork):  # a nested sequential group: a one-branch group
             return self.container(node.branches[0])
-        if isinstance(node, Layer) and node.op.kind.flattens and not isinstance(node.op.kind, L.Flatten):
-            if not node.channels.flat_input:
-                return f"nn.Sequential(nn.Flatten(), {self.module(node)})"
         return "nn.Identity()" if _identity(node) else self.module(node)
 
     def model_class(self, model: ModelClass) -> dict:
@@ -245,7 +242,7 @@ class Writer:
         group = [s for s in stages if s.sequence == stage.sequence]
         init = ()
         if stage is group[0]:
-            parts = ", ".join("nn.Identity()" if _identity(s.node) else self.module(s.node) for s in group)
+            parts = ", ".join(self.position_module(s.node) for s in group)
             init = (f"self.{stage.sequence} = nn.Sequential({parts})",)
         if _identity(stage.node):
             code, _ = self.visit_Layer(stage.node, "x", "x")
@@ -302,13 +299,20 @@ class Writer:
         if len(fork.branches) == 1 and fork.merge.kind.unary_identity:
             return self.visit(fork.branches[0], src, dst)
         stored = tuple(f"self.{attr} = {literal(fork.merge[key])}" for key, attr in fork.stored.items())
-        pieces, outputs = [Code(init=stored)], []
-        for branch in fork.branches:
-            code, out = self.visit(branch, src, branch.var)
+        pieces, outputs = [Code(init=stored, forward=self.split(fork, src))], []
+        for branch, source in zip(fork.branches, fork.inputs or [src] * len(fork.branches)):
+            code, out = self.visit(branch, source, branch.var)
             pieces.append(code)
             outputs.append(out)
         merge = getattr(self, f"merge_{type(fork.merge.kind).__name__}")(fork, outputs)
         return join(pieces) + Code(forward=(f"{dst} = {merge}",)), dst
+
+    @staticmethod
+    def split(fork: Fork, src: str) -> tuple[str, ...]:
+        """A split's parts: ``x1, x2 = x.chunk(2, 1)``, as torchvision's ShuffleNetV2 cuts its input."""
+        if not fork.split:
+            return ()
+        return (f"{', '.join(fork.inputs)} = {src}.chunk({len(fork.inputs)}, 1)",)
 
     def visit_Branch(self, branch: Branch, src: str, dst: str) -> tuple[Code, str]:
         if branch.container is None:  # flattened: its layers are attributes of this class
@@ -359,7 +363,7 @@ class Writer:
     def call(self, node: Layer | Call, module: str, source: str) -> str:
         """The forward expression applying ``module`` to ``source``."""
         expr = f"{module}({source})"
-        if isinstance(node, Call):
+        if not isinstance(node, Layer):
             return expr
         spell = self._spelling("apply", node.op)
         return spell(node.op, expr) if spell else expr
@@ -450,6 +454,9 @@ class Writer:
         if op["momentum"] != 0.1:
             kw.append(f"momentum={literal(op['momentum'])}")
         return f"nn.BatchNorm2d({', '.join(kw)})"
+
+    def module_Shuffle(self, op: Op, cin: str) -> str:
+        return f"nn.ChannelShuffle({literal(op['groups'])})"
 
     def module_Flatten(self, op: Op, cin: str) -> str:
         return "nn.Flatten()"

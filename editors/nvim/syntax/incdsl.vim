@@ -6,8 +6,8 @@ endif
 syn match   incdslComment   "#.*$" contains=@Spell
 syn region  incdslTitle     start=+"+ end=+"+ oneline
 syn keyword incdslHeader    network input classes budget defaults
-syn keyword incdslKeyword   template branch aux after residual shortcut sequential
-syn keyword incdslKind      conv maxpool avgpool adaptive_avgpool global_avgpool lrn relu dropout linear softmax inception
+syn keyword incdslKeyword   template aux branch after residual gate split shortcut sequential
+syn keyword incdslKind      conv maxpool avgpool adaptive_avgpool global_avgpool lrn dropout linear flatten batchnorm relu relu6 silu sigmoid hardswish hardsigmoid gelu tanh leaky_relu identity shuffle softmax act inception
 syn match   incdslName      "^\s*\zs[A-Za-z0-9_]\+\ze\s*:"
 syn match   incdslTemplate  "\<template\s\+\zs[A-Za-z_][A-Za-z0-9_]*"
 syn match   incdslOption    "\<[A-Za-z_][A-Za-z0-9_]*\ze="
