@@ -32,8 +32,8 @@ from .resources import prelude_path
 
 LANGUAGE = "incdsl"
 KEYWORDS = (
-    "network", "input", "classes", "budget", "defaults", "template", "branch", "aux", "residual", "gate", "split",
-    "shortcut", "sequential", "act",
+    "network", "input", "classes", "budget", "defaults", "template", "branch", "aux", "residual", "gate",
+    "split", "shortcut", "sequential", "act",
 )  # fmt: skip
 _WORD = re.compile(r"[A-Za-z0-9_]+")
 
