@@ -212,6 +212,32 @@ def _batch_norm(op, x, y, c: Context) -> Saves:
     return Saves("kept", own=(("mean, invstd", 2 * x.channels * FLOAT32_BYTES),))
 
 
+def _layer_norm(op, x, y, c: Context) -> Saves:
+    """layer_norm in training: its input, mean and rstd (float32, one per position); ``layernorm2d``
+    permutes first (views)."""
+    if not c.setting.training:
+        return Saves()
+    positions = c.setting.batch * x.height * x.width
+    return Saves("kept", own=(("mean, rstd", 2 * positions * FLOAT32_BYTES),))
+
+
+def _permute(op, x, y, c: Context) -> Saves:
+    """permute: a view of its input."""
+    return IDENTITY
+
+
+def _layer_scale(op, x, y, c: Context) -> Saves:
+    """``scale * x``: mul keeps its input (the scale is a parameter)."""
+    return Saves("kept")
+
+
+def _stochastic_depth(op, x, y, c: Context) -> Saves:
+    """In training: x * mask, keeping the mask (one value per example); the identity in evaluation."""
+    if not c.setting.training or op["p"] == 0:
+        return IDENTITY
+    return Saves(own=(("mask", c.setting.batch * c.width),))
+
+
 def _shuffle(op, x, y, c: Context) -> Saves:
     """channel_shuffle: a copy (reshape, transpose, contiguous); its backward keeps nothing."""
     return Saves()
@@ -278,6 +304,11 @@ SAVES: dict[type, Rule] = {
     L.BatchNorm: _batch_norm,
     L.Flatten: _flatten,
     L.Shuffle: _shuffle,
+    L.LayerNorm: _layer_norm,
+    L.ChannelsLast: _permute,
+    L.ChannelsFirst: _permute,
+    L.LayerScale: _layer_scale,
+    L.StochasticDepth: _stochastic_depth,
     L.Dropout: _dropout,
     L.Linear: _linear,
     L.Softmax: _identity,

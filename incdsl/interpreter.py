@@ -74,7 +74,7 @@ class Interpreter:
         return self.visit(node.body, x)
 
     def layer(self, layer: Layer, x: Tensor) -> Tensor:
-        tensors = {t.role: self.state[f"{layer.key}.{t.key}"] for t in layer.facts.state}
+        tensors = {t.role: self.state[layer.state_key(t)] for t in layer.facts.state}
         for cls in type(layer.op.kind).__mro__:
             if cls in _OPS:
                 return _OPS[cls](self, layer.op, x, tensors)
@@ -89,7 +89,7 @@ def initial_state(net: Network, seed: int = 0) -> dict[str, Tensor]:
     for node in net.layers():
         fan_in = next((math.prod(t.shape[1:]) for t in node.facts.state if t.role == WEIGHT), 1)
         for t in node.facts.state:
-            state[f"{node.key}.{t.key}"] = _initial(t, fan_in, generator)
+            state[node.state_key(t)] = _initial(t, fan_in, generator)
     return state
 
 
@@ -99,7 +99,7 @@ def _initial(t: L.Tensor, fan_in: int, generator: torch.Generator) -> Tensor:
         value = (torch.rand(t.shape, generator=generator) * 2 - 1) * bound
         return value.requires_grad_()
     if t.role == NORM_WEIGHT:
-        return torch.ones(t.shape, requires_grad=True)
+        return torch.ones(t.shape, requires_grad=True)  # a layer scale's too (the tests load weights)
     if t.role == NORM_BIAS:
         return torch.zeros(t.shape, requires_grad=True)
     if t.role == RUNNING_VAR:
@@ -164,6 +164,31 @@ def _batch_norm(run, op, x, t):
     )
 
 
+def _layer_norm(run, op, x, t):
+    return F.layer_norm(x, (x.shape[-1],), t[NORM_WEIGHT], t[NORM_BIAS], op["eps"])
+
+
+def _layer_norm_2d(run, op, x, t):
+    y = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), t[NORM_WEIGHT], t[NORM_BIAS], op["eps"])
+    return y.permute(0, 3, 1, 2)
+
+
+def _permute(run, op, x, t):
+    return x.permute(op.kind.dims)
+
+
+def _layer_scale(run, op, x, t):
+    return t[NORM_WEIGHT] * x
+
+
+def _stochastic_depth(run, op, x, t):
+    if not run.training or op["p"] == 0:
+        return x
+    keep = 1 - op["p"]
+    mask = torch.bernoulli(torch.full((x.shape[0],) + (1,) * (x.dim() - 1), keep, dtype=x.dtype))
+    return x * mask / keep
+
+
 def _shuffle(run, op, x, t):
     n, c, h, w = x.shape
     g = op["groups"]
@@ -214,6 +239,12 @@ _OPS = {
     L.BatchNorm: _batch_norm,
     L.Flatten: _flatten,
     L.Shuffle: _shuffle,
+    L.LayerNorm: _layer_norm,
+    L.LayerNorm2d: _layer_norm_2d,
+    L.ChannelsLast: _permute,
+    L.ChannelsFirst: _permute,
+    L.LayerScale: _layer_scale,
+    L.StochasticDepth: _stochastic_depth,
     L.Dropout: _dropout,
     L.Linear: _linear,
     L.Softmax: _identity,

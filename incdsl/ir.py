@@ -119,6 +119,10 @@ class Layer(Node):
     key: str  # its path in the network: state_dict keys start with it
     instances: list[Layer] = field(default_factory=list, repr=False)  # a class body's: concrete twins
 
+    def state_key(self, tensor: Tensor) -> str:
+        """A tensor's state_dict key: under the layer's key, or the key itself (a layer scale)."""
+        return f"{self.key}.{tensor.key}" if tensor.key else self.key
+
 
 @dataclass(eq=False)
 class Seq(Node):

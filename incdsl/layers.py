@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -39,9 +39,10 @@ class Shape:
     height: int
     width: int
     flat: bool = False
+    last: bool = False  # channels-last layout (N x H x W x C), after a channels_last row
 
     def __str__(self) -> str:
-        return f"{self.height}x{self.width}x{self.channels}"
+        return f"{self.height}x{self.width}x{self.channels}" + " (channels last)" * self.last
 
     def as_list(self) -> list[int]:
         return [self.channels, self.height, self.width]
@@ -191,6 +192,7 @@ def window(size: int, kernel: int, stride: int, pad: int, ceil: bool) -> int:
 def _spatial(op: Op, x: Shape, ceil: bool = False) -> tuple[int, int]:
     if x.flat:
         raise ShapeError(f"{op.kind.name} needs a spatial input, but the input was flattened", op.span)
+    _channels_first(op, x)
     (kh, kw), (ph, pw), s = op["kernel"], op["pad"], op["stride"]
     h, w = window(x.height, kh, s, ph, ceil), window(x.width, kw, s, pw, ceil)
     if h < 1 or w < 1:
@@ -222,6 +224,15 @@ def _padding(args: dict, default: tuple[int, int], span: Span) -> None:
         args["pad"] = (pad, pad)
     else:
         raise SpecArgumentError(f"pad is a count (1) or HxW (0x3), not {pad}", span)
+
+
+def _channels_first(op: Op, x: Shape) -> None:
+    if x.last:
+        raise ShapeError(
+            f"{op.kind.name} needs a channels-first input (N x C x H x W); this one is channels-last",
+            op.span,
+            "write channels_first before it",
+        )
 
 
 def _require(ok: bool, message: str, span: Span, hint: str | None = None) -> None:
@@ -425,7 +436,9 @@ class Dropout(LayerKind):
 
 @register
 class Linear(LayerKind):
-    """``linear N [act=NAME | relu] [nobias]``: fully connected; flattens a spatial input first."""
+    """``linear N [act=NAME | relu] [nobias]``: fully connected; flattens a spatial input first. On a
+    channels-last input it is applied at every position (ConvNeXt's pointwise layers, a 1x1
+    convolution's arithmetic with nn.Linear's weights)."""
 
     name = "linear"
     positional = (Param("out", "int"),)
@@ -444,19 +457,26 @@ class Linear(LayerKind):
         return op["out"]
 
     def out_shape(self, op, x):
+        if x.last:
+            return replace(x, channels=op["out"])
         return Shape(op["out"], 1, 1, flat=True)
 
     def state(self, op, x, y):
-        tensors = [Tensor("weight", (y.channels, x.numel), WEIGHT)]
+        tensors = [Tensor("weight", (y.channels, _features(x)), WEIGHT)]
         if op["bias"]:
             tensors.append(Tensor("bias", (y.channels,), BIAS))
         return tuple(tensors)
 
     def macs(self, op, x, y):
-        return y.channels * x.numel
+        return y.numel * _features(x)
 
     def depth(self, op):
         return 1
+
+
+def _features(x: Shape) -> int:
+    """What a linear layer takes: the channels at each position of a channels-last map, else all."""
+    return x.channels if x.last else x.numel
 
 
 @register
@@ -470,6 +490,7 @@ class Flatten(LayerKind):
         return Expr.of(channels) * (spatial[0] * spatial[1])
 
     def out_shape(self, op, x):
+        _channels_first(op, x)
         return Shape(x.channels if x.flat else x.numel, 1, 1, flat=True)
 
 
@@ -488,8 +509,114 @@ class BatchNorm(LayerKind):
         _require(ok, f"momentum is in [0, 1], not {momentum}", spans.get("momentum", op_span))
         return args
 
+    def out_shape(self, op, x):
+        _channels_first(op, x)
+        if x.flat:
+            raise ShapeError("batchnorm normalises a feature map's channels; this input is flat", op.span)
+        return x
+
     def state(self, op, x, y):
         return tuple(_norm("", x.channels))
+
+
+@register
+class LayerNorm(LayerKind):
+    """``layernorm [eps=]``: layer normalisation over the channels at each position of a channels-last
+    map (``nn.LayerNorm(C)``, as in ConvNeXt's blocks); ``layernorm2d`` is the same on a channels-first
+    map (torchvision's ``LayerNorm2d``)."""
+
+    name = "layernorm"
+    options = MappingProxyType({"eps": 1e-5})
+    channels_last = True
+
+    def finish(self, args, op_span, spans):
+        eps = args["eps"]
+        _require(not known(eps) or eps > 0, f"eps must be positive, not {eps}", spans.get("eps", op_span))
+        return args
+
+    def out_shape(self, op, x):
+        if x.flat or x.last != self.channels_last:
+            layout = (
+                "a channels-last map (after channels_last)" if self.channels_last else "a channels-first map"
+            )
+            other = "layernorm2d" if self.channels_last else "layernorm"
+            raise ShapeError(
+                f"{self.name} normalises {layout}, not {_shape_text(x)}", op.span, f"use {other}"
+            )
+        return x
+
+    def state(self, op, x, y):
+        return (Tensor("weight", (x.channels,), NORM_WEIGHT), Tensor("bias", (x.channels,), NORM_BIAS))
+
+
+@register
+class LayerNorm2d(LayerNorm):
+    """``layernorm2d [eps=]``: layer normalisation over the channels at each position of a
+    channels-first map (torchvision's ``LayerNorm2d``: ConvNeXt's stem, downsampling and head)."""
+
+    name = "layernorm2d"
+    channels_last = False
+
+
+@register
+class ChannelsLast(LayerKind):
+    """``channels_last``: N x C x H x W to N x H x W x C (a permute), so linear layers and layer norms
+    act on each position's channels; ``channels_first`` turns it back."""
+
+    name = "channels_last"
+    dims = (0, 2, 3, 1)
+
+    def out_shape(self, op, x):
+        if x.flat or x.last:
+            raise ShapeError(
+                f"channels_last needs a channels-first feature map, not {_shape_text(x)}", op.span
+            )
+        return replace(x, last=True)
+
+
+@register
+class ChannelsFirst(LayerKind):
+    """``channels_first``: N x H x W x C back to N x C x H x W."""
+
+    name = "channels_first"
+    dims = (0, 3, 1, 2)
+
+    def out_shape(self, op, x):
+        if not x.last:
+            raise ShapeError("channels_first needs a channels-last input (after channels_last)", op.span)
+        return replace(x, last=False)
+
+
+@register
+class LayerScale(LayerKind):
+    """``layer_scale INIT``: a learned scale per channel, initialised to INIT, multiplying its input
+    (ConvNeXt's ``layer_scale``, C x 1 x 1): a parameter of its block, keyed by its own name."""
+
+    name = "layer_scale"
+    positional = (Param("init", "float"),)
+
+    def out_shape(self, op, x):
+        _channels_first(op, x)
+        return x
+
+    def state(self, op, x, y):
+        return (Tensor("", (x.channels, 1, 1), NORM_WEIGHT),)
+
+
+@register
+class StochasticDepth(LayerKind):
+    """``stochastic_depth P``: in training, each example's input is dropped (zeroed) with probability P
+    and kept ones are scaled by 1 / (1 - P) (Huang et al. 2016; torchvision's ``StochasticDepth`` in
+    row mode, EfficientNet's and ConvNeXt's residual branches); the identity in evaluation."""
+
+    name = "stochastic_depth"
+    positional = (Param("p", "float"),)
+
+    def finish(self, args, op_span, spans):
+        p = args["p"]
+        ok = not known(p) or 0 <= p < 1
+        _require(ok, f"a drop probability is in [0, 1), not {p}", spans.get("p", op_span))
+        return args
 
 
 class Activation(LayerKind):
@@ -623,6 +750,8 @@ class Concat(MergeKind):
     def out_shape(self, merge, shapes, span):
         if len(shapes) == 1:
             return shapes[0]
+        if any(s.last for s in shapes):
+            raise ShapeError("channels-last maps cannot be concatenated along channels", span)
         if any(s.flat for s in shapes):
             raise ShapeError(
                 "flattened outputs (of a linear layer) cannot be concatenated as feature maps",

@@ -156,6 +156,8 @@ def _flattened(layer: Layer, cls: BlockClass | None) -> tuple[bool, tuple[int, i
     if not layer.op.kind.flattens:
         return False, (1, 1)
     inputs = [twin.facts.input for twin in layer.instances]
+    if all(s.last for s in inputs):
+        return True, (1, 1)  # a linear layer on each position of a channels-last map: nothing to flatten
     flat = all(s.flat for s in inputs)
     sizes = sorted({(s.height, s.width) for s in inputs if not s.flat})
     if len(sizes) > 1 or (sizes and any(s.flat for s in inputs)):

@@ -141,7 +141,7 @@ def our_entries(net: Network, aux: bool = True) -> list[Entry]:
     entries = []
     for node in nodes:
         for layer in layers(node):
-            entries += [Entry(f"{layer.key}.{t.key}", t.role, t.shape, layer.key) for t in layer.facts.state]
+            entries += [Entry(layer.state_key(t), t.role, t.shape, layer.key) for t in layer.facts.state]
     return entries
 
 

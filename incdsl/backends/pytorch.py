@@ -187,13 +187,18 @@ class Writer:
     def sequential_class(self, cls: BlockClass, signature: list[str]) -> dict:
         """A ``sequential`` template: an nn.Sequential of its rows, as torchvision's
         Conv2dNormActivation is; no forward of its own."""
-        parts = [self.position_module(node) for node in cls.body.items]
+        parts = [(_position_name(node), self.position_module(node)) for node in cls.body.items]
+        if all(name.isdigit() for name, _ in parts):
+            lines = tuple(f"    {part}," for _, part in parts)
+        else:  # named rows are keyed by their names, as torchvision's DenseNet features are
+            self.used.add("OrderedDict")
+            lines = ("    OrderedDict([", *(f"        ({name!r}, {part})," for name, part in parts), "    ])")
         return {
             "template": cls.template.name,
             "class_name": cls.name,
             "base": "nn.Sequential",
             "signature": ", ".join(signature),
-            "init": ("super().__init__(", *(f"    {part}," for part in parts), ")"),
+            "init": ("super().__init__(", *lines, ")"),
             "forward": (),
             "methods": (),
         }
@@ -327,10 +332,7 @@ class Writer:
     def container(self, branch: Branch) -> str:
         """Source constructing a named branch of several layers: an nn.Sequential keyed by position,
         or by the layers' names."""
-        parts = [
-            (node.branches[0].container if isinstance(node, Fork) else node.attr, self.position_module(node))
-            for node in branch.body.items
-        ]
+        parts = [(_position_name(node), self.position_module(node)) for node in branch.body.items]
         if all(attr.isdigit() for attr, _ in parts):
             return f"nn.Sequential({', '.join(expr for _, expr in parts)})"
         self.used.add("OrderedDict")
@@ -365,6 +367,9 @@ class Writer:
         expr = f"{module}({source})"
         if not isinstance(node, Layer):
             return expr
+        applies = self._spelling("call", node.op)
+        if applies:
+            return applies(node.op, module, source)
         spell = self._spelling("apply", node.op)
         return spell(node.op, expr) if spell else expr
 
@@ -455,6 +460,33 @@ class Writer:
             kw.append(f"momentum={literal(op['momentum'])}")
         return f"nn.BatchNorm2d({', '.join(kw)})"
 
+    def module_LayerNorm(self, op: Op, cin: str) -> str:
+        eps = "" if op["eps"] == 1e-5 else f", eps={literal(op['eps'])}"
+        return f"nn.LayerNorm({cin}{eps})"
+
+    def module_LayerNorm2d(self, op: Op, cin: str) -> str:
+        self.used |= {"LayerNorm2d", "F"}
+        eps = "" if op["eps"] == 1e-5 else f", eps={literal(op['eps'])}"
+        return f"LayerNorm2d({cin}{eps})"
+
+    def module_ChannelsLast(self, op: Op, cin: str) -> str:
+        self.used.add("Permute")
+        return f"Permute({list(op.kind.dims)})"
+
+    module_ChannelsFirst = module_ChannelsLast
+
+    def module_LayerScale(self, op: Op, cin: str) -> str:
+        """A parameter of its block (ConvNeXt's ``layer_scale``), not a module."""
+        self.used.add("torch")
+        return f"nn.Parameter(torch.full(({cin}, 1, 1), {literal(op['init'])}))"
+
+    def call_LayerScale(self, op: Op, module: str, source: str) -> str:
+        return f"{module} * {source}"
+
+    def module_StochasticDepth(self, op: Op, cin: str) -> str:
+        self.used |= {"StochasticDepth", "torch"}
+        return f"StochasticDepth({literal(op['p'])})"
+
     def module_Shuffle(self, op: Op, cin: str) -> str:
         return f"nn.ChannelShuffle({literal(op['groups'])})"
 
@@ -497,6 +529,11 @@ class Writer:
             self.used.add("F")
             return f"F.relu({body} + {shortcut}, inplace=True)"
         return f"{body} + {shortcut}"
+
+
+def _position_name(node: Node) -> str:
+    """A position's key in its nn.Sequential: ``0``, ``1``, ... or a named row's name."""
+    return node.branches[0].container if isinstance(node, Fork) else node.attr
 
 
 def _split(fork: Fork, outputs: list[str]) -> tuple[str, str]:

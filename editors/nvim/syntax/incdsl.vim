@@ -7,7 +7,7 @@ syn match   incdslComment   "#.*$" contains=@Spell
 syn region  incdslTitle     start=+"+ end=+"+ oneline
 syn keyword incdslHeader    network input classes budget defaults
 syn keyword incdslKeyword   template aux branch after residual gate split shortcut sequential
-syn keyword incdslKind      conv maxpool avgpool adaptive_avgpool global_avgpool lrn dropout linear flatten batchnorm relu relu6 silu sigmoid hardswish hardsigmoid gelu tanh leaky_relu identity shuffle softmax act inception
+syn keyword incdslKind      conv maxpool avgpool adaptive_avgpool global_avgpool lrn dropout linear flatten batchnorm layernorm layernorm2d channels_last channels_first layer_scale stochastic_depth relu relu6 silu sigmoid hardswish hardsigmoid gelu tanh leaky_relu identity shuffle softmax act inception
 syn match   incdslName      "^\s*\zs[A-Za-z0-9_]\+\ze\s*:"
 syn match   incdslTemplate  "\<template\s\+\zs[A-Za-z_][A-Za-z0-9_]*"
 syn match   incdslOption    "\<[A-Za-z_][A-Za-z0-9_]*\ze="
