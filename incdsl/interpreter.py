@@ -185,7 +185,7 @@ def _stochastic_depth(run, op, x, t):
     if not run.training or op["p"] == 0:
         return x
     keep = 1 - op["p"]
-    mask = torch.bernoulli(torch.full((x.shape[0],) + (1,) * (x.dim() - 1), keep, dtype=x.dtype))
+    mask = torch.empty((x.shape[0],) + (1,) * (x.dim() - 1), dtype=x.dtype).bernoulli_(keep)
     return x * mask / keep
 
 

@@ -5,7 +5,8 @@ changed, so one Network compiles to both builds.
 
 - :func:`fold_batchnorm`: a convolution followed by BatchNorm becomes one convolution whose weight and
   bias fold the BatchNorm in, computed when weights are loaded (the file holds no folded numbers, and
-  the plain build's state_dict loads unchanged);
+  the plain build's state_dict loads unchanged): a conv row with ``bn``, and a bare conv row followed
+  by a ``batchnorm`` row (torchvision's layout), whose BatchNorm module then passes its input on;
 - :func:`fuse_siblings`: 1x1 convolutions that read the same input, at the heads of a group's
   branches (an inception module's #1x1, #3x3 reduce and #5x5 reduce), run as one convolution whose
   output is split;
@@ -25,8 +26,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .ir import Branch, Fork, Layer, Network, walk
-from .layers import Conv
+from .ir import Branch, Fork, Layer, Network, Seq, walk
+from .layers import BatchNorm, Conv
 from .symbols import Scope
 
 
@@ -48,6 +49,8 @@ class Plan:
     """The decisions of the passes, keyed by the nodes of the class bodies they concern."""
 
     folded: set[Layer] = field(default_factory=set)
+    folds_next: set[Layer] = field(default_factory=set)  # bare convs that fold the batchnorm row after them
+    folded_norms: set[Layer] = field(default_factory=set)  # those batchnorm rows: identities now
     fused: dict[Fork, tuple[Group, ...]] = field(default_factory=dict)
     channels_last: bool = False
     owners: dict[Fork, object] = field(default_factory=dict, repr=False)
@@ -58,10 +61,41 @@ class Plan:
 
 
 def fold_batchnorm(net: Network, plan: Plan) -> Plan:
-    """Every convolution with BatchNorm or a ReLU runs as one convolution (+ in-place ReLU)."""
+    """Every convolution with BatchNorm or a ReLU runs as one convolution (+ in-place ReLU); a bare
+    convolution runs with the batchnorm row right after it folded in."""
     for body in _bodies(net):
         plan.folded |= {n for n in walk(body) if isinstance(n, Layer) and _foldable(n)}
+    for items in _sequences(net):
+        for conv, norm in zip(items, items[1:]):
+            if _conv_then_norm(conv, norm):
+                plan.folds_next.add(conv)
+                plan.folded_norms.add(norm)
     return plan
+
+
+def _conv_then_norm(conv, norm) -> bool:
+    return (
+        isinstance(conv, Layer)
+        and isinstance(conv.op.kind, Conv)
+        and not conv.op["bn"]
+        and conv.op["act"] is None
+        and isinstance(norm, Layer)
+        and isinstance(norm.op.kind, BatchNorm)
+    )
+
+
+def _sequences(net: Network):
+    """Runs of nodes applied one after another: each Seq of every class body, and the network's stages
+    (broken where an aux head reads a stage's output)."""
+    for body in _bodies(net):
+        yield from (node.items for node in walk(body) if isinstance(node, Seq))
+    run = []
+    for stage in net.model.stages:
+        run.append(stage.node)
+        if any(aux.after is stage for aux in net.model.auxes):
+            yield run
+            run = []
+    yield run
 
 
 def _foldable(layer: Layer) -> bool:

@@ -189,7 +189,7 @@ def _check_container(branch: Branch) -> None:
 def is_lone(branch: Branch) -> bool:
     """A named branch that is its single layer itself (``branch b1: conv 1x1 64``)."""
     items = branch.body.items
-    return len(items) == 1 and isinstance(items[0], Layer) and items[0].attr == ""
+    return len(items) == 1 and isinstance(items[0], (Layer, Call)) and items[0].attr == ""
 
 
 def check_heads(net: Network) -> None:

@@ -236,3 +236,16 @@ def test_build_compile_wraps_the_model_in_torch_compile():
 
     module = load_source(incdsl.compile_source("mini_googlenet", optimize=True), "incdsl_fast")
     assert type(module.build(compile=True)).__name__ == "OptimizedModule"  # compiles at its first call
+
+
+@pytest.mark.parametrize("name", ["resnet50", "shufflenet_v2_x1_0", "mobilenet_v2", "efficientnet_b0"])
+def test_every_batchnorm_row_after_a_convolution_is_folded(name):
+    """torchvision's layout writes conv and BN as two rows (two modules); the inference build folds each
+    BN into the convolution before it, and its module passes its input on."""
+    if name not in SHIPPED:
+        pytest.skip(f"{name} is not shipped")
+    net = incdsl.load(name)
+    fast = incdsl.build_module(net, optimize=True)
+    kinds = [type(m).__name__ for m in fast.modules()]
+    assert "BatchNorm2d" not in kinds
+    assert kinds.count("FoldedBatchNorm2d") == kinds.count("ConvFoldingBN") > 0

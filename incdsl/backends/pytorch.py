@@ -392,13 +392,15 @@ class Writer:
         return None
 
     # how each layer kind is spelt: module_<Kind> constructs it, apply_<Kind> applies it ----
-    def module_Conv(self, op: Op, cin: str) -> str:
-        helper = CONV_HELPERS.get((op["bn"], op["act"] == "relu"), "nn.Conv2d")
+    def module_Conv(self, op: Op, cin: str, bare: str = "nn.Conv2d") -> str:
+        """A convolution's helper module; ``bare`` is the class of a convolution with neither BN nor
+        ReLU (nn.Conv2d, or the inference build's ConvFoldingBN)."""
+        helper = CONV_HELPERS.get((op["bn"], op["act"] == "relu"), bare)
         self.used.add(helper if helper != "nn.Conv2d" else "nn")
         if helper in ("BasicConv2d", "ConvReLU"):
             self.used.add("F")
         kw = conv_arguments(op)
-        if op["bias"] != (helper in ("nn.Conv2d", "ConvReLU")):
+        if op["bias"] != (helper in (bare, "ConvReLU")):
             kw.append(f"bias={op['bias']}")
         if op["bn"] and op["eps"] != self.bn_eps:
             kw.append(f"eps={literal(op['eps'])}")
@@ -452,13 +454,13 @@ class Writer:
     def apply_Activation(self, op: Op, expr: str) -> str:
         return expr
 
-    def module_BatchNorm(self, op: Op, cin: str) -> str:
+    def module_BatchNorm(self, op: Op, cin: str, cls: str = "nn.BatchNorm2d") -> str:
         kw = [cin]
         if op["eps"] != 1e-5:
             kw.append(f"eps={literal(op['eps'])}")
         if op["momentum"] != 0.1:
             kw.append(f"momentum={literal(op['momentum'])}")
-        return f"nn.BatchNorm2d({', '.join(kw)})"
+        return f"{cls}({', '.join(kw)})"
 
     def module_LayerNorm(self, op: Op, cin: str) -> str:
         eps = "" if op["eps"] == 1e-5 else f", eps={literal(op['eps'])}"
@@ -611,7 +613,8 @@ class OptimizedWriter(Writer):
         if self.plan.channels_last:
             view["forward"] = ("x = x.contiguous(memory_format=torch.channels_last)", *view["forward"])
             view["init"] = (*view["init"], "self.to(memory_format=torch.channels_last)")
-        view["init"] = (*view["init"], "self.prepare()", "self.eval()")
+        view["init"] = (*view["init"], "self.eval()", "prepared(self)")
+        self.used.add("prepared")
         view["aux"] = []  # an inference build computes the logits only
         self.used.add("torch")
         return view
@@ -626,6 +629,12 @@ class OptimizedWriter(Writer):
     def module(self, node: Layer | Call) -> str:
         if isinstance(node, Layer) and node in self.plan.folded:
             return self.folded_conv(node)
+        if isinstance(node, Layer) and node in self.plan.folds_next:
+            self.used |= {"ConvFoldingBN", "F", "torch"}
+            return self.module_Conv(node.op, str(node.channels.input), bare="ConvFoldingBN")
+        if isinstance(node, Layer) and node in self.plan.folded_norms:
+            self.used.add("FoldedBatchNorm2d")
+            return self.module_BatchNorm(node.op, str(node.channels.input), cls="FoldedBatchNorm2d")
         return super().module(node)
 
     def folded_conv(self, layer: Layer) -> str:
