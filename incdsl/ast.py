@@ -67,10 +67,11 @@ class Name:
 
     text: str
     span: Span = field(compare=False)
+    quoted: bool = False  # "block1-0": a key of a sequential group's position, not an identifier
 
     @property
     def is_label(self) -> bool:
-        return self.text[0].isdigit()
+        return not self.quoted and self.text[:1].isdigit()
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,12 @@ def format_spec(spec: ast.Spec) -> str:
     return "\n\n".join("\n".join(s) for s in sections if s) + "\n"
 
 
-_PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2, "//": 2, "%": 2}
+def _name(name: ast.Name) -> str:
+    return f'"{name.text}"' if name.quoted else name.text
+
+
+_PRECEDENCE = {"or": -2, "and": -1, "==": 0, "!=": 0, "<": 0, "<=": 0, ">": 0, ">=": 0}
+_PRECEDENCE |= {"+": 1, "-": 1, "*": 2, "/": 2, "//": 2, "%": 2}
 MERGE_WORDS = {"add": "residual", "mul": "gate"}
 
 
@@ -44,7 +49,8 @@ def _value(value: ast.Value) -> str:
         return repr(value)
     if isinstance(value, ast.Binary):
         level = _PRECEDENCE[value.op]
-        return f"{_operand(value.left, level)}{value.op}{_operand(value.right, level + 1)}"
+        op = f" {value.op} " if value.op in ("and", "or") else value.op
+        return f"{_operand(value.left, level)}{op}{_operand(value.right, level + 1)}"
     if isinstance(value, ast.Apply):
         return f"{value.fn}({', '.join(_value(a) for a in value.args)})"
     if isinstance(value, ast.Size):
@@ -64,7 +70,7 @@ def _args(args: tuple[ast.Arg, ...]) -> str:
 
 
 def _row(row: ast.Row) -> str:
-    name = f"{row.name.text}: " if row.name else ""
+    name = f"{_name(row.name)}: " if row.name else ""
     repeat = f"{row.repeat}x " if row.repeat > 1 else ""
     return f"{name}{repeat}{row.kind} {_args(row.args)}".rstrip()
 

@@ -51,7 +51,6 @@ from .layers import (
     ACT,
     KINDS,
     MERGES,
-    SHORTCUT,
     Dropout,
     Op,
     Shape,
@@ -79,7 +78,7 @@ MAX_DEPTH = 64
 # Layers after every repetition and template call (Inception-ResNet-v2 has about 450): repeats of
 # templates of repeats multiply, and the IR of a network is built in memory.
 MAX_LAYERS = 100_000
-NUM_CLASSES, DROPOUT = Sym("num_classes"), Sym("dropout")
+NUM_CLASSES, DROPOUT, IN_CHANNELS = Sym("num_classes"), Sym("dropout"), Sym("in_channels")
 
 
 @dataclass(frozen=True)
@@ -165,6 +164,8 @@ class BlockClass:
     template: ast.Template
     plan: tuple[Member, ...] = field(repr=False)
     fixed: Mapping[str, Num] = field(default_factory=dict)  # parameters this variant's structure fixes
+    dropped: tuple[str, ...] = ()  # the parts its when= decisions leave out (it is named for them)
+    decisions: dict = field(default_factory=dict, repr=False)  # its when= decisions, by place
 
     attrs: Scope | None = field(default=None, repr=False)
     body: Seq | None = field(default=None, repr=False)
@@ -364,6 +365,8 @@ class _Frame:
     key: str
     local: str
     symbolic: bool
+    shape: Shape | None = None  # the input of what is built next (a concrete build's), for in_channels
+    decisions: Mapping[tuple[int, int], bool] = field(default_factory=dict)  # when=, by the item's place
 
     def inside(self, attr: str) -> _Frame:
         return replace(self, key=_join(self.key, attr), local=_join(self.local, attr))
@@ -379,6 +382,9 @@ class _Builder:
         self.stack: list[ast.Template] = []  # templates being built, to catch recursion
         self.depth = 0
         self.layers = 0
+        self.owners: list[BlockClass | None] = [None]  # the class whose body is being built (None: the model)
+        self.decided: dict[tuple, dict] = {}  # (owner, place in it) -> a call's when= decisions
+        self.checking = False  # building uncalled templates: when= undecided keeps every part
 
     def network(self) -> Network:
         spec = self.spec
@@ -389,7 +395,7 @@ class _Builder:
         attrs = attributes_scope({"aux_logits": "the network's aux_logits switch"})
         members = plan_block(spec.rows, attrs)
         concrete = {} if spec.classes is None else {"classes": spec.classes}
-        stages = self._stages(members, _Frame(concrete, {}, "", "", False))
+        stages = self._stages(members, _Frame(concrete, {}, "", "", False, shape))
         auxes = tuple(self._aux(aux, stages, concrete, attrs) for aux in spec.auxes)
         model = self._model(name, members, stages, auxes)
         model.attrs = attrs
@@ -404,13 +410,16 @@ class _Builder:
 
     def _stages(self, members: tuple[Member, ...], frame: _Frame) -> tuple[Stage, ...]:
         stages, groups = [], _row_groups(self.spec.rows)
+        x = frame.shape
         for member in members:
             if member.row is None:
                 raise SpecSyntaxError(
                     "branches belong inside a template", member.group[0].branch.span,
                     "define a template with the branches and call it as a row",
                 )  # fmt: skip
-            node = self._row(member.row, member.attr, frame)
+            _refuse_when(member.row, "a top-level row")
+            node = self._row(member.row, member.attr, replace(frame, shape=x))
+            x = _shape_of(node, x)
             group = groups[member.row.span]
             stages.append(Stage(member.attr, node, member.row, group, stage_name(member), member.sequence))
         return tuple(stages)
@@ -418,7 +427,8 @@ class _Builder:
     def _aux(self, aux: ast.Aux, stages: tuple[Stage, ...], env, attrs: Scope) -> AuxHead:
         attrs.claim(aux.name.text, f"aux head '{aux.name.text}'", aux.name.span, "aux head name")
         after = _find_stage(aux.after, stages)
-        node = self._row(aux.head, aux.name.text, _Frame(env, {}, "", "", False))
+        _refuse_when(aux.head, "an aux head")
+        node = self._row(aux.head, aux.name.text, _Frame(env, {}, "", "", False, after.node.facts.output))
         return AuxHead(aux.name.text, after, _aux_weight(aux), node, aux)
 
     def _model(self, name, members, stages, auxes) -> ModelClass:
@@ -444,7 +454,51 @@ class _Builder:
 
     # rows, groups, calls --------------------------------------------------------------------
     def _seq(self, members: tuple[Member, ...], frame: _Frame, span: Span) -> Seq:
-        return Seq(span, tuple(self._member(m, frame) for m in members))
+        """Members one after another, those a ``when=`` leaves out dropped (the positions of an
+        nn.Sequential renumbered, as a list torchvision appends to would be)."""
+        kept = [m for m in members if self._keeps(_item_of(m), frame)]
+        if len(kept) < len(members) and members and all(_positional(m) for m in members):
+            kept = [_at_position(m, i) for i, m in enumerate(kept)]
+        items, x = [], frame.shape
+        for member in kept:
+            node = self._member(member, replace(frame, shape=x))
+            x = _shape_of(node, x)
+            items.append(node)
+        return Seq(span, tuple(items))
+
+    def _keeps(self, item, frame: _Frame) -> bool:
+        """Whether a row, residual or shortcut is in force: its ``when=``, decided for the call."""
+        when = _when(item)
+        if when is None:
+            return True
+        place = (when.span.line, when.span.column)
+        if place not in frame.decisions:
+            value = value_of(when.value, frame.env, when.span)
+            if not known(value):  # an uncalled template, checked: every part in force
+                return True
+            frame.decisions[place] = bool(value)
+        return frame.decisions[place]
+
+    def _decide(self, template: ast.Template, env: Mapping[str, Num]) -> dict:
+        """The ``when=`` of every row and block of a template's body, for one call: they choose the
+        call's class (one class per set of decisions, named for what it leaves out)."""
+        decisions = {}
+        for item in _items(template.body):
+            when = _when(item)
+            if when is None:
+                continue
+            value = value_of(when.value, env, when.span)
+            if not known(value) and self.checking:
+                continue  # an uncalled template, checked: every part in force
+            if not known(value):
+                raise SpecArgumentError(
+                    f"when= must be decided by the call's arguments; here it depends on "
+                    f"{', '.join(sorted(names(value)))}, which a class passes on",
+                    when.span,
+                    "decide it in the calling template (call a template that has the part, or one without it)",
+                )
+            decisions[(when.span.line, when.span.column)] = bool(value)
+        return decisions
 
     def _member(self, member: Member, frame: _Frame) -> Node:
         if member.group:
@@ -456,6 +510,7 @@ class _Builder:
     def _row(self, row: ast.Row, attr: str, frame: _Frame) -> Layer | Call | Fork:
         if row.group is not None:  # a sequential group at one position of a top-level one
             return self._fork((replace(plan_sequential(row.group), attr=attr),), frame)
+        row = _without_when(row)
         template = self.templates.get(row.kind)
         if template is not None:
             return self._call(template, row, attr, frame)
@@ -483,8 +538,11 @@ class _Builder:
         kept = [plan for plan in group if split or not _zero_width(plan, frame.env)]
         if not kept:
             raise SpecArgumentError("every branch of this group has 0 channels", first)
+        inner = frame
+        if split and frame.shape is not None:
+            inner = replace(frame, shape=replace(frame.shape, channels=frame.shape.channels // len(kept)))
         with self._deeper(first):
-            branches = tuple(self._branch(plan, frame) for plan in kept)
+            branches = tuple(self._branch(plan, inner) for plan in kept)
         merge = bind(MERGES["concat"], (), (), frame.env, None, first)
         key = _join(frame.key, f"concat@{first.line}:{first.column}")
         return Fork(first, branches, merge, key, split=split)
@@ -496,10 +554,12 @@ class _Builder:
         projection where it is written. With ``when=0`` the block is its body alone."""
         residual = plan.residual
         span = residual.span
-        merge = bind(MERGES[residual.merge], (), residual.args, frame.env, frame.origins, span)
-        if known(merge["when"]) and not merge["when"]:
+        args = tuple(a for a in residual.args if a.key != WHEN)
+        merge = bind(MERGES[residual.merge], (), args, frame.env, frame.origins, span)
+        if not self._keeps(residual, frame):
             return self._seq(plan.body, frame, span)
-        projected = plan.shortcut is not None and self._projects(plan.residual, frame)
+        shortcut_item = next((i for i in residual.items if isinstance(i, ast.Shortcut)), None)
+        projected = plan.shortcut is not None and self._keeps(shortcut_item, frame)
         with self._deeper(span):
             if not projected:
                 shortcut = Branch(span, Seq(span, ()), None, var_hint="identity")
@@ -510,13 +570,6 @@ class _Builder:
         merge = replace(merge, args=MappingProxyType({**merge.args, "shortcut": branches.index(shortcut)}))
         key = _join(frame.key, f"{residual.merge}@{span.line}:{span.column}")
         return Fork(span, branches, merge, key)
-
-    @staticmethod
-    def _projects(residual: ast.Residual, frame: _Frame) -> bool:
-        """Whether the residual's shortcut line is in force (its ``when=``, a number or a flag)."""
-        item = next(i for i in residual.items if isinstance(i, ast.Shortcut))
-        when = bind(SHORTCUT, (), item.args, frame.env, frame.origins, item.span)["when"]
-        return not known(when) or bool(when)
 
     def _branch(self, plan: BranchPlan, frame: _Frame) -> Branch:
         inner = frame if plan.attr is None else frame.inside(plan.attr)
@@ -531,10 +584,20 @@ class _Builder:
         env = dict(args)
         if "classes" in frame.env:
             env.setdefault("classes", frame.env["classes"])
+        known_input = frame.shape is not None and not frame.symbolic
+        env.setdefault(IN_CHANNELS, frame.shape.channels if known_input else IN_CHANNELS)
+        place = (id(self.owners[-1]), _join(frame.local, attr))
         with self._inside(template, row):
-            cls = self._class(template, self._fixed(template, args, origins), origins)
-            inner = _Frame(env, origins, _join(frame.key, attr), "", frame.symbolic)
-            body = self._seq(cls.plan, inner, template.span)
+            decisions = self._decisions(template, env, place, frame.symbolic)
+            fixed = self._fixed(template, args, origins)
+            cls = self._shell(template, fixed, decisions)
+            inner = _Frame(env, origins, _join(frame.key, attr), "", frame.symbolic, frame.shape, decisions)
+            self.owners.append(cls)
+            try:  # a concrete body first: the decisions of the calls in it are the class body's
+                body = self._seq(cls.plan, inner, template.span)
+            finally:
+                self.owners.pop()
+            self._body(cls, origins)
         call = Call(row.span, cls, MappingProxyType(args), body, attr, _join(frame.local, attr), inner.key)
         if not frame.symbolic:
             cls.calls.append(call)
@@ -561,9 +624,8 @@ class _Builder:
             used = set()
             for item in _items(template.body):
                 if isinstance(item, ast.Shortcut):
-                    kind = SHORTCUT
-                else:
-                    kind = MERGES[item.merge] if isinstance(item, ast.Residual) else KINDS.get(item.kind)
+                    continue
+                kind = MERGES[item.merge] if isinstance(item, ast.Residual) else KINDS.get(item.kind)
                 callee = self.templates.get(item.kind) if isinstance(item, ast.Row) else None
                 flags = self._flag_params(callee) if callee else kind.flags() if kind else frozenset()
                 named = dict(zip(callee.params, (a for a in item.args if a.key is None))) if callee else {}
@@ -573,34 +635,70 @@ class _Builder:
             self.flag_params[template.name] = frozenset(used)
         return self.flag_params[template.name]
 
-    def _class(
-        self, template: ast.Template, fixed: Mapping[str, Num] | None = None, origins: Mapping = {}
-    ) -> BlockClass:
-        """The template's class (one per set of fixed arguments, see :meth:`_fixed`), built on first
-        use; ``origins`` says where the first call wrote the fixed values."""
-        fixed = fixed or {}
-        key = (template.name, frozenset(fixed.items()))
-        if key in self.classes:
-            return self.classes[key]
-        attrs = attributes_scope()
-        plan = plan_block(template.body, attrs, positional=template.sequential)
-        cls = BlockClass(template, plan, MappingProxyType(dict(fixed)), attrs)
-        self.classes[key] = cls
+    def _decisions(self, template: ast.Template, env, place, symbolic: bool) -> dict:
+        """A call's when= decisions: decided by its arguments, or, for a call in a class body (whose
+        arguments are names), those its concrete twins made at the same place."""
+        if symbolic and place in self.decided:
+            return self.decided[place]
+        decisions = self._decide(template, env)
+        if not symbolic:
+            earlier = self.decided.setdefault(place, decisions)
+            if earlier != decisions:
+                raise SpecArgumentError(
+                    f"the calls of one class need different variants of template '{template.name}' here",
+                    template.span,
+                    "call another template where the parts differ",
+                )
+        return decisions
+
+    def _shell(self, template: ast.Template, fixed: Mapping[str, Num], decisions: Mapping) -> BlockClass:
+        """The template's class (one per set of fixed arguments, see :meth:`_fixed`, and of ``when=``
+        decisions), its body not built yet."""
+        key = (template.name, frozenset(fixed.items()), frozenset(decisions.items()))
+        if key not in self.classes:
+            attrs = attributes_scope()
+            plan = plan_block(template.body, attrs, positional=template.sequential)
+            left_out = [i for i in _items(template.body) if _when(i) and not decisions.get(_place(i), True)]
+            dropped = tuple(map(_part_name, left_out))
+            self.classes[key] = BlockClass(
+                template, plan, MappingProxyType(dict(fixed)), dropped, dict(decisions), attrs=attrs
+            )
+        return self.classes[key]
+
+    def _class(self, template: ast.Template) -> BlockClass:
+        """An uncalled template's class, built to check its body."""
+        cls = self._shell(template, {}, {})
+        self._body(cls, {})
+        return cls
+
+    def _body(self, cls: BlockClass, origins: Mapping) -> None:
+        """Build a class's symbolic body, once: its parameters as names (``in_channels`` the
+        constructor's); ``origins`` says where the first call wrote the fixed values."""
+        if cls.body is not None:
+            return
+        template, fixed, decisions = cls.template, cls.fixed, cls.decisions
         flags = self._flag_params(template)
         env = {p: fixed.get(p, Sym(p)) for p in template.params}
         unfixed = [p for p in template.params if p in flags and p not in fixed]
         env.update({p: 1 for p in unfixed})  # an uncalled template's flags, to check its body
         env.setdefault("classes", NUM_CLASSES)
+        env.setdefault(IN_CHANNELS, IN_CHANNELS)
         where = {p: span for p, span in origins.items() if p in fixed}
-        cls.body = self._seq(cls.plan, _Frame(env, where, "", "", True), template.span)
+        self.owners.append(cls)
+        try:
+            cls.body = self._seq(
+                cls.plan, _Frame(env, where, "", "", True, None, dict(decisions)), template.span
+            )
+        finally:
+            self.owners.pop()
         cls.params = tuple((p, _param_type(cls.body, p)) for p in template.params if p not in fixed)
         cls.uses_classes = _mentions(cls.body, NUM_CLASSES)
-        return cls
 
     def _check_uncalled_templates(self) -> None:
         """A spec's own templates are checked even when no row calls them yet."""
         for template in self.spec.templates:
-            if not any(name == template.name for name, _ in self.classes):
+            if not any(name == template.name for name, *_ in self.classes):
+                self.checking = True
                 with self._inside(template, None):
                     self._class(template)
 
@@ -882,15 +980,90 @@ def _class_stem(cls: BlockClass, blocks) -> str:
     """A template's name for its class; a variant other than the template's plain one (or its first)
     is named for what it fixes: ``inception_no_n1x1`` (a 0), ``block8_no_relu``, ``block_act_1``."""
     variants = [c for c in blocks if c.template is cls.template]
-    plain = next((c for c in variants if not c.fixed), variants[0])
+    plain = next((c for c in variants if not c.fixed and not c.dropped), variants[0])
     if cls is plain:
         return cls.template.name
-    parts = [f"no_{p}" if v == 0 else f"{p}_{v}" for p, v in cls.fixed.items()]
-    return "_".join([cls.template.name, *parts])
+    deciding = set().union(*(_refs(w.value) for w in map(_when, _items(cls.template.body)) if w))
+    parts = [f"no_{p}" if v == 0 else f"{p}_{v}" for p, v in cls.fixed.items() if p not in deciding]
+    return "_".join([cls.template.name, *parts, *(f"no_{part}" for part in cls.dropped)])
+
+
+def _refs(value) -> set[str]:
+    """The names a value written in a spec mentions."""
+    if isinstance(value, ast.Ref):
+        return {value.name}
+    if isinstance(value, ast.Binary):
+        return _refs(value.left) | _refs(value.right)
+    if isinstance(value, ast.Apply):
+        return set().union(*map(_refs, value.args))
+    return set()
 
 
 def _variant(cls: BlockClass) -> str:
-    return f" with {', '.join(f'{p} = {v}' for p, v in cls.fixed.items())}" if cls.fixed else ""
+    said = [f"{p} = {v}" for p, v in cls.fixed.items()] + [f"no {part}" for part in cls.dropped]
+    return f" with {', '.join(said)}" if said else ""
+
+
+WHEN = "when"
+
+
+def _when(item) -> ast.Arg | None:
+    """A row's, residual's or shortcut's ``when=`` argument, if it has one."""
+    args = getattr(item, "args", ())
+    return next((a for a in args if a.key == WHEN), None)
+
+
+def _place(item) -> tuple[int, int]:
+    when = _when(item)
+    return (when.span.line, when.span.column)
+
+
+def _part_name(item) -> str:
+    """What a left-out part is called in its class's name: a row's name or kind, ``residual``, a
+    shortcut's name."""
+    if isinstance(item, ast.Row):
+        return item.name.text if item.name and not item.name.is_label else item.kind
+    if isinstance(item, ast.Shortcut):
+        return item.name.text if item.name else "shortcut"
+    return {"add": "residual", "mul": "gate"}[item.merge]
+
+
+def _without_when(row: ast.Row) -> ast.Row:
+    if _when(row) is None:
+        return row
+    return replace(row, args=tuple(a for a in row.args if a.key != WHEN))
+
+
+def _refuse_when(row: ast.Row, what: str) -> None:
+    when = _when(row)
+    if when is not None:
+        raise SpecArgumentError(f"when= belongs to the rows of a template, not to {what}", when.span)
+
+
+def _item_of(member: Member):
+    """The item whose when= keeps or drops a member (a residual's decides in _residual: its body stays)."""
+    return member.row
+
+
+def _positional(member: Member) -> bool:
+    attr = member.attr if member.row is not None else member.group[0].attr if member.group else None
+    return attr is not None and attr.isdigit()
+
+
+def _at_position(member: Member, i: int) -> Member:
+    if member.row is not None:
+        return replace(member, attr=str(i))
+    return replace(member, group=(replace(member.group[0], attr=str(i)),))
+
+
+def _shape_of(node: Node, x: Shape | None) -> Shape | None:
+    """A concrete node's output (its facts, computed now: a call's in_channels needs them); None where
+    shapes are not tracked (a class body)."""
+    if x is None:
+        return None
+    from .passes import shape  # passes imports this module
+
+    return shape(node, x)
 
 
 def _items(items) -> Iterator:

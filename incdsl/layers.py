@@ -771,10 +771,7 @@ class Concat(MergeKind):
 
 class _WithShortcut(MergeKind):
     """A merge of a block's body with its input, or with a projection of it (the ``shortcut``):
-    ``branches[shortcut]`` is that input. ``when=0`` (a flag a template passes on) leaves the merge
-    out, so one template serves the blocks with and without it."""
-
-    options = MappingProxyType({"when": True})
+    ``branches[shortcut]`` is that input."""
 
     def out_channels(self, merge, channels):
         return channels[merge["shortcut"]]
@@ -790,7 +787,7 @@ class Add(_WithShortcut):
     that keeps its sums small) and ResNet's (scale 1)."""
 
     name = "add"
-    options = MappingProxyType({"scale": 1.0, "relu": True, "when": True})
+    options = MappingProxyType({"scale": 1.0, "relu": True})
 
     def finish(self, args, op_span, spans):
         scale = args["scale"]
@@ -832,17 +829,6 @@ class Mul(_WithShortcut):
                     f"end the gate's body with a 1x1 conv to {x.channels} channels and an activation",
                 )
         return x
-
-
-class ShortcutOptions(Kind):
-    """The options of a residual's ``shortcut`` line: ``when=FLAG`` keeps the projection only where the
-    flag is 1 (else the block adds its input itself), so one template serves every block of a stage."""
-
-    name = "shortcut"
-    options = MappingProxyType({"when": True})
-
-
-SHORTCUT = ShortcutOptions()
 
 
 def _shape_text(shape: Shape) -> str:

@@ -166,6 +166,14 @@ def _plan_residual(residual: ast.Residual, unnamed: list[ast.Row]) -> ResidualPl
     return ResidualPlan(body, shortcut, residual, last)
 
 
+def _check_key(name: ast.Name) -> None:
+    """A quoted name keys an nn.Sequential's position (add_module): not empty, no '.'."""
+    if not name.text or "." in name.text or not name.text.isprintable():
+        raise SpecArgumentError(
+            f"'{name.text}' cannot key a module: a quoted name is not empty and has no '.'", name.span
+        )
+
+
 def plan_sequential(group: ast.Sequential) -> BranchPlan:
     """``sequential NAME { rows }`` in a block: one nn.Sequential attribute, its rows at positions
     0, 1, ... (a named row keyed by its name), run as one module."""
@@ -221,7 +229,10 @@ def _container(items: list[ast.Item], positional: bool = False) -> tuple[Member,
             members.append(Member(None, group=(replace(plan, attr=str(i), var=plan.var),)))
             continue
         attr = attribute_name(item)
-        if attr is not None:
+        if attr is not None and item.name.quoted:
+            _check_key(item.name)
+            scope.claim_key(attr, f"position '{attr}' of this group", item.name.span)
+        elif attr is not None:
             scope.claim(attr, f"layer '{attr}' of this branch", item.name.span)
         members.append(Member(attr or str(i), item))
     return tuple(members)

@@ -300,6 +300,8 @@ class _ToAst(Transformer):
         return build
 
     add, sub, mul, div, floordiv, mod = map(_binary, ("+", "-", "*", "/", "//", "%"))
+    eq, ne, lt, le, gt, ge = map(_binary, ("==", "!=", "<", "<=", ">", ">="))
+    and_, or_ = map(_binary, ("and", "or"))
 
     @v_args(inline=True)
     def apply(self, fn, *args):
@@ -314,6 +316,8 @@ class _ToAst(Transformer):
 
     @v_args(inline=True)
     def name(self, token):
+        if token.type == "STRING":
+            return ast.Name(str(token)[1:-1], self._span(token), quoted=True)
         return ast.Name(str(token), self._span(token))
 
     # rows and blocks ------------------------------------------------------------------------

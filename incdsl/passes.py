@@ -17,11 +17,9 @@ from __future__ import annotations
 from dataclasses import replace
 
 from .errors import IncdslError, ShapeError, SpecArgumentError
-from .ir import BlockClass, Branch, Call, Channels, Facts, Fork, Layer, Network, Node, Seq
+from .ir import IN_CHANNELS, BlockClass, Branch, Call, Channels, Facts, Fork, Layer, Network, Node, Seq
 from .layers import TRAINABLE, Shape
-from .symbolic import Expr, Sym, apply, simplest
-
-IN_CHANNELS = Sym("in_channels")
+from .symbolic import Expr, apply, simplest
 
 
 def infer_shapes(net: Network) -> None:
@@ -33,7 +31,14 @@ def infer_shapes(net: Network) -> None:
         _shape(aux.node, aux.after.node.facts.output)
 
 
+def shape(node: Node, x: Shape) -> Shape:
+    """A concrete node's output for input ``x``, its facts (and its children's) attached."""
+    return _shape(node, x)
+
+
 def _shape(node: Node, x: Shape) -> Shape:
+    if node.facts is not None and node.facts.input == x:
+        return node.facts.output  # shaped already (as the builder went: a call's in_channels)
     if isinstance(node, Layer):
         y = node.op.kind.out_shape(node.op, x)
     elif isinstance(node, Seq):

@@ -83,6 +83,14 @@ OPERATORS: dict[str, Callable] = {
     "/": _div,
     "//": _floordiv,
     "%": _mod,
+    "==": lambda a, b: int(a == b),
+    "!=": lambda a, b: int(a != b),
+    "<": lambda a, b: int(a < b),
+    "<=": lambda a, b: int(a <= b),
+    ">": lambda a, b: int(a > b),
+    ">=": lambda a, b: int(a >= b),
+    "and": lambda a, b: int(bool(a) and bool(b)),
+    "or": lambda a, b: int(bool(a) or bool(b)),
 }
 FUNCTIONS: dict[str, tuple[Callable, int, int]] = {  # name: (function, fewest, most arguments)
     "make_divisible": (_make_divisible, 2, 3),
@@ -92,7 +100,8 @@ FUNCTIONS: dict[str, tuple[Callable, int, int]] = {  # name: (function, fewest, 
     "round": (_round, 1, 2),
 }
 # Python source of a generated file for each function (make_divisible is a helper the file defines).
-PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2, "//": 2, "%": 2}
+PRECEDENCE = {"or": -2, "and": -1, "==": 0, "!=": 0, "<": 0, "<=": 0, ">": 0, ">=": 0}
+PRECEDENCE |= {"+": 1, "-": 1, "*": 2, "/": 2, "//": 2, "%": 2}
 
 
 class Atom(str):

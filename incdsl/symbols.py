@@ -87,6 +87,13 @@ class Scope:
         self.names[name] = Owner(what, span)
         return name
 
+    def claim_key(self, name: str, what: str, span: Span | None = None) -> str:
+        """Take a key that is not an identifier (a quoted position of an nn.Sequential)."""
+        if name in self.names:
+            raise _clash(name, what, span, self.names[name], self.kind)
+        self.names[name] = Owner(what, span)
+        return name
+
     def fresh(self, base: str, what: str = "a local variable") -> str:
         """``base``, or ``base_2``, ``base_3``... : the first free name (for internal names only)."""
         name, i = base, 2
