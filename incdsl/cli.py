@@ -427,7 +427,7 @@ def cmd_runs(args) -> int:
     if args.format == "json":
         import json
 
-        print(json.dumps([runs.to_dict(run) for run in found], indent=2))
+        print(json.dumps([runs.to_dict(run) for run in found], indent=2, allow_nan=False))
     elif args.format == "markdown":
         print(runs.to_markdown(found), end="")
     else:

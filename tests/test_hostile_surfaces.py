@@ -119,3 +119,142 @@ def test_port_weights_refuses_tensors_without_dense_values(capsys, tmp_path, spe
     code, _, err = run(capsys, "port-weights", spec, path, "-o", tmp_path / "out.pt")
     assert code == 2 and f"tensor conv1.bias in {path} is" in err and words in err, err
     assert not (tmp_path / "out.pt").exists()
+
+
+# -- runs and plot: a run directory is a stranger's file ----------------------------------------------
+
+RECORD = {"epoch": 1, "train_loss": 2.0, "val_loss": 2.1, "val_top1": 0.5, "val_top5": 0.9, "lr": 0.01,
+          "img_per_s": 100.0}  # fmt: skip
+INFO = {"format": "incdsl-run/1", "target": "specs/small.inc", "network": "Small", "recipe": "fast",
+        "epochs": 2, "num_classes": 4, "images_per_epoch": 600, "spec_text": None}  # fmt: skip
+
+
+def run_dir(tmp_path, metrics: str | bytes | None = None, info=INFO, name="run"):
+    import json
+
+    folder = tmp_path / name
+    folder.mkdir()
+    metrics = json.dumps(RECORD) + "\n" if metrics is None else metrics
+    (folder / "metrics.jsonl").write_bytes(metrics if isinstance(metrics, bytes) else metrics.encode())
+    if info is not None:
+        (folder / "run.json").write_text(info if isinstance(info, str) else json.dumps(info))
+    return folder
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("[1, 2]", ":1: an epoch's record is a JSON object, not a list"),
+        ('"text"', ":1: an epoch's record is a JSON object, not a string"),
+        ('{"val_top1": 0.5}', ":1: the record has no 'epoch' field"),
+        ('{"epoch": 1}', ":1: the record has no 'val_top1' field"),
+        ('{"epoch": "1", "val_top1": 0.5}', """:1: field 'epoch' is the string "1", not an epoch count"""),
+        ('{"epoch": true, "val_top1": 0.5}', ":1: field 'epoch' is a boolean, not an epoch count"),
+        ('{"epoch": -3, "val_top1": 0.5}', ":1: field 'epoch' is -3, not an epoch count"),
+        ('{"epoch": 1, "val_top1": "0.5"}', """:1: field 'val_top1' is the string "0.5", not a number"""),
+        ('{"epoch": 1, "val_top1": 0.5, "lr": [1]}', ":1: field 'lr' is a list, not a number"),
+        ('{"epoch": 1, "val_top1": 0.5, "img_per_s": 1e999999}', None),  # Infinity: kept, shown as inf
+        ('{"epoch": 1, "val_top1": 0.5, "lr": ' + "9" * 400 + "}", ":1: field 'lr' is a number too large"),
+        ('{"epoch": 1, "val_top1": 0.5, "x": ' + "[" * 100_000 + "]" * 100_000 + "}", None),  # too long
+        (
+            '{"epoch": 1, "val_top1": 0.5, "x": ' + "[" * 5_000 + "]" * 5_000 + "}",
+            ":1: JSON nested more than 32",
+        ),
+        ("{not json", ":1: not JSON"),
+        (b"\xff\xfe{}", ":1: not UTF-8 text"),
+    ],
+    ids=lambda value: str(value)[:30] if isinstance(value, str) and value.startswith(":") else "",
+)
+@pytest.mark.parametrize("command", ["runs", "runs-json", "runs-markdown", "plot"])
+def test_a_bad_metrics_line_is_named_by_file_line_and_field(capsys, tmp_path, line, message, command):
+    if isinstance(line, str) and line.count("[") > 10_000:
+        message = ":1: the line is longer than 64 KiB"
+    good = '{"epoch": 0, "val_top1": 0.25}\n'
+    folder = run_dir(tmp_path, metrics=good.encode() + (line if isinstance(line, bytes) else line.encode()))
+    if command == "plot":
+        pytest.importorskip("matplotlib")
+        argv = ["plot", folder, "-o", tmp_path / "c.png"]
+    else:
+        argv = ["runs", folder, "--format", command.partition("-")[2] or "table"]
+    code, out, err = run(capsys, *argv)
+    if message is None:
+        assert code == 0, err
+        return
+    assert code == 2, err
+    assert f"{folder / 'metrics.jsonl'}:2" + message[2:] in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize(
+    "info, message",
+    [
+        ("[]", "a run's description is a JSON object, not a list"),
+        ('{"recipe": 3}', "field 'recipe' is 3, not text"),
+        ('{"target": {"a": 1}}', "field 'target' is an object, not text"),
+        ('{"images_per_epoch": "600"}', """field 'images_per_epoch' is the string "600", not a count"""),
+        ('{"num_classes": 1.5}', "field 'num_classes' is 1.5, not a count"),
+        ('{"lr": "fast"}', """field 'lr' is the string "fast", not a number"""),
+        ("[" * 100_000 + "]" * 100_000, "JSON nested more than 32 deep"),
+        ("{", "not JSON"),
+    ],
+)
+def test_a_bad_run_json_is_named_with_its_field(capsys, tmp_path, info, message):
+    folder = run_dir(tmp_path, info=info)
+    for fmt in ("table", "json", "markdown"):
+        code, _, err = run(capsys, "runs", folder, "--format", fmt)
+        assert code == 2 and f"{folder / 'run.json'}: {message}" in err, err
+
+
+def test_a_gigabyte_of_newlines_is_refused_by_its_size_without_reading_it(capsys, tmp_path):
+    folder = run_dir(tmp_path)
+    with open(folder / "metrics.jsonl", "r+b") as file:
+        file.truncate(1024**3)  # a sparse file: the size of 1 GB of zeros, instantly
+    code, _, err = run(capsys, "runs", folder)
+    assert code == 2 and "larger than 64 MiB, the limit for a run's metrics" in err, err
+
+
+def test_blank_lines_are_read_line_by_line(capsys, tmp_path):
+    import json
+
+    folder = run_dir(tmp_path, metrics="\n" * 1_000_000 + json.dumps(RECORD) + "\n")
+    code, out, err = run(capsys, "runs", folder, "--format", "json")
+    assert code == 0, err
+    assert json.loads(out)[0]["best"]["epoch"] == 1
+
+
+def test_a_huge_run_json_is_refused(capsys, tmp_path):
+    folder = run_dir(tmp_path, info='{"spec_text": "' + "x" * (5 * 1024 * 1024) + '"}')
+    code, _, err = run(capsys, "runs", folder)
+    assert code == 2 and "larger than 4 MiB" in err, err
+
+
+def test_runs_json_with_nan_and_infinity_is_strict_json(capsys, tmp_path):
+    import json
+
+    metrics = (
+        '{"epoch": 1, "val_top1": 0.5, "val_top5": NaN, "train_loss": Infinity, "img_per_s": -Infinity}\n'
+    )
+    metrics += '{"epoch": 2, "val_top1": NaN}\n'
+    folder = run_dir(tmp_path, metrics=metrics)
+    code, out, err = run(capsys, "runs", folder, "--format", "json")
+    assert code == 0, err
+    data = json.loads(out, parse_constant=lambda name: pytest.fail(f"{name} in the output"))
+    best = data[0]["best"]
+    assert best["epoch"] == 1 and best["val_top5"] is None and best["train_loss"] is None
+    assert data[0]["train_seconds"] is None or data[0]["train_seconds"] == 0
+
+
+@pytest.mark.parametrize("fmt", ["table", "markdown"])
+def test_escape_sequences_in_a_run_never_reach_the_terminal(capsys, tmp_path, fmt):
+    info = {**INFO, "target": "evil\x1b[2J\x1b]0;title\x07.inc", "recipe": "[bold]x[/] \x1b[31m|"}
+    folder = run_dir(tmp_path, info=info)
+    code, out, err = run(capsys, "runs", folder, "--format", fmt)
+    assert code == 0, err
+    assert "\x1b" not in out and "\x07" not in out
+    assert "\\x1b[2J" in out and "[bold]x[/]" in out
+
+
+def test_plot_labels_are_text_not_mathtext(capsys, tmp_path):
+    pytest.importorskip("matplotlib")
+    folder = run_dir(tmp_path, info={**INFO, "recipe": "$\\frac{1}{$"})
+    code, _, err = run(capsys, "plot", folder, "-o", tmp_path / "c.svg")
+    assert code == 0, err
