@@ -258,3 +258,50 @@ def test_plot_labels_are_text_not_mathtext(capsys, tmp_path):
     folder = run_dir(tmp_path, info={**INFO, "recipe": "$\\frac{1}{$"})
     code, _, err = run(capsys, "plot", folder, "-o", tmp_path / "c.svg")
     assert code == 0, err
+
+
+# -- bench: a batch that cannot fit is refused before anything is allocated ----------------------------
+
+
+@pytest.mark.parametrize("option, value", [("--batch", "1,4096"), ("--train-batch", "4096")])
+def test_bench_refuses_a_batch_that_cannot_fit_naming_the_largest_that_can(
+    capsys, monkeypatch, option, value
+):
+    pytest.importorskip("torch")
+    import re
+
+    import incdsl
+    from incdsl import bench, memory
+    from incdsl.activations import Setting, estimate
+
+    free = 512 * 1024**2
+    monkeypatch.setattr(memory, "available_on", lambda device: free)
+    monkeypatch.setattr(bench, "builds", lambda *a: pytest.fail("built the models before the check"))
+    other = ["--train-batch", "0"] if option == "--batch" else ["--batch", "1"]
+    code, _, err = run(
+        capsys, "bench", "googlenet_tv", option, value, *other, "--no-compile", "--rounds", "1"
+    )
+    assert code == 2, err
+    assert "at batch 4096 needs about" in err and "more than the 512.0 MiB available on cpu" in err, err
+    largest = int(re.search(rf"the largest batch that fits is (\d+): {option} (\d+)", err).group(1))
+    net = incdsl.load("googlenet_tv")
+    weights = estimate(net, Setting(1)).weights
+    train = option == "--train-batch"
+
+    def needed(batch):
+        setting = Setting(batch, training=True, optimizer="sgd") if train else Setting(batch)
+        return estimate(net, setting).peak + (2 if train else 1) * weights
+
+    assert 1 < largest < 4096 and needed(largest) <= free < needed(largest + 1)
+
+
+def test_bench_refuses_when_not_even_the_smallest_batch_fits(capsys, monkeypatch):
+    pytest.importorskip("torch")
+    from incdsl import bench, memory
+
+    monkeypatch.setattr(memory, "available_on", lambda device: 1024)
+    monkeypatch.setattr(bench, "builds", lambda *a: pytest.fail("built the models before the check"))
+    code, _, err = run(
+        capsys, "bench", "mini_googlenet", "--batch", "1", "--train-batch", "0", "--no-compile"
+    )
+    assert code == 2 and "not even the smallest batch fits" in err, err
