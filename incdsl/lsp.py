@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass, replace
-from functools import cache
+from functools import cache, cached_property
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -92,6 +92,10 @@ class Analysis:
         return self.text.split("\n")
 
     def facts(self) -> list[tuple]:
+        return self._facts
+
+    @cached_property
+    def _facts(self) -> list[tuple]:  # once per version: a hover asks for it
         if self.spec is None or self.stats is None:
             return []
         return _row_facts(replace(self.spec, rows=_covered(self.spec.rows, len(self.stats.rows))), self.stats)
@@ -126,10 +130,11 @@ def analyze(text: str, path: str = "<spec>") -> Analysis:
         spec = incdsl.parse(text, path)
     except IncdslError as error:
         return Analysis(path, text, error=error)
+    started = time.monotonic()
     try:
         return Analysis(path, text, spec, _build(spec))
     except IncdslError as error:
-        good, stats, exact = _longest_prefix(spec, error)
+        good, stats, exact = _longest_prefix(spec, error, time.monotonic() - started)
         failing = good if exact and good < len(spec.rows) else None
         return Analysis(path, text, spec, stats, error, failing)
     except Exception as error:  # a bug in incdsl, not in the spec: say so rather than go quiet
@@ -137,16 +142,19 @@ def analyze(text: str, path: str = "<spec>") -> Analysis:
         return Analysis(path, text, spec, error=internal)
 
 
-def _longest_prefix(spec: ast.Spec, error: IncdslError):
+def _longest_prefix(spec: ast.Spec, error: IncdslError, spent: float = 0.0):
     """How many top-level rows build (without aux heads), their stats, and whether that count is
     known exactly: the rows before the one the error is on, when they build; else a bisection on the
-    count, for at most PREFIX_SECONDS."""
+    count, for at most PREFIX_SECONDS. When the whole spec took ``spent`` > PREFIX_SECONDS to fail
+    (thousands of rows), nothing more is built: the rows before the error have no figures."""
 
     def trial(count: int):
         return _build(replace(spec, rows=spec.rows[:count], auxes=(), budget=None))
 
     hi = len(spec.rows)
     guess = _row_of(spec, error)
+    if spent > PREFIX_SECONDS:
+        return (guess, None, True) if guess is not None else (0, None, False)
     if guess is not None:
         if guess == 0:
             return 0, None, True

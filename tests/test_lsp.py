@@ -658,3 +658,23 @@ def test_the_search_for_rows_before_an_error_is_bounded_in_time(monkeypatch):
     analysis = lsp.analyze(text, "n.inc")
     assert analysis.error is not None and analysis.failing_row is None and analysis.stats is None
     assert lsp.diagnostics(analysis)  # still reported, at the error's place
+
+
+def test_a_spec_that_is_slow_to_fail_is_not_built_again(monkeypatch):
+    monkeypatch.setattr(lsp, "PREFIX_SECONDS", -1.0)  # as if the whole spec took longer than the limit
+    builds = []
+    build = lsp._build
+    monkeypatch.setattr(lsp, "_build", lambda spec: builds.append(len(spec.rows)) or build(spec))
+    analysis = lsp.analyze("network n\ninput 8x8x3\nclasses 10\nc: conv 3x3 8\nbad: convv 3x3 8\n", "n.inc")
+    assert builds == [2] and analysis.failing_row == 1 and analysis.stats is None
+    (diagnostic,) = lsp.diagnostics(analysis)
+    assert diagnostic.range.start.line == 4
+
+
+def test_a_thousand_deep_template_chain_is_a_diagnostic_not_an_internal_error():
+    lines = ["network deep", "input 32x32x3", "classes 10", "template t0(w) {", "    conv 3x3 w", "}"]
+    for i in range(1, 1000):
+        lines += [f"template t{i}(w) {{", f"    t{i - 1} w", "}"]
+    analysis = lsp.analyze("\n".join([*lines, "a: t999 16", ""]), "deep.inc")
+    (diagnostic,) = lsp.diagnostics(analysis)
+    assert "nests deeper than 64 levels" in diagnostic.message and "internal error" not in diagnostic.message
