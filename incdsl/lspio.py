@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import queue
 import re
 import threading
@@ -60,11 +61,34 @@ class Frame:
 
 
 class FrameReader:
-    """Messages from a binary stream, with the limits above; :meth:`next` returns None at its end."""
+    """Messages from a binary stream, with the limits above; :meth:`next` returns None at its end.
+
+    The stream is read in chunks through its file descriptor where it has one (``os.read``): a thread
+    blocked there holds no lock of Python's buffered reader, so the server can exit while it waits."""
+
+    CHUNK = 64 * 1024
 
     def __init__(self, stream: BinaryIO):
-        self.stream = stream
-        self.pending = b""  # bytes read that belong to what follows (a header found inside a body)
+        try:
+            fd = stream.fileno()
+            self.chunk = lambda: os.read(fd, self.CHUNK)
+        except (AttributeError, OSError, ValueError):  # io.BytesIO and the like
+            self.chunk = lambda: (
+                stream.read1(self.CHUNK) if hasattr(stream, "read1") else stream.read(self.CHUNK)
+            )
+        self.pending = b""  # bytes read and not yet taken, at most a chunk beyond what was asked for
+        self.ended = False
+
+    def _fill(self) -> bool:
+        """Read a chunk into ``pending``; False at the end of the stream."""
+        if self.ended:
+            return False
+        chunk = self.chunk()
+        if not chunk:
+            self.ended = True
+            return False
+        self.pending += chunk
+        return True
 
     def next(self) -> Frame | None:
         headers: dict[bytes, bytes] = {}
@@ -137,26 +161,36 @@ class FrameReader:
             line = self._readline(MAX_HEADER_LINE + 1)
 
     def _readline(self, limit: int) -> bytes:
-        if self.pending:
-            end = self.pending.find(b"\n", 0, limit)
-            cut = end + 1 if end >= 0 else min(limit, len(self.pending))
-            line, self.pending = self.pending[:cut], self.pending[cut:]
-            if end >= 0 or len(line) >= limit:
-                return line
-            return line + self.stream.readline(limit - len(line))
-        return self.stream.readline(limit)
+        """Up to and including the next LF, at most ``limit`` bytes (less at the end of the stream)."""
+        searched = 0
+        while True:
+            end = self.pending.find(b"\n", searched, limit)
+            if end >= 0:
+                cut = end + 1
+                break
+            if len(self.pending) >= limit:
+                cut = limit
+                break
+            searched = len(self.pending)
+            if not self._fill():
+                cut = len(self.pending)
+                break
+        line, self.pending = self.pending[:cut], self.pending[cut:]
+        return line
 
     def _read(self, size: int) -> bytes:
-        """``size`` bytes (fewer at the end of the stream), read in chunks of at most 1 MiB."""
-        chunks, got = [self.pending[:size]], min(size, len(self.pending))
-        self.pending = self.pending[size:]
-        while got < size:
-            chunk = self.stream.read(min(size - got, 1024 * 1024))
+        """``size`` bytes (fewer at the end of the stream), gathered in a list: no quadratic copies."""
+        chunks, got = [self.pending], len(self.pending)
+        while got < size and not self.ended:
+            chunk = self.chunk()
             if not chunk:
+                self.ended = True
                 break
             chunks.append(chunk)
             got += len(chunk)
-        return b"".join(chunks)
+        data = b"".join(chunks)
+        self.pending = data[size:]
+        return data[:size]
 
 
 def loads(body: bytes) -> Any:

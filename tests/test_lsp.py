@@ -678,3 +678,84 @@ def test_a_thousand_deep_template_chain_is_a_diagnostic_not_an_internal_error():
     analysis = lsp.analyze("\n".join([*lines, "a: t999 16", ""]), "deep.inc")
     (diagnostic,) = lsp.diagnostics(analysis)
     assert "nests deeper than 64 levels" in diagnostic.message and "internal error" not in diagnostic.message
+
+
+def test_the_server_exits_0_after_shutdown_and_1_when_its_input_just_ends(tmp_path):
+    wire = Wire()
+    opened(wire, tmp_path)
+    assert wire.close().count("Traceback") == 0 and wire.process.returncode == 0
+    wire = Wire()
+    opened(wire, tmp_path)
+    wire.process.stdin.close()
+    assert wire.process.wait(timeout=10) == 1
+    assert "Fatal" not in wire.close()
+
+
+# -- fuzzing the framing: whatever the bytes, the reader ends, never raises, and keeps its bounds -------
+
+FRAMING_TOKENS = [b"Content-Length: ", b"content-length:", b"Content-Type: x", b"\r\n", b"\n", b"\r", b":",
+                  b"0", b"7", b"99999999999", b"-1", b" ", b"{", b"}", b"[", b'"', b"\\", b"\x00", b"\xff",
+                  b"\xed\xa0\x80", b'"\\ud800"']  # fmt: skip
+
+
+def fuzz_messages(rng) -> bytes:
+    import json
+
+    bodies = [
+        {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"capabilities": {}}},
+        {
+            "jsonrpc": "2.0",
+            "method": "textDocument/didOpen",
+            "params": {"textDocument": {"uri": "u", "text": TINY}},
+        },
+        {"jsonrpc": "2.0", "id": 2, "method": "textDocument/hover", "params": {"position": {"line": 1}}},
+    ]
+    data = b"".join(
+        b"Content-Length: %d\r\n\r\n%s" % (len(b), b) for b in (json.dumps(m).encode() for m in bodies)
+    )
+    data = bytearray(data)
+    for _ in range(rng.randint(1, 6)):
+        at = rng.randrange(len(data) + 1)
+        action = rng.random()
+        if action < 0.4:
+            data[at:at] = rng.choice(FRAMING_TOKENS)
+        elif action < 0.7:
+            del data[at : at + rng.randint(1, 20)]
+        else:
+            data[at : at + 1] = bytes([rng.randrange(256)])
+    return bytes(data)
+
+
+def test_fuzzed_framing_never_breaks_the_reader():
+    import io
+    import random
+
+    from incdsl import lspio
+
+    for seed in range(300):
+        rng = random.Random(seed)
+        data = fuzz_messages(rng)
+        reader = lspio.FrameReader(io.BytesIO(data))
+        frames = []
+        while (frame := reader.next()) is not None:
+            frames.append(frame)
+            assert len(frames) <= len(data), f"seed {seed}: the reader does not advance"
+            assert frame.problem is None or frame.message is None, f"seed {seed}"
+        assert len(reader.pending) == 0, f"seed {seed}: bytes left unread at the end"
+
+
+def test_the_reader_resynchronises_after_each_kind_of_damage():
+    import io
+    import json
+
+    from incdsl import lspio
+
+    good = json.dumps({"jsonrpc": "2.0", "id": 7, "method": "x"}).encode()
+    message = b"Content-Length: %d\r\n\r\n%s" % (len(good), good)
+    for damage in MALFORMED.values():
+        frames = []
+        reader = lspio.FrameReader(io.BytesIO(damage + message))
+        while (frame := reader.next()) is not None:
+            frames.append(frame)
+        assert frames[-1].message == {"jsonrpc": "2.0", "id": 7, "method": "x"}, damage[:40]
+        assert len(frames) <= 2, damage[:40]  # the damaged message (or nothing, for noise), then the good one
