@@ -305,3 +305,40 @@ def test_bench_refuses_when_not_even_the_smallest_batch_fits(capsys, monkeypatch
         capsys, "bench", "mini_googlenet", "--batch", "1", "--train-batch", "0", "--no-compile"
     )
     assert code == 2 and "not even the smallest batch fits" in err, err
+
+
+# -- fuzzing run directories: whatever the files say, runs and plot answer 0 or 2 -----------------------
+
+RUN_TOKENS = ["NaN", "Infinity", "-Infinity", "1e999", "-1", "0", "true", "null", '"x"', "[", "]", "{", "}",
+              ",", ":", '"epoch"', '"val_top1"', "\n", "\x1b[2J", "\x00", "9" * 5000, "[" * 50]  # fmt: skip
+
+
+def mutate(rng, text: str) -> str:
+    for _ in range(rng.randint(1, 4)):
+        at = rng.randrange(len(text) + 1)
+        if rng.random() < 0.6:
+            text = text[:at] + rng.choice(RUN_TOKENS) + text[at:]
+        else:
+            text = text[:at] + text[at + rng.randint(1, 12) :]
+    return text
+
+
+def test_fuzzed_run_directories_are_read_or_refused(capsys, tmp_path):
+    import json
+    import random
+
+    metrics = "".join(json.dumps({**RECORD, "epoch": e}) + "\n" for e in range(1, 4))
+    codes = set()
+    for seed in range(150):
+        rng = random.Random(seed)
+        folder = run_dir(
+            tmp_path, metrics=mutate(rng, metrics), info=mutate(rng, json.dumps(INFO)), name=f"r{seed}"
+        )
+        for fmt in ("table", "json", "markdown"):
+            code, out, err = run(capsys, "runs", folder, "--format", fmt)
+            assert code in (0, 2) and "Traceback" not in err, f"seed {seed}: {err}"
+            codes.add(code)
+            assert "\x1b" not in out + err, f"seed {seed}"
+            if code == 0 and fmt == "json":
+                json.loads(out, parse_constant=lambda name, seed=seed: pytest.fail(f"seed {seed}: {name}"))
+    assert codes == {0, 2}  # both kinds of mutant were drawn
