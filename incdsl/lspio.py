@@ -148,10 +148,11 @@ class FrameReader:
 
     def _skip(self, line: bytes) -> None:
         """Skip what is not a message, up to the next ``Content-Length`` header (kept to be read)."""
-        carry = b""
+        carry, start = b"", 1  # not at 0: a header line too long to read must not be read again
         while line:
             text = carry + line
-            at = text.lower().find(_CONTENT_LENGTH)
+            at = text.lower().find(_CONTENT_LENGTH, start)
+            start = 0
             if at >= 0:
                 self.pending = text[at:] + self.pending
                 return

@@ -527,6 +527,7 @@ MALFORMED = {
     "an id that is an object": b"Content-Length: %d\r\n\r\n%s" % (len(OBJECT_ID), OBJECT_ID),
     "noise between messages": b"garbage\r\n\x00\x1b[2J\r\n",
     "a header line 1 MiB long": b"X-Long: " + b"y" * 1024 * 1024 + b"\r\n\r\n",
+    "a Content-Length line 10 KB long": b"Content-Length: " + b"1" * 10_000 + b"\r\n\r\n{}",
 }
 
 
@@ -757,5 +758,6 @@ def test_the_reader_resynchronises_after_each_kind_of_damage():
         reader = lspio.FrameReader(io.BytesIO(damage + message))
         while (frame := reader.next()) is not None:
             frames.append(frame)
+            assert len(frames) <= 2, f"{damage[:40]}: the reader does not advance"
         assert frames[-1].message == {"jsonrpc": "2.0", "id": 7, "method": "x"}, damage[:40]
         assert len(frames) <= 2, damage[:40]  # the damaged message (or nothing, for noise), then the good one
