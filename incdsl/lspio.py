@@ -362,7 +362,10 @@ def serve(server, stdin: BinaryIO, stdout: BinaryIO, idle: Callable[[], None] | 
             session.handle(item)
             await asyncio.sleep(0)  # let pygls's own tasks (async handlers, writes) run
             if frames.empty() and session.idle is not None:
-                session.idle()
+                try:
+                    session.idle()
+                except Exception:  # a bug in an analysis must not end the server
+                    logger.exception("the analysis of the documents failed")
 
     try:
         asyncio.run(main())

@@ -696,7 +696,7 @@ def test_the_server_exits_0_after_shutdown_and_1_when_its_input_just_ends(tmp_pa
 
 FRAMING_TOKENS = [b"Content-Length: ", b"content-length:", b"Content-Type: x", b"\r\n", b"\n", b"\r", b":",
                   b"0", b"7", b"99999999999", b"-1", b" ", b"{", b"}", b"[", b'"', b"\\", b"\x00", b"\xff",
-                  b"\xed\xa0\x80", b'"\\ud800"']  # fmt: skip
+                  b"\xed\xa0\x80", b'"\\ud800"', b"9" * 9000]  # fmt: skip
 
 
 def fuzz_messages(rng) -> bytes:
