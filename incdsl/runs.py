@@ -91,7 +91,8 @@ class Run:
         if not images or not self.metrics:
             return None
         speeds = [r.get("img_per_s") for r in self.metrics]
-        return sum(images / v for v in speeds if _finite(v) and v > 0)
+        seconds = sum(images / v for v in speeds if _finite(v) and v > 0)
+        return seconds if math.isfinite(seconds) else None  # a stranger's figures can overflow
 
     @property
     def counts(self) -> tuple[int, int] | None:

@@ -243,6 +243,18 @@ def test_runs_json_with_nan_and_infinity_is_strict_json(capsys, tmp_path):
     assert data[0]["train_seconds"] is None or data[0]["train_seconds"] == 0
 
 
+@pytest.mark.parametrize("fmt", ["table", "markdown", "json"])
+def test_figures_that_overflow_are_shown_as_unknown(capsys, tmp_path, fmt):
+    info = {**INFO, "images_per_epoch": 2**63}
+    folder = run_dir(tmp_path, metrics='{"epoch": 1, "val_top1": 0.5, "img_per_s": 1e-300}\n', info=info)
+    code, out, err = run(capsys, "runs", folder, "--format", fmt)
+    assert code == 0, err  # not OverflowError from the train time's rounding
+    if fmt == "markdown":
+        assert out.strip().splitlines()[-1].split("|")[-2].strip() == "—"  # the train time
+    elif fmt == "json":
+        assert '"train_seconds": null' in out
+
+
 @pytest.mark.parametrize("fmt", ["table", "markdown"])
 def test_escape_sequences_in_a_run_never_reach_the_terminal(capsys, tmp_path, fmt):
     info = {**INFO, "target": "evil\x1b[2J\x1b]0;title\x07.inc", "recipe": "[bold]x[/] \x1b[31m|"}
