@@ -182,6 +182,7 @@ def _run(target, batches, train_batch, rounds, compile, min_time, seed, train_co
     from . import load, report
 
     net = load(target)
+    check_memory(net, batches, train_batch, train_compile)
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     load_before = os.getloadavg()
     source = source_seconds(target)
@@ -214,6 +215,45 @@ def _run(target, batches, train_batch, rounds, compile, min_time, seed, train_co
         load_after=os.getloadavg(),
         started=started,
     )
+
+
+def check_memory(net: Network, batches: Sequence[int], train_batch: int, train_compile: bool = False) -> None:
+    """Refuse, before anything is allocated, a batch whose step cannot fit in the free memory of torch's
+    default device, naming the largest that can: the estimate of :mod:`incdsl.activations` (the
+    trainer's), plus the other builds the benchmark holds at the same time (the plain and optimized
+    eval builds; a training copy of the plain one, and a compiled one with ``train_compile``)."""
+    from .activations import DEVICES, Setting, estimate, largest_batch
+    from .memory import OutOfMemory, available_on, default_device, human_bytes
+
+    device = default_device()
+    free = available_on(device)
+    if free is None:
+        return
+    kind = device.type if device.type in DEVICES else "cpu"
+    weights = estimate(net, Setting(1, device=kind)).weights
+    steps = [("eval", "--batch", b, Setting(b, device=kind), weights) for b in batches]  # + the other build
+    if train_batch:
+        setting = Setting(train_batch, training=True, device=kind, optimizer="sgd")  # bench's SGD, momentum
+        steps.append(
+            ("a training step", "--train-batch", train_batch, setting, (3 if train_compile else 2) * weights)
+        )
+    for what, option, batch, setting, others in steps:
+        needed = estimate(net, setting).peak + others
+        if needed <= free:
+            continue
+        largest = largest_batch(net, setting, free - others, MAX_BATCH) if free > others else 0
+        if option == "--train-batch" and largest == 1:
+            largest = 0  # BatchNorm trains on 2 or more
+        hint = (
+            f"the largest batch that fits is {largest}: {option} {largest}"
+            if largest
+            else "not even the smallest batch fits: use a smaller model or a machine with more memory"
+        )
+        raise OutOfMemory(
+            f"{net.name}: {what} at batch {batch} needs about {human_bytes(needed)} (with the benchmark's "
+            f"other builds), more than the {human_bytes(free)} available on {device}",
+            hint=hint,
+        )
 
 
 def builds(net: Network, seed: int = SEED):

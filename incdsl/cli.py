@@ -367,6 +367,8 @@ def cmd_fit(args) -> int:
     from . import fit, read
     from .parser import parse
 
+    if args.output is not None:  # -o '' and -o SPEC are refused, as by every command that writes
+        _output(args)
     text, path = read(args.spec)
     spec = parse(text, path)
     try:
@@ -388,8 +390,8 @@ def cmd_fit(args) -> int:
         f"{how} {fitted.multiplier:.4f}{depth}: {fitted.macs:,} multiply-adds, {fitted.macs / budget:.1%} of "
         f"{budget:,} (was {fitted.original_macs:,}); {fitted.params:,} params"
     )
-    if args.output:
-        write_atomic(args.output, fitted.text)
+    if args.output is not None:
+        write_atomic(args.output, fitted.text, inputs=[locate(args.spec)])
         print(summary)
         print(f"wrote {args.output} (compare: incdsl diff {args.spec} {args.output})")
     else:
@@ -425,7 +427,7 @@ def cmd_runs(args) -> int:
     if args.format == "json":
         import json
 
-        print(json.dumps([runs.to_dict(run) for run in found], indent=2))
+        print(json.dumps([runs.to_dict(run) for run in found], indent=2, allow_nan=False))
     elif args.format == "markdown":
         print(runs.to_markdown(found), end="")
     else:

@@ -627,7 +627,11 @@ class _Builder:
                     continue
                 kind = MERGES[item.merge] if isinstance(item, ast.Residual) else KINDS.get(item.kind)
                 callee = self.templates.get(item.kind) if isinstance(item, ast.Row) else None
-                flags = self._flag_params(callee) if callee else kind.flags() if kind else frozenset()
+                if callee:  # through a chain of calls: bounded as the build is, not by Python's stack
+                    with self._deeper(item.span):
+                        flags = self._flag_params(callee)
+                else:
+                    flags = kind.flags() if kind else frozenset()
                 named = dict(zip(callee.params, (a for a in item.args if a.key is None))) if callee else {}
                 for key, arg in [*named.items(), *((a.key, a) for a in item.args if a.key is not None)]:
                     if key in flags and isinstance(arg.value, ast.Ref) and arg.value.name in template.params:

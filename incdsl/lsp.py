@@ -19,9 +19,11 @@ The analysis (:func:`analyze` and the functions taking an :class:`Analysis`) is 
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass, replace
-from functools import cache
+from functools import cache, cached_property
 from pathlib import Path
+from urllib.parse import unquote
 
 from lsprotocol import types
 
@@ -41,11 +43,13 @@ _WORD = re.compile(r"[A-Za-z0-9_]+")
 # the IR glue: the only functions here that know what incdsl.stats returns -----------------------
 
 
-def _build(text: str, path: str):
-    """The stats of a spec text (raises IncdslError)."""
+def _build(spec: ast.Spec):
+    """The stats of a parsed spec (raises IncdslError): ``incdsl.from_text`` without parsing again."""
     import incdsl
 
-    return incdsl.stats(incdsl.from_text(text, path))
+    from . import ir, passes
+
+    return incdsl.stats(passes.run(ir.build(spec, incdsl.prelude())))
 
 
 def _row_facts(spec: ast.Spec, stats) -> list[tuple]:
@@ -91,6 +95,10 @@ class Analysis:
         return self.text.split("\n")
 
     def facts(self) -> list[tuple]:
+        return self._facts
+
+    @cached_property
+    def _facts(self) -> list[tuple]:  # once per version: a hover asks for it
         if self.spec is None or self.stats is None:
             return []
         return _row_facts(replace(self.spec, rows=_covered(self.spec.rows, len(self.stats.rows))), self.stats)
@@ -106,47 +114,91 @@ def _covered(rows, count: int):
     return tuple(out)
 
 
+# The work of one analysis is bounded: the text by the spec's size limit (the parser refuses more at
+# once), the build by the IR's limits, and the search for the rows before an error (whose hover keeps
+# its figures) by this many seconds, after the one build that the error's place usually makes enough.
+PREFIX_SECONDS = 2.0
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def analyze(text: str, path: str = "<spec>") -> Analysis:
-    """Parse and build ``text``; on an error, the stats of the rows before the one that fails."""
+    """Parse and build ``text``; on an error, the stats of the rows before the one that fails.
+
+    A lone surrogate (a broken UTF-16 pair, which JSON can carry) is read as U+FFFD, which takes the
+    same one UTF-16 unit: positions are unchanged, and no text sent back holds it."""
     import incdsl
 
+    text = _SURROGATE.sub("\ufffd", text)
     try:
         spec = incdsl.parse(text, path)
     except IncdslError as error:
         return Analysis(path, text, error=error)
+    started = time.monotonic()
     try:
-        return Analysis(path, text, spec, _build(text, path))
+        return Analysis(path, text, spec, _build(spec))
     except IncdslError as error:
-        good, stats = _longest_prefix(spec)
-        failing = good if good < len(spec.rows) else None
+        good, stats, exact = _longest_prefix(spec, error, time.monotonic() - started)
+        failing = good if exact and good < len(spec.rows) else None
         return Analysis(path, text, spec, stats, error, failing)
     except Exception as error:  # a bug in incdsl, not in the spec: say so rather than go quiet
         internal = IncdslError(f"internal error in incdsl: {type(error).__name__}: {error}")
         return Analysis(path, text, spec, error=internal)
 
 
-def _longest_prefix(spec: ast.Spec):
-    """How many top-level rows build (without aux heads), and their stats: bisection on the count."""
-    lo, hi, best = 0, len(spec.rows), None
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        trial = replace(spec, rows=spec.rows[:mid], auxes=(), budget=None)
+def _longest_prefix(spec: ast.Spec, error: IncdslError, spent: float = 0.0):
+    """How many top-level rows build (without aux heads), their stats, and whether that count is
+    known exactly: the rows before the one the error is on, when they build; else a bisection on the
+    count, for at most PREFIX_SECONDS. When the whole spec took ``spent`` > PREFIX_SECONDS to fail
+    (thousands of rows), nothing more is built: the rows before the error have no figures."""
+
+    def trial(count: int):
+        return _build(replace(spec, rows=spec.rows[:count], auxes=(), budget=None))
+
+    hi = len(spec.rows)
+    guess = _row_of(spec, error)
+    if spent > PREFIX_SECONDS:
+        return (guess, None, True) if guess is not None else (0, None, False)
+    if guess is not None:
+        if guess == 0:
+            return 0, None, True
         try:
-            best = (mid, _build(format_spec(trial), spec.path))
-            lo = mid
+            return guess, trial(guess), True
         except Exception:  # an IncdslError, or whatever made the whole spec fail
+            hi = guess - 1
+    lo, best, deadline = 0, None, time.monotonic() + PREFIX_SECONDS
+    while lo < hi and time.monotonic() < deadline:
+        mid = (lo + hi + 1) // 2
+        try:
+            best = (mid, trial(mid))
+            lo = mid
+        except Exception:
             hi = mid - 1
-    if best is None or best[0] != lo:
-        return lo, None
-    return best
+    stats = best[1] if best is not None and best[0] == lo else None
+    return lo, stats, lo == hi
+
+
+def _row_of(spec: ast.Spec, error: IncdslError) -> int | None:
+    """The index of the top-level row an error is written on (the count of rows before it), or None
+    when it is elsewhere (a template's body, the prelude); len(rows) after the last row."""
+    span = error.span
+    if span is None or span.path != spec.path or error.notes or not spec.rows:
+        return None
+    if any(aux.name.span.line == span.line for aux in spec.auxes):
+        return len(spec.rows)
+    starts = [_row_start(row).line for row in spec.rows]
+    if span.line < starts[0]:
+        return 0
+    index = max(i for i, line in enumerate(starts) if line <= span.line)
+    return index if span.line == starts[index] else None
 
 
 # positions -------------------------------------------------------------------------------------
 
 
 def _utf16(line: str, column: int) -> int:
-    """A 0-based code-point column as LSP's UTF-16 offset."""
-    return len(line[:column].encode("utf-16-le")) // 2
+    """A 0-based code-point column as LSP's UTF-16 offset (counted, not encoded: a lone surrogate is
+    one unit too)."""
+    return column + sum(1 for char in line[:column] if ord(char) > 0xFFFF)
 
 
 def _codepoints(line: str, character: int) -> int:
@@ -624,75 +676,112 @@ def _block_end(lines: list[str], line: int) -> int:
 
 
 def server():
-    """The pygls LanguageServer, its features registered; :func:`main` runs it over stdio."""
+    """The pygls LanguageServer, its features registered; :func:`main` serves it over stdio through
+    :mod:`incdsl.lspio`. Requests are answered from open documents only (a URI never opened is not
+    read from disk: it may be a FIFO, or gone); edits only mark a document stale, and it is analysed
+    once, in its latest version, when no message is waiting (``ls.idle``) or a request needs it."""
     from pygls.lsp.server import LanguageServer
     from pygls.uris import to_fs_path
 
     ls = LanguageServer("incdsl", __version__)
     current: dict[str, Analysis] = {}
     parsed: dict[str, ast.Spec] = {}  # the last version of each document that parsed
+    stale: set[str] = set()  # open documents edited since their analysis
+
+    def document(uri: str):
+        """The open document at ``uri``, or None: never one made from the file system."""
+        return ls.workspace.text_documents.get(unquote(uri))
 
     def refresh(uri: str) -> None:
-        document = ls.workspace.get_text_document(uri)
-        analysis = analyze(document.source, to_fs_path(uri) or uri)
+        stale.discard(uri)
+        opened = document(uri)
+        if opened is None:
+            return
+        analysis = analyze(opened.source, _path(uri, to_fs_path))
         current[uri] = analysis
         if analysis.spec is not None:
             parsed[uri] = analysis.spec
         ls.text_document_publish_diagnostics(
-            types.PublishDiagnosticsParams(uri, diagnostics(analysis), version=document.version)
+            types.PublishDiagnosticsParams(uri, diagnostics(analysis), version=opened.version)
         )
 
-    def get(uri: str) -> Analysis:
-        if uri not in current:
+    def get(uri: str) -> Analysis | None:
+        if document(uri) is None:
+            return None
+        if uri in stale or uri not in current:
             refresh(uri)
         return current[uri]
 
+    def idle() -> None:
+        for uri in sorted(stale):
+            refresh(uri)
+
+    ls.idle = idle
+
     @ls.feature(types.TEXT_DOCUMENT_DID_OPEN)
     def did_open(params: types.DidOpenTextDocumentParams):
-        refresh(params.text_document.uri)
+        stale.add(params.text_document.uri)
 
     @ls.feature(types.TEXT_DOCUMENT_DID_CHANGE)
     def did_change(params: types.DidChangeTextDocumentParams):
-        refresh(params.text_document.uri)
+        stale.add(params.text_document.uri)
 
     @ls.feature(types.TEXT_DOCUMENT_DID_CLOSE)
     def did_close(params: types.DidCloseTextDocumentParams):
         uri = params.text_document.uri
         current.pop(uri, None)
         parsed.pop(uri, None)
+        stale.discard(uri)
         ls.text_document_publish_diagnostics(types.PublishDiagnosticsParams(uri, []))
 
     @ls.feature(types.TEXT_DOCUMENT_HOVER)
     def on_hover(params: types.HoverParams):
-        return hover(get(params.text_document.uri), params.position.line, params.position.character)
+        analysis = get(params.text_document.uri)
+        return hover(analysis, params.position.line, params.position.character) if analysis else None
 
     @ls.feature(types.TEXT_DOCUMENT_DEFINITION)
     def on_definition(params: types.DefinitionParams):
         uri, position = params.text_document.uri, params.position
-        return definition(get(uri), position.line, position.character, parsed.get(uri))
+        analysis = get(uri)
+        return definition(analysis, position.line, position.character, parsed.get(uri)) if analysis else None
 
     @ls.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions(trigger_characters=[" "]))
     def on_completion(params: types.CompletionParams):
         uri, position = params.text_document.uri, params.position
-        items = completions(get(uri), position.line, position.character, parsed.get(uri))
+        analysis = get(uri)
+        items = completions(analysis, position.line, position.character, parsed.get(uri)) if analysis else []
         return types.CompletionList(is_incomplete=False, items=items)
 
     @ls.feature(types.TEXT_DOCUMENT_FORMATTING)
     def on_formatting(params: types.DocumentFormattingParams):
+        analysis = get(params.text_document.uri)
         try:
-            return formatting(get(params.text_document.uri))
+            return formatting(analysis) if analysis else []
         except FormatRefused as refused:
             ls.window_show_message(types.ShowMessageParams(types.MessageType.Warning, str(refused)))
             return []
 
     @ls.feature(types.TEXT_DOCUMENT_DOCUMENT_SYMBOL)
     def on_symbols(params: types.DocumentSymbolParams):
-        return symbols(get(params.text_document.uri))
+        analysis = get(params.text_document.uri)
+        return symbols(analysis) if analysis else []
 
     return ls
 
 
+def _path(uri: str, to_fs_path) -> str:
+    """A document's path for its messages: the file's for a file URI, else the URI itself."""
+    try:
+        return to_fs_path(uri) or uri
+    except Exception:  # a URI that urllib cannot take apart
+        return uri
+
+
 def main() -> int:
-    """Serve over stdin/stdout until the client says exit."""
-    server().start_io()
-    return 0
+    """Serve over stdin/stdout until the client says exit (see :mod:`incdsl.lspio` for the limits)."""
+    import sys
+
+    from .lspio import serve
+
+    ls = server()
+    return serve(ls, sys.stdin.buffer, sys.stdout.buffer, idle=ls.idle)

@@ -74,6 +74,8 @@ def read_foreign(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
         raise PortError(f"no weights file {path}")
+    if path.stat().st_size == 0:
+        raise PortError(f"{path} is empty: it holds no weights")
     try:
         if path.suffix.lower() == ".safetensors":
             from safetensors.torch import load_file
@@ -84,7 +86,7 @@ def read_foreign(path: str | os.PathLike) -> dict:
     except ImportError:
         raise PortError("reading .safetensors needs safetensors", hint="pip install safetensors") from None
     except Exception as exc:  # a damaged file, a pickle of code, not a checkpoint at all
-        raise PortError(f"cannot read weights from {path}: {str(exc).splitlines()[0][:200]}") from None
+        raise PortError(f"cannot read weights from {path}: {_first_line(exc)}") from None
     for key in ("state_dict", "model"):
         if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
             state = state[key]
@@ -93,7 +95,33 @@ def read_foreign(path: str | os.PathLike) -> dict:
     tensors = {k: v for k, v in state.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
     if not tensors:
         raise PortError(f"{path} holds no tensors keyed by name (a state_dict)")
+    for key, tensor in tensors.items():
+        _check_values(path, key, tensor)
     return tensors
+
+
+def _check_values(path: Path, key: str, tensor) -> None:
+    """A tensor that can be written as a weight: dense, with values in memory. A meta tensor has a
+    shape and no values; a sparse (or otherwise laid out) one is not what a module's state_dict loads."""
+    import torch
+
+    if tensor.is_meta:
+        raise PortError(
+            f"tensor {key} in {path} is on the meta device: it has a shape but no values",
+            hint="save the weights from a model that holds them (not one built on the meta device)",
+        )
+    if tensor.layout != torch.strided:
+        layout = str(tensor.layout).removeprefix("torch.")
+        raise PortError(
+            f"tensor {key} in {path} is {layout}, not a dense tensor: a module's weights are dense",
+            hint="convert it with .to_dense() before saving",
+        )
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (at most 200 characters), or its type's name."""
+    lines = str(exc).strip().splitlines()
+    return lines[0][:200] if lines else type(exc).__name__
 
 
 ROLE_ORDER = {"weight": 0, "bias": 1, "running_mean": 2, "running_var": 3, "num_batches_tracked": 4}

@@ -14,13 +14,16 @@ torch). Reading runs never imports torch otherwise, so ``incdsl runs`` starts fa
 from __future__ import annotations
 
 import json
+import math
+import os
+import re
 import time
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
 
-from .errors import IncdslError
+from .errors import IncdslError, escape
 from .files import write_atomic
 
 RUN_INFO, METRICS, CHECKPOINT = "run.json", "metrics.jsonl", "checkpoint.pt"
@@ -78,7 +81,8 @@ class Run:
     @property
     def best(self) -> dict[str, Any] | None:
         """The epoch with the best validation top-1 (the first of equals, as best.pt keeps)."""
-        return max(self.metrics, key=lambda r: r["val_top1"], default=None)
+        scored = [r for r in self.metrics if _finite(r.get("val_top1"))]
+        return max(scored, key=lambda r: r["val_top1"], default=None)
 
     @property
     def train_seconds(self) -> float | None:
@@ -86,7 +90,9 @@ class Run:
         images = self.info.get("images_per_epoch")
         if not images or not self.metrics:
             return None
-        return sum(images / r["img_per_s"] for r in self.metrics if r.get("img_per_s"))
+        speeds = [r.get("img_per_s") for r in self.metrics]
+        seconds = sum(images / v for v in speeds if _finite(v) and v > 0)
+        return seconds if math.isfinite(seconds) else None  # a stranger's figures can overflow
 
     @property
     def counts(self) -> tuple[int, int] | None:
@@ -97,30 +103,157 @@ class Run:
         return _counts(text, self.info.get("num_classes"))
 
 
+# A run directory is a stranger's file: read with bounds (the trainer writes a few hundred bytes an
+# epoch and a run.json of its spec, at most 256 KiB), and every field checked before it is used.
+MAX_METRICS_BYTES = 64 * 1024 * 1024  # metrics.jsonl: 100,000 epochs of the trainer's records fit
+MAX_LINE_BYTES = 64 * 1024  # one line of metrics.jsonl
+MAX_RECORDS = 100_000  # epochs in metrics.jsonl
+MAX_INFO_BYTES = 4 * 1024 * 1024  # run.json (its spec_text, escaped)
+MAX_NESTING = 32  # [ and { inside one another, in either file (the trainer's are 1 deep)
+MAX_EPOCH = 10**9
+
+_NUMBER_FIELDS = ("train_loss", "val_loss", "val_top1", "val_top5", "lr", "img_per_s")
+_INFO_TEXT = ("format", "target", "network", "recipe", "data", "spec_text", "started")
+_INFO_COUNTS = ("epochs", "batch_size", "seed", "num_classes", "images_per_epoch")
+_JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
 def read_run(path: str | Path) -> Run:
-    """The run in directory ``path``."""
+    """The run in directory ``path``; a RunError naming the file, line and field when its
+    ``metrics.jsonl`` or ``run.json`` is larger than the limits above, is not JSON, or holds a value
+    of the wrong kind."""
     path = Path(path)
     metrics_file = path / METRICS
     if not metrics_file.is_file():
         raise RunError(f"{path} is not a run directory: it has no {METRICS}")
+    return Run(path, _info(path), tuple(read_metrics(metrics_file)))
+
+
+def read_metrics(file: Path) -> list[dict[str, Any]]:
+    """The records of a ``metrics.jsonl``, read line by line within the limits, each checked."""
+    records = []
     try:
-        lines = metrics_file.read_text().splitlines()
-        metrics = tuple(json.loads(line) for line in lines if line.strip())
-    except (OSError, ValueError) as error:
-        raise RunError(f"cannot read {metrics_file}: {error}") from None
-    return Run(path, _info(path), metrics)
+        with open(file, "rb") as stream:
+            _check_size(file, os.fstat(stream.fileno()).st_size, MAX_METRICS_BYTES, "metrics")
+            total = 0
+            for number, raw in enumerate(iter(lambda: stream.readline(MAX_LINE_BYTES + 1), b""), 1):
+                total += len(raw)
+                _check_size(file, total, MAX_METRICS_BYTES, "metrics")  # a file that grows as it is read
+                if len(raw) > MAX_LINE_BYTES:
+                    raise RunError(f"{file}:{number}: the line is longer than {MAX_LINE_BYTES // 1024} KiB")
+                if not raw.strip():
+                    continue
+                if len(records) == MAX_RECORDS:
+                    raise RunError(f"{file}:{number}: more than {MAX_RECORDS:,} epochs, the limit of a run")
+                records.append(_record(_json(raw, f"{file}:{number}"), f"{file}:{number}"))
+    except OSError as error:
+        raise RunError(f"cannot read {file}: {error.strerror or error}") from None
+    return records
+
+
+def _check_size(file: Path, size: int, limit: int, what: str) -> None:
+    if size > limit:
+        raise RunError(
+            f"cannot read {file}: it is larger than {limit // 1024 // 1024} MiB, the limit for a run's {what}"
+        )
+
+
+def _json(raw: bytes, where: str) -> Any:
+    """One JSON value, refused when it nests deeper than MAX_NESTING (before the parser recurses)."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise RunError(f"{where}: not UTF-8 text (byte 0x{raw[error.start]:02X})") from None
+    if text.count("[") + text.count("{") > MAX_NESTING:  # only then is the exact scan worth it
+        depth = 0
+        for token in _JSON_TOKEN.finditer(text):
+            bracket = token.group()
+            depth += 1 if bracket in "[{" else -1 if bracket in "]}" else 0
+            if depth > MAX_NESTING:
+                raise RunError(f"{where}: JSON nested more than {MAX_NESTING} deep")
+    try:
+        return json.loads(text)
+    except ValueError as error:  # JSONDecodeError, and integers of more than 4,300 digits
+        raise RunError(f"{where}: not JSON ({str(error).splitlines()[0][:200]})") from None
+    except RecursionError:
+        raise RunError(f"{where}: JSON nested too deep") from None
+
+
+def _record(value: Any, where: str) -> dict[str, Any]:
+    """One epoch's record: an object with an ``epoch`` count and ``val_top1``; the other numbers
+    the trainer writes, when present, are numbers (NaN and infinities are kept, and shown as such)."""
+    if not isinstance(value, dict):
+        raise RunError(f"{where}: an epoch's record is a JSON object, not {_kind(value)}")
+    epoch = value.get("epoch")
+    if "epoch" not in value:
+        raise RunError(f"{where}: the record has no 'epoch' field")
+    if not _is_int(epoch) or not 0 <= epoch <= MAX_EPOCH:
+        raise RunError(f"{where}: field 'epoch' is {_shown(epoch)}, not an epoch count (0 to {MAX_EPOCH:,})")
+    if "val_top1" not in value:
+        raise RunError(f"{where}: the record has no 'val_top1' field")
+    record = dict(value)
+    for key in _NUMBER_FIELDS:
+        if key in value and value[key] is not None:
+            record[key] = _number(value[key], where, key)
+    return record
+
+
+def _number(value: Any, where: str, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise RunError(f"{where}: field '{key}' is {_shown(value)}, not a number")
+    try:
+        return float(value)
+    except OverflowError:
+        raise RunError(f"{where}: field '{key}' is a number too large for a float") from None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _kind(value: Any) -> str:
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
+    return names.get(type(value), "a number")
+
+
+def _shown(value: Any) -> str:
+    """A value in an error message: short, its kind when it is not a number."""
+    if isinstance(value, str):
+        return f"the string {json.dumps(value[:40])}"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value) if len(str(value)) <= 40 else "a number of more than 40 digits"
+    return _kind(value)
 
 
 def _info(path: Path) -> dict[str, Any]:
     info_file = path / RUN_INFO
     if info_file.is_file():
         try:
-            return json.loads(info_file.read_text())
-        except (OSError, ValueError) as error:
-            raise RunError(f"cannot read {info_file}: {error}") from None
+            with open(info_file, "rb") as stream:
+                data = stream.read(MAX_INFO_BYTES + 1)
+        except OSError as error:
+            raise RunError(f"cannot read {info_file}: {error.strerror or error}") from None
+        _check_size(info_file, len(data), MAX_INFO_BYTES, "description")
+        return _checked_info(_json(data, str(info_file)), str(info_file))
     if (path / CHECKPOINT).is_file():
-        return _info_from_checkpoint(path / CHECKPOINT)
+        return _checked_info(_info_from_checkpoint(path / CHECKPOINT), str(path / CHECKPOINT))
     return {}
+
+
+def _checked_info(value: Any, where: str) -> dict[str, Any]:
+    """``run.json``: an object whose known fields are text, counts and a learning rate (or null)."""
+    if not isinstance(value, dict):
+        raise RunError(f"{where}: a run's description is a JSON object, not {_kind(value)}")
+    for key in _INFO_TEXT:
+        if value.get(key) is not None and not isinstance(value[key], str):
+            raise RunError(f"{where}: field '{key}' is {_shown(value[key])}, not text")
+    for key in _INFO_COUNTS:
+        count = value.get(key)
+        if count is not None and (not _is_int(count) or not 0 <= count <= 2**63):
+            raise RunError(f"{where}: field '{key}' is {_shown(count)}, not a count")
+    if value.get("lr") is not None:
+        _number(value["lr"], where, "lr")
+    return value
 
 
 def _info_from_checkpoint(checkpoint: Path) -> dict[str, Any]:
@@ -128,13 +261,15 @@ def _info_from_checkpoint(checkpoint: Path) -> dict[str, Any]:
     from .train.checkpoint import load_checkpoint
 
     state = load_checkpoint(checkpoint)
-    config = state.get("config") or {}
+    config = state.get("config")
+    config = config if isinstance(config, dict) else {}
+    classes = state.get("classes")
     return {
         "target": state.get("target"),
         "recipe": state.get("recipe"),
         "data": config.get("data"),
         "epochs": config.get("epochs"),
-        "num_classes": len(state.get("classes", ())) or None,
+        "num_classes": len(classes) if isinstance(classes, (list, tuple)) and classes else None,
         "spec_text": state.get("spec_text"),
     }
 
@@ -164,9 +299,25 @@ HEADERS = ["run", "spec", "recipe", "params", "ops", "epochs", "best top-1", "to
 
 
 def labels(runs: list[Run]) -> list[str]:
-    """A legend label per run, ``spec · recipe``, with the directory where two would read the same."""
+    """A legend label per run, ``spec · recipe``, with the directory where two would read the same
+    (control characters escaped: the names come from the run's files)."""
     plain = [f"{r.spec} · {r.recipe}" for r in runs]
-    return [f"{p} ({r.path.name})" if plain.count(p) > 1 else p for p, r in zip(plain, runs)]
+    return [escape(f"{p} ({r.path.name})" if plain.count(p) > 1 else p) for p, r in zip(plain, runs)]
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _json_safe(value: Any) -> Any:
+    """A value for ``--format json``: NaN and infinities (which JSON cannot write) become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 def cells(run: Run) -> list[str]:
@@ -177,13 +328,17 @@ def cells(run: Run) -> list[str]:
     epochs = (
         f"{len(run.metrics)}/{planned}" if planned and planned != len(run.metrics) else str(len(run.metrics))
     )
-    return [
+    return [escape(cell) for cell in [
         str(run.path), run.spec, run.recipe,
         kilo(counts[0]) if counts else "—", mega(counts[1]) if counts else "—", epochs,
-        f"{best['val_top1']:.2%} (epoch {best['epoch']})" if best else "—",
-        f"{best['val_top5']:.2%}" if best else "—",
+        f"{_percent(best['val_top1'])} (epoch {best['epoch']})" if best else "—",
+        _percent(best.get("val_top5")) if best else "—",
         _duration(run.train_seconds),
-    ]  # fmt: skip
+    ]]  # fmt: skip
+
+
+def _percent(value: Any) -> str:
+    return f"{value:.2%}" if isinstance(value, float) else "—"
 
 
 def _duration(seconds: float | None) -> str:
@@ -196,34 +351,37 @@ def _duration(seconds: float | None) -> str:
 
 def to_rich(runs: list[Run]):
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title="runs", title_justify="left")
     for header in HEADERS:
         table.add_column(header, justify="right" if header in ("params", "ops", "epochs") else "left")
     for run in runs:
-        table.add_row(*cells(run))
+        table.add_row(*(Text(cell) for cell in cells(run)))  # text, not rich markup
     return table
 
 
 def to_markdown(runs: list[Run]) -> str:
     lines = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
-    lines += ["| " + " | ".join(cells(run)) + " |" for run in runs]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in cells(run)) + " |" for run in runs]
     return "\n".join(lines) + "\n"
 
 
 def to_dict(run: Run) -> dict[str, Any]:
     counts, best = run.counts, run.best
-    return {
-        "run": str(run.path),
-        "spec": run.spec,
-        "network": run.info.get("network"),
-        "recipe": run.recipe,
-        "params": counts[0] if counts else None,
-        "macs": counts[1] if counts else None,
-        "epochs": len(run.metrics),
-        "best": best,
-        "train_seconds": run.train_seconds,
-    }
+    return _json_safe(
+        {
+            "run": str(run.path),
+            "spec": run.spec,
+            "network": run.info.get("network"),
+            "recipe": run.recipe,
+            "params": counts[0] if counts else None,
+            "macs": counts[1] if counts else None,
+            "epochs": len(run.metrics),
+            "best": best,
+            "train_seconds": run.train_seconds,
+        }
+    )
 
 
 # curves --------------------------------------------------------------------------------------
@@ -269,6 +427,7 @@ def _curves(ax, run: Run, keys, label: str, color: str) -> None:
     for key in keys:
         dashed = key.startswith("train")
         name = f"{label} ({'train' if dashed else 'val'})" if len(keys) > 1 else label
+        name = name.replace("$", r"\$")  # text, not matplotlib's mathtext
         values = [r.get(key) for r in run.metrics]
         ax.plot(epochs, values, color=color, linestyle="--" if dashed else "-", marker=".", label=name)
 

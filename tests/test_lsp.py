@@ -372,3 +372,392 @@ def test_a_bad_value_passed_into_a_template_is_reported_at_the_call():
     (diagnostic,) = lsp.diagnostics(lsp.analyze(text, "/tmp/net.inc"))
     assert diagnostic.range.start == types.Position(line_of(text, "3a:"), len("3a: block 32 "))
     assert "conv's out must be an integer, not 1.5" in diagnostic.message
+
+
+# -- the wire, as a hostile or broken client writes it (issue 18) ---------------------------------------
+
+
+class Wire:
+    """The server over raw pipes: bytes written as given, every message it sends read back."""
+
+    def __init__(self):
+        import queue
+        import subprocess
+        import threading
+
+        path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+        env = {**os.environ, "PYTHONPATH": path}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "incdsl", "lsp"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+        )  # fmt: skip
+        self.inbox: queue.Queue = queue.Queue()
+        self.received: list[dict] = []
+        self.next_id = 0
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        import json
+
+        stream = self.process.stdout
+        while True:
+            length = None
+            while True:
+                line = stream.readline()
+                if not line:
+                    return
+                if not line.strip():
+                    break
+                name, _, value = line.partition(b":")
+                if name.lower() == b"content-length":
+                    length = int(value)
+            self.inbox.put(json.loads(stream.read(length)))
+
+    def write(self, data: bytes):
+        self.process.stdin.write(data)
+        self.process.stdin.flush()
+
+    def send(self, message: dict):
+        import json
+
+        body = json.dumps(message).encode()
+        self.write(b"Content-Length: %d\r\n\r\n" % len(body) + body)
+
+    def request(self, method: str, params, timeout: float = 15.0) -> dict:
+        self.next_id += 1
+        self.send({"jsonrpc": "2.0", "id": self.next_id, "method": method, "params": params})
+        return self.response(self.next_id, timeout)
+
+    def notify(self, method: str, params):
+        self.send({"jsonrpc": "2.0", "method": method, "params": params})
+
+    def wait(self, test, timeout: float = 15.0) -> dict:
+        import queue
+
+        deadline = time.monotonic() + timeout
+        for message in self.received:
+            if test(message):
+                return message
+        while True:
+            try:
+                message = self.inbox.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"no answer in {timeout} s; received {self.received[-3:]}") from None
+            self.received.append(message)
+            if test(message):
+                return message
+
+    def response(self, id_, timeout: float = 15.0) -> dict:
+        return self.wait(lambda m: m.get("id") == id_ and "method" not in m, timeout)
+
+    def initialize(self):
+        assert "result" in self.request(
+            "initialize", {"processId": None, "capabilities": {}, "rootUri": None}
+        )
+        self.notify("initialized", {})
+
+    def open(self, uri: str, text: str, version: int = 1):
+        self.notify("textDocument/didOpen", {"textDocument": {"uri": uri, "languageId": "incdsl",
+                                                               "version": version, "text": text}})  # fmt: skip
+
+    def published(self, uri: str, version: int, timeout: float = 15.0) -> dict:
+        def test(m):
+            p = m.get("params") or {}
+            return m.get("method") == "textDocument/publishDiagnostics" and (
+                p.get("uri"),
+                p.get("version"),
+            ) == (
+                uri,
+                version,
+            )
+
+        return self.wait(test, timeout)["params"]
+
+    def hover(self, uri: str, line: int = 0, character: int = 0, timeout: float = 15.0) -> dict:
+        position = {"line": line, "character": character}
+        return self.request(
+            "textDocument/hover", {"textDocument": {"uri": uri}, "position": position}, timeout
+        )
+
+    def close(self) -> str:
+        """End the server (shutdown, exit); its stderr."""
+        try:
+            if self.process.poll() is None:
+                self.request("shutdown", None, timeout=5)
+                self.notify("exit", None)
+                self.process.wait(timeout=5)
+        except Exception:
+            self.process.kill()
+            self.process.wait()
+        return self.process.stderr.read().decode("utf-8", "replace")
+
+
+@pytest.fixture
+def wire():
+    wire = Wire()
+    yield wire
+    wire.close()
+
+
+def opened(wire: Wire, tmp_path) -> str:
+    wire.initialize()
+    uri = uri_of(tmp_path)
+    wire.open(uri, TINY)
+    wire.published(uri, 1)
+    return uri
+
+
+def answers_hover(wire: Wire, uri: str) -> None:
+    """The server still answers a valid request, with the right figures."""
+    result = wire.hover(uri, line_of(TINY, "stem"), 2)["result"]
+    assert "32x32x3 → 32x32x32" in result["contents"]["value"]
+
+
+OBJECT_ID = b'{"jsonrpc": "2.0", "id": {}, "method": "shutdown"}'
+MALFORMED = {
+    "length not a number": b"Content-Length: abc\r\n\r\n{}",
+    "length shorter than the body": b'Content-Length: 5\r\n\r\n{"jsonrpc": "2.0", "method": "x"}',
+    "huge length": b"Content-Length: 99999999999\r\n\r\n{}",
+    "length 2^80": b"Content-Length: %d\r\n\r\n{}" % 2**80,
+    "no Content-Length": b"Content-Type: application/json\r\n\r\n{}",
+    "not JSON": b"Content-Length: 9\r\n\r\n{not json",
+    "not UTF-8": b"Content-Length: 4\r\n\r\n\xff\xfe{}",
+    "JSON nested 100,000 deep": b"Content-Length: 200000\r\n\r\n" + b"[" * 100_000 + b"]" * 100_000,
+    "a list, not a message": b"Content-Length: 2\r\n\r\n[]",
+    "an id that is an object": b"Content-Length: %d\r\n\r\n%s" % (len(OBJECT_ID), OBJECT_ID),
+    "noise between messages": b"garbage\r\n\x00\x1b[2J\r\n",
+    "a header line 1 MiB long": b"X-Long: " + b"y" * 1024 * 1024 + b"\r\n\r\n",
+    "a Content-Length line 10 KB long": b"Content-Length: " + b"1" * 10_000 + b"\r\n\r\n{}",
+}
+
+
+@pytest.mark.parametrize("name", MALFORMED)
+def test_a_malformed_message_is_answered_and_the_server_keeps_serving(wire, tmp_path, name):
+    uri = opened(wire, tmp_path)
+    wire.write(MALFORMED[name])
+    if name != "noise between messages":
+        error = wire.wait(lambda m: m.get("id") is None and "error" in m)["error"]
+        assert error["code"] in (-32700, -32600) and error["message"]
+    answers_hover(wire, uri)
+    assert wire.close().count("Traceback") == 0
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        b"content-length: %d\r\n\r\n",
+        b"Content-Length: %d\n\n",
+        b"CONTENT-LENGTH:%d\r\nContent-Type: x\r\n\r\n",
+    ],
+)
+def test_lenient_headers_are_read(wire, tmp_path, header):
+    import json
+
+    uri = opened(wire, tmp_path)
+    position = {"line": line_of(TINY, "stem"), "character": 2}
+    body = json.dumps({"jsonrpc": "2.0", "id": 99, "method": "textDocument/hover",
+                       "params": {"textDocument": {"uri": uri}, "position": position}}).encode()  # fmt: skip
+    wire.write(header % len(body) + body)
+    assert "32x32x32" in wire.response(99)["result"]["contents"]["value"]
+    answers_hover(wire, uri)
+
+
+def test_a_length_longer_than_the_body_loses_only_that_message(wire, tmp_path):
+    uri = opened(wire, tmp_path)
+    wire.write(b'Content-Length: 300\r\n\r\n{"jsonrpc": "2.0", "method": "x"}')
+    position = {"textDocument": {"uri": uri}, "position": {"line": line_of(TINY, "stem"), "character": 2}}
+    for id_ in (101, 102):  # the first's header, and part of the second, are inside those 300 bytes
+        wire.send({"jsonrpc": "2.0", "id": id_, "method": "textDocument/hover", "params": position})
+    for id_ in (101, 102):
+        assert "32x32x32" in wire.response(id_)["result"]["contents"]["value"]
+
+
+def test_every_request_gets_an_answer(wire, tmp_path):
+    uri = opened(wire, tmp_path)
+    error = wire.hover(uri, -1, -1)["error"]
+    assert error["code"] == -32602  # InvalidParams
+    error = wire.request("textDocument/hover", {"textDocument": {"uri": uri}})["error"]
+    assert error["code"] == -32602
+    assert wire.request("no/such/method", {})["error"]["code"] == -32601
+    answers_hover(wire, uri)
+
+
+def test_requests_before_initialize_are_refused_as_the_protocol_says(wire, tmp_path):
+    uri = uri_of(tmp_path)
+    assert wire.hover(uri)["error"]["code"] == -32002  # ServerNotInitialized
+    wire.open(uri, TINY)  # a notification before initialize: dropped
+    wire.initialize()
+    assert wire.hover(uri, line_of(TINY, "stem"), 2)["result"] is None  # never opened
+    wire.open(uri, TINY)
+    answers_hover(wire, uri)
+
+
+def test_requests_after_shutdown_are_refused(wire, tmp_path):
+    uri = opened(wire, tmp_path)
+    assert wire.request("shutdown", None)["result"] is None
+    assert wire.hover(uri)["error"]["code"] == -32600
+
+
+def test_a_uri_never_opened_is_not_read_from_disk(wire, tmp_path):
+    fifo = tmp_path / "pipe.inc"
+    os.mkfifo(fifo)
+    spec = tmp_path / "real.inc"
+    spec.write_text(TINY)
+    uri = opened(wire, tmp_path)
+    for other in (fifo.as_uri(), (tmp_path / "missing.inc").as_uri(), spec.as_uri(), "untitled:x"):
+        assert wire.hover(other, 0, 0, timeout=5)["result"] is None
+        assert wire.request("textDocument/documentSymbol", {"textDocument": {"uri": other}})["result"] == []
+        change = {"textDocument": {"uri": other, "version": 2}, "contentChanges": [{"text": "x"}]}
+        wire.notify("textDocument/didChange", change)
+    answers_hover(wire, uri)
+    assert "Traceback" not in wire.close()
+
+
+def test_a_lone_surrogate_still_gets_diagnostics_and_an_outline(wire, tmp_path):
+    uri = opened(wire, tmp_path)
+    text = TINY.replace("stem: conv 3x3 32", "stem: conv 3x3 32  # \ud800 lone\nbad: convv 3x3 8")
+    other = uri_of(tmp_path, "surrogate.inc")
+    wire.open(other, text)
+    (diagnostic,) = wire.published(other, 1)["diagnostics"]
+    assert "convv" in diagnostic["message"] and diagnostic["range"]["start"]["line"] == line_of(text, "bad")
+    symbols = wire.request("textDocument/documentSymbol", {"textDocument": {"uri": other}})["result"]
+    assert "stem" in [s["name"] for s in symbols]
+    answers_hover(wire, uri)
+
+
+def test_quick_edits_are_analysed_once_in_their_latest_version(wire, tmp_path):
+    wire.initialize()
+    uri = uri_of(tmp_path, "irv2.inc")
+    text = (ROOT / "specs" / "inception_resnet_v2.inc").read_text()
+    wire.open(uri, text)
+    edits = 200  # each analysis takes longer than an edit takes to arrive: they queue up
+    for version in range(2, edits + 2):
+        edited = text.replace("3x3/2 32 pad=0", f"3x3/2 {version} pad=0", 1)
+        wire.notify("textDocument/didChange", {"textDocument": {"uri": uri, "version": version},
+                                               "contentChanges": [{"text": edited}]})  # fmt: skip
+    line = line_of(text, "conv2d_1a")
+    result = wire.hover(uri, line, 2, timeout=30)["result"]
+    assert f"299x299x3 → 149x149x{edits + 1}" in result["contents"]["value"]  # the latest version
+    published = [m for m in wire.received if m.get("method") == "textDocument/publishDiagnostics"]
+    assert published[-1]["params"]["version"] == edits + 1
+    assert len(published) < edits // 5, f"{len(published)} analyses for {edits} edits"
+
+
+def test_the_rows_before_an_error_are_found_with_one_build(monkeypatch):
+    builds = []
+    build = lsp._build
+    monkeypatch.setattr(lsp, "_build", lambda spec: builds.append(len(spec.rows)) or build(spec))
+    rows = "".join(f"c{i}: conv 3x3 8\n" for i in range(200))
+    analysis = lsp.analyze("network n\ninput 8x8x3\nclasses 10\n" + rows + "bad: convv 3x3 8\n", "n.inc")
+    assert analysis.failing_row == 200 and len(analysis.stats.rows) == 200
+    assert builds == [201, 200]  # the whole spec, then the rows before the error's
+
+
+def test_the_search_for_rows_before_an_error_is_bounded_in_time(monkeypatch):
+    monkeypatch.setattr(lsp, "PREFIX_SECONDS", 0.0)
+    text = TINY.replace("conv 1x1 reduce", "conv 1x1 reduce stride=0")  # inside a template: no row
+    analysis = lsp.analyze(text, "n.inc")
+    assert analysis.error is not None and analysis.failing_row is None and analysis.stats is None
+    assert lsp.diagnostics(analysis)  # still reported, at the error's place
+
+
+def test_a_spec_that_is_slow_to_fail_is_not_built_again(monkeypatch):
+    monkeypatch.setattr(lsp, "PREFIX_SECONDS", -1.0)  # as if the whole spec took longer than the limit
+    builds = []
+    build = lsp._build
+    monkeypatch.setattr(lsp, "_build", lambda spec: builds.append(len(spec.rows)) or build(spec))
+    analysis = lsp.analyze("network n\ninput 8x8x3\nclasses 10\nc: conv 3x3 8\nbad: convv 3x3 8\n", "n.inc")
+    assert builds == [2] and analysis.failing_row == 1 and analysis.stats is None
+    (diagnostic,) = lsp.diagnostics(analysis)
+    assert diagnostic.range.start.line == 4
+
+
+def test_a_thousand_deep_template_chain_is_a_diagnostic_not_an_internal_error():
+    lines = ["network deep", "input 32x32x3", "classes 10", "template t0(w) {", "    conv 3x3 w", "}"]
+    for i in range(1, 1000):
+        lines += [f"template t{i}(w) {{", f"    t{i - 1} w", "}"]
+    analysis = lsp.analyze("\n".join([*lines, "a: t999 16", ""]), "deep.inc")
+    (diagnostic,) = lsp.diagnostics(analysis)
+    assert "nests deeper than 64 levels" in diagnostic.message and "internal error" not in diagnostic.message
+
+
+def test_the_server_exits_0_after_shutdown_and_1_when_its_input_just_ends(tmp_path):
+    wire = Wire()
+    opened(wire, tmp_path)
+    assert wire.close().count("Traceback") == 0 and wire.process.returncode == 0
+    wire = Wire()
+    opened(wire, tmp_path)
+    wire.process.stdin.close()
+    assert wire.process.wait(timeout=10) == 1
+    assert "Fatal" not in wire.close()
+
+
+# -- fuzzing the framing: whatever the bytes, the reader ends, never raises, and keeps its bounds -------
+
+FRAMING_TOKENS = [b"Content-Length: ", b"content-length:", b"Content-Type: x", b"\r\n", b"\n", b"\r", b":",
+                  b"0", b"7", b"99999999999", b"-1", b" ", b"{", b"}", b"[", b'"', b"\\", b"\x00", b"\xff",
+                  b"\xed\xa0\x80", b'"\\ud800"', b"9" * 9000]  # fmt: skip
+
+
+def fuzz_messages(rng) -> bytes:
+    import json
+
+    bodies = [
+        {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"capabilities": {}}},
+        {
+            "jsonrpc": "2.0",
+            "method": "textDocument/didOpen",
+            "params": {"textDocument": {"uri": "u", "text": TINY}},
+        },
+        {"jsonrpc": "2.0", "id": 2, "method": "textDocument/hover", "params": {"position": {"line": 1}}},
+    ]
+    data = b"".join(
+        b"Content-Length: %d\r\n\r\n%s" % (len(b), b) for b in (json.dumps(m).encode() for m in bodies)
+    )
+    data = bytearray(data)
+    for _ in range(rng.randint(1, 6)):
+        at = rng.randrange(len(data) + 1)
+        action = rng.random()
+        if action < 0.4:
+            data[at:at] = rng.choice(FRAMING_TOKENS)
+        elif action < 0.7:
+            del data[at : at + rng.randint(1, 20)]
+        else:
+            data[at : at + 1] = bytes([rng.randrange(256)])
+    return bytes(data)
+
+
+def test_fuzzed_framing_never_breaks_the_reader():
+    import io
+    import random
+
+    from incdsl import lspio
+
+    for seed in range(300):
+        rng = random.Random(seed)
+        data = fuzz_messages(rng)
+        reader = lspio.FrameReader(io.BytesIO(data))
+        frames = []
+        while (frame := reader.next()) is not None:
+            frames.append(frame)
+            assert len(frames) <= len(data), f"seed {seed}: the reader does not advance"
+            assert frame.problem is None or frame.message is None, f"seed {seed}"
+        assert len(reader.pending) == 0, f"seed {seed}: bytes left unread at the end"
+
+
+def test_the_reader_resynchronises_after_each_kind_of_damage():
+    import io
+    import json
+
+    from incdsl import lspio
+
+    good = json.dumps({"jsonrpc": "2.0", "id": 7, "method": "x"}).encode()
+    message = b"Content-Length: %d\r\n\r\n%s" % (len(good), good)
+    for damage in MALFORMED.values():
+        frames = []
+        reader = lspio.FrameReader(io.BytesIO(damage + message))
+        while (frame := reader.next()) is not None:
+            frames.append(frame)
+            assert len(frames) <= 2, f"{damage[:40]}: the reader does not advance"
+        assert frames[-1].message == {"jsonrpc": "2.0", "id": 7, "method": "x"}, damage[:40]
+        assert len(frames) <= 2, damage[:40]  # the damaged message (or nothing, for noise), then the good one
