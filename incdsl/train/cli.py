@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from incdsl.errors import IncdslError
-from incdsl.train.config import option_type
+from incdsl.train.config import CHOICES, NUMBER_RANGES, SETTINGS, option_type
 
 DATA_HELP = "an image folder (DIR/train/<class>/*.png, DIR/val/<class>/...), 'digits', or 'fake' (fake:N)"
 SKIP_HELP = "skip images that cannot be decoded (and count them) instead of stopping at the first"
@@ -57,6 +57,36 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=option_type("seed"), help="random seed (default 0)")
     parser.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     parser.add_argument("--skip-unreadable", action=argparse.BooleanOptionalAction, help=SKIP_HELP)
+    parser.add_argument(
+        "--val-split",
+        type=option_type("val_split"),
+        metavar="F",
+        help="for a folder without val/: hold out this fraction of each class's training images",
+    )
+    parser.add_argument(
+        "--log-every",
+        type=option_type("log_every"),
+        metavar="N",
+        help="without a terminal, a progress line every N steps (default 100; 0: none)",
+    )
+    parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved settings as a --config file that reproduces the run, and stop",
+    )
+    settings = parser.add_argument_group(
+        "recipe settings", "each defaults to the recipe's; --print-config shows them all"
+    )
+    for key, text in SETTINGS.items():
+        flag = "--" + key.replace("_", "-")
+        if key in CHOICES:
+            settings.add_argument(flag, choices=CHOICES[key], help=text)
+        elif key in NUMBER_RANGES and key in ("crop_area", "crop_aspect"):
+            settings.add_argument(flag, type=option_type(key), nargs=2, metavar=("LOW", "HIGH"), help=text)
+        elif key in NUMBER_RANGES:
+            settings.add_argument(flag, type=option_type(key), metavar="X", help=text)
+        else:
+            settings.add_argument(flag, action=argparse.BooleanOptionalAction, help=text)
     parser.set_defaults(func=run_train)
     return parser
 
@@ -76,6 +106,12 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=eval_workers, default=0, help="data loader processes")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
     parser.add_argument("--skip-unreadable", action="store_true", help=SKIP_HELP)
+    parser.add_argument(
+        "--val-split",
+        type=option_type("val_split"),
+        metavar="F",
+        help="for a folder with only train/: the held-out fraction (default: the checkpoint's run's)",
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(func=run_eval)
     return parser
@@ -128,13 +164,18 @@ def reporting_failures(command):
 
 @reporting_failures
 def run_train(args: argparse.Namespace) -> int:
-    from incdsl.train.config import make_config, read_config_file
+    from incdsl.train.config import config_text, make_config, read_config_file
     from incdsl.train.loop import train
 
     options = read_config_file(args.config) if args.config else {}
-    given = {key: value for key, value in vars(args).items() if key not in ("func", "config", "command")}
+    ours = ("func", "config", "command", "print_config")
+    given = {key: value for key, value in vars(args).items() if key not in ours}
     options.update({key: value for key, value in given.items() if value is not None})
-    train(make_config(options))
+    config = make_config(options)
+    if args.print_config:
+        print(config_text(config), end="")
+        return 0
+    train(config)
     return 0
 
 
@@ -144,7 +185,14 @@ def run_eval(args: argparse.Namespace) -> int:
 
     checkpoints = [args.checkpoint, *args.ensemble]
     report = evaluate_checkpoints(
-        args.target, checkpoints, args.data, args.crops, args.device, args.workers, args.skip_unreadable
+        args.target,
+        checkpoints,
+        args.data,
+        args.crops,
+        args.device,
+        args.workers,
+        args.skip_unreadable,
+        args.val_split,
     )
     if args.json:
         print(json.dumps(report.to_dict(), allow_nan=False))
@@ -158,7 +206,31 @@ def run_eval(args: argparse.Namespace) -> int:
         print(f"{_figures(report.one_crop)}  (1 crop, for comparison)")
     if report.result.unreadable:
         print(f"skipped {report.result.unreadable} unreadable image(s)")
+    for line in class_table(report.result, report.classes):
+        print(line)
     return 0
+
+
+CONFUSION_SHOWN = 20  # the text output shows the confusion matrix up to this many classes (JSON: always)
+
+
+def class_table(result, classes) -> list[str]:
+    """Per-class top-1 (the recall of each class), then the confusion matrix for few classes."""
+    if not result.confusion or not classes:
+        return []
+    width = max(5, *(len(name) for name in classes))
+    mean = result.mean_class_top1
+    lines = [f"per class (mean top-1 {mean:.4f}):" if mean is not None else "per class:"]
+    lines.append(f"  {'class':<{width}}  images  top-1")
+    for name, (count, top1) in zip(classes, result.per_class()):
+        figure = f"{top1:.4f}" if top1 is not None else "-"
+        lines.append(f"  {name:<{width}}  {count:>6}  {figure}")
+    if len(classes) <= CONFUSION_SHOWN:
+        cell = max(4, *(len(str(value)) for row in result.confusion for value in row))
+        lines.append("confusion (rows: true class, columns: predicted, in the order above):")
+        for name, row in zip(classes, result.confusion):
+            lines.append(f"  {name:<{width}}  " + " ".join(f"{value:>{cell}}" for value in row))
+    return lines
 
 
 def _figures(result) -> str:
