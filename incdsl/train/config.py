@@ -240,7 +240,8 @@ def saved_settings(run_dir: Path) -> dict[str, Any]:
 
     path = run_dir / "checkpoint.pt"
     saved = read_saved_config(path)
-    settings = {}
+    # a checkpoint from before the settings were saved trained with the recipe's, and PyTorch's RMSProp
+    settings: dict[str, Any] = {"rmsprop_style": "torch"} if saved and "optimizer" not in saved else {}
     known = {f.name for f in fields(TrainConfig)} - {"out", "resume"}
     for key, value in saved.items():
         if key not in known or value is None:

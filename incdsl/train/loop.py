@@ -154,10 +154,7 @@ def run(config: TrainConfig, processes: Processes) -> list[dict[str, Any]]:
             lines = main and bool(config.log_every) and bar.disable  # no terminal: a line every N steps
             for step, (pixels, labels, unreadable) in enumerate(bar):
                 skipped += check_readable(unreadable, config.skip_unreadable)
-                # gradient accumulation: the optimizer steps after every `accumulate` batches (and the
-                # epoch's last); each batch's loss is divided by the batches of its group
-                group = min(config.accumulate, batches - step + step % config.accumulate)
-                stepping = (step + 1) % config.accumulate == 0 or step + 1 == batches
+                group, stepping = accumulation(step, batches, config.accumulate)
                 if len(labels):
                     pixels, labels = (
                         pixels.to(device, non_blocking=True),
@@ -173,15 +170,7 @@ def run(config: TrainConfig, processes: Processes) -> list[dict[str, Any]]:
                     loss_sum += loss.detach() * len(labels)
                     images += len(labels)
                 if stepping:
-                    if recipe.grad_clip:
-                        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-                        nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
-                    scaler.step(optimizer)
-                    scaler.update()
-                    optimizer.zero_grad(set_to_none=True)
-                    scheduler.step()
-                    if ema:
-                        ema.update()
+                    optimizer_step(model, optimizer, scaler, scheduler, ema, recipe.grad_clip)
                 clock.tick()
                 if len(labels) and (step % BAR_EVERY == 0 or lines and (step + 1) % config.log_every == 0):
                     value = loss.item()
@@ -250,6 +239,32 @@ def run(config: TrainConfig, processes: Processes) -> list[dict[str, Any]]:
     if history and first_epoch <= config.epochs:
         say(closing_summary(config, history, clock.elapsed(), first_epoch), main)
     return history
+
+
+def accumulation(step: int, batches: int, accumulate: int) -> tuple[int, bool]:
+    """Gradient accumulation: how many batches the group of batch ``step`` has (its loss is divided by
+    that), and whether the optimizer steps after it (after every ``accumulate`` batches, and the
+    epoch's last).
+
+    >>> [accumulation(step, 5, 2) for step in range(5)]
+    [(2, False), (2, True), (2, False), (2, True), (1, True)]
+    """
+    group = min(accumulate, batches - step + step % accumulate)
+    return group, (step + 1) % accumulate == 0 or step + 1 == batches
+
+
+def optimizer_step(model, optimizer, scaler, scheduler, ema, grad_clip: float | None) -> None:
+    """One optimizer step on the accumulated gradients: clipped, unscaled (fp16), then the schedule's
+    next learning rate and the moving average's update."""
+    if grad_clip:
+        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    scheduler.step()
+    if ema:
+        ema.update()
 
 
 class Clock:

@@ -140,3 +140,26 @@ def test_val_split_is_refused_where_there_is_a_val_folder(tiny_model, color_fold
     )
     assert main(args) == 2
     assert "has a val/ folder: --val-split is for a folder without one" in capsys.readouterr().err
+
+
+def test_a_checkpoint_from_before_the_settings_resumes_as_it_trained(tiny_model, tmp_path, capsys):
+    from incdsl.train.checkpoint import save_checkpoint
+
+    out = tmp_path / "run"
+    assert (
+        main(
+            command(tiny_model, out, "--epochs", "1", "--recipe", "inception-v3", "--rmsprop-style", "torch")
+        )
+        == 0
+    )
+    state = load_checkpoint(out / "checkpoint.pt")
+    old_keys = ("target", "data", "out", "epochs", "batch_size", "lr", "channels_last", "recipe", "seed")
+    state["config"] = {key: state["config"][key] for key in old_keys}  # what the trainer saved before
+    save_checkpoint(
+        {key: value for key, value in state.items() if key not in ("format", "digest")}, out / "checkpoint.pt"
+    )
+    capsys.readouterr()
+    assert main(["train", "--out", str(out), "--resume", "--epochs", "2"]) == 0
+    settings = load_checkpoint(out / "checkpoint.pt")["config"]
+    assert settings["rmsprop_style"] == "torch" and settings["optimizer"] == "rmsprop"  # PyTorch's, as before
+    assert settings["lr"] == state["config"]["lr"]
