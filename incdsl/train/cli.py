@@ -1,8 +1,9 @@
-"""``incdsl train`` and ``incdsl eval``: argument parsing and printing over incdsl.train's functions.
+"""``incdsl train``, ``eval`` and ``predict``: argument parsing and printing over incdsl.train's functions.
 
-``incdsl.cli`` adds the two sub-commands with ``add_train_parser`` and ``add_eval_parser``; each sets
-``func``, which takes the parsed arguments and returns an exit code. Importing this module does not
-import torch. ``python -m incdsl.train.cli train ...`` runs the same commands without the compiler's CLI.
+``incdsl.cli`` adds the sub-commands with ``add_train_parser``, ``add_eval_parser`` and
+``add_predict_parser``; each sets ``func``, which takes the parsed arguments and returns an exit code.
+Importing this module does not import torch. ``python -m incdsl.train.cli train ...`` runs the same
+commands without the compiler's CLI.
 """
 
 from __future__ import annotations
@@ -117,6 +118,48 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
+def add_predict_parser(subparsers) -> argparse.ArgumentParser:
+    """The ``predict`` sub-command."""
+    parser = subparsers.add_parser(
+        "predict",
+        help="a trained checkpoint's top classes for images",
+        description="Classify images (files, or folders of them) with a checkpoint of incdsl train.",
+    )
+    parser.add_argument("target", metavar="SPEC", help="the spec or model.py the checkpoint was trained from")
+    parser.add_argument("images", nargs="+", metavar="IMAGE|DIR", help="image files or folders of them")
+    parser.add_argument("--checkpoint", required=True, type=Path, help="checkpoint.pt or best.pt of a run")
+    parser.add_argument("--top", type=top_count, default=5, metavar="K", help="classes per image (5)")
+    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
+    parser.add_argument("--json", action="store_true", help="print the predictions as JSON")
+    parser.set_defaults(func=run_predict)
+    return parser
+
+
+def add_export_parser(subparsers) -> argparse.ArgumentParser:
+    """The ``export`` sub-command."""
+    parser = subparsers.add_parser(
+        "export",
+        help="a trained checkpoint as TorchScript, ONNX or safetensors",
+        description="Write a checkpoint's evaluation model (its averaged weights when the run kept them): "
+        "model.pt (TorchScript), model.onnx (checked with onnxruntime) or model.safetensors (the weights, "
+        "class names in the metadata). The file is read back and compared with the model.",
+    )
+    parser.add_argument("target", metavar="SPEC", help="the spec or model.py the checkpoint was trained from")
+    parser.add_argument("--checkpoint", required=True, type=Path, help="checkpoint.pt or best.pt of a run")
+    parser.add_argument("-o", "--output", required=True, help="model.pt, model.onnx or model.safetensors")
+    parser.set_defaults(func=run_export)
+    return parser
+
+
+def top_count(text: str) -> int:
+    from incdsl import numbers
+
+    try:
+        return numbers.read_int(text, 1, 1_000_000)
+    except numbers.NumberError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def eval_workers(text: str) -> int:
     """``eval --workers``: as train's, without -1 (auto)."""
     from incdsl import numbers
@@ -211,6 +254,32 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+@reporting_failures
+def run_predict(args: argparse.Namespace) -> int:
+    from incdsl.train.predict import predict, prediction_table, predictions_json
+
+    predictions = predict(args.target, args.checkpoint, args.images, args.top, args.device)
+    if args.json:
+        print(predictions_json(predictions))
+    else:
+        for line in prediction_table(predictions):
+            print(line)
+    return 0
+
+
+@reporting_failures
+def run_export(args: argparse.Namespace) -> int:
+    from incdsl.train.predict import INPUT_NOTE, export
+
+    exported = export(args.target, args.checkpoint, args.output)
+    if exported.difference is None:
+        check = "not checked: onnxruntime is not installed"
+    else:
+        check = f"read back: logits within {exported.difference:.1e} of the checkpoint's model"
+    print(f"wrote {exported.path} ({check}); input: {INPUT_NOTE}")
+    return 0
+
+
 CONFUSION_SHOWN = 20  # the text output shows the confusion matrix up to this many classes (JSON: always)
 
 
@@ -244,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_train_parser(subparsers)
     add_eval_parser(subparsers)
+    add_predict_parser(subparsers)
+    add_export_parser(subparsers)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # a usage error (2) or --help (0): a code, as incdsl.cli.main returns
