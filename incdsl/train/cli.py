@@ -82,8 +82,9 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
         flag = "--" + key.replace("_", "-")
         if key in CHOICES:
             settings.add_argument(flag, choices=CHOICES[key], help=text)
-        elif key in NUMBER_RANGES and key in ("crop_area", "crop_aspect"):
-            settings.add_argument(flag, type=option_type(key), nargs=2, metavar=("LOW", "HIGH"), help=text)
+        elif key in NUMBER_RANGES and key in ("crop_area", "crop_aspect", "betas"):
+            names = ("B1", "B2") if key == "betas" else ("LOW", "HIGH")
+            settings.add_argument(flag, type=option_type(key), nargs=2, metavar=names, help=text)
         elif key in NUMBER_RANGES:
             settings.add_argument(flag, type=option_type(key), metavar="X", help=text)
         else:

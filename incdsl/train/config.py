@@ -51,6 +51,7 @@ class TrainConfig:
     optimizer: str = "adamw"  # "sgd", "rmsprop" or "adamw"
     momentum: float = 0.0  # SGD and RMSProp
     eps: float = 1e-8  # RMSProp and AdamW
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW's averages of the gradient and its square
     rmsprop_decay: float = 0.9  # RMSProp's moving average of squared gradients
     rmsprop_style: str = "torch"  # "tf": epsilon inside the square root, as TensorFlow (Inception v3)
     weight_decay: float = 0.0  # on conv and linear weights; biases and normalisation are not decayed
@@ -83,6 +84,7 @@ SETTINGS: dict[str, str] = {
     "optimizer": "sgd, rmsprop or adamw",
     "momentum": "momentum of SGD and RMSProp",
     "eps": "epsilon of RMSProp and AdamW",
+    "betas": "AdamW's two decays, of the gradient's average and of its square's (like 0.9 0.999)",
     "rmsprop_decay": "decay of RMSProp's average of squared gradients",
     "rmsprop_style": "tf: epsilon inside the square root (TensorFlow's, Inception v3's); torch: outside",
     "weight_decay": "weight decay of conv and linear weights (biases and normalisation: none)",
@@ -117,9 +119,10 @@ NUMBER_RANGES: dict[str, tuple[type, float | None, float | None]] = {
     "seed": (int, 0, 2**32 - 1),  # as NumPy's seeds
     "momentum": (float, 0.0, 1.0),
     "eps": (float, 0.0, None),
+    "betas": (float, 0.0, 1.0),
     "rmsprop_decay": (float, 0.0, 1.0),
     "weight_decay": (float, 0.0, None),
-    "lr_gamma": (float, 0.0, None),
+    "lr_gamma": (float, 0.0, 1.0),  # a step schedule decays
     "lr_step_epochs": (float, 0.0, 1_000_000),
     "warmup_epochs": (float, 0.0, 1_000_000),
     "label_smoothing": (float, 0.0, 1.0),
@@ -128,12 +131,12 @@ NUMBER_RANGES: dict[str, tuple[type, float | None, float | None]] = {
     "crop_area": (float, 0.0, 1.0),
     "crop_aspect": (float, 0.0, None),
     "photometric": (float, 0.0, 1.0),
-    "eval_crop": (float, 0.0, 1.0),
+    "eval_crop": (float, 0.1, 1.0),  # below, the image is enlarged over 10x for its center
     "accumulate": (int, 1, 1_000_000),
     "val_split": (float, 0.0, 1.0),
     "log_every": (int, 0, 2**31 - 1),
 }
-ABOVE_ZERO = frozenset({"lr", "eps", "lr_gamma", "lr_step_epochs", "crop_area", "crop_aspect", "eval_crop"})
+ABOVE_ZERO = frozenset({"lr", "eps", "lr_gamma", "lr_step_epochs", "crop_area", "crop_aspect"})
 
 
 def recipe_settings(recipe) -> dict[str, Any]:
@@ -146,6 +149,7 @@ def recipe_settings(recipe) -> dict[str, Any]:
         "optimizer": recipe.optimizer,
         "momentum": recipe.momentum,
         "eps": recipe.eps,
+        "betas": recipe.betas,
         "rmsprop_decay": recipe.rmsprop_decay,
         "rmsprop_style": recipe.rmsprop_style,
         "weight_decay": recipe.weight_decay,
@@ -206,8 +210,10 @@ def make_config(options: Mapping[str, Any]) -> TrainConfig:
                 f"option {key.replace('_', '-')}: unknown {key.replace('_', ' ')} '{value}'",
                 hint=did_you_mean(value, CHOICES[key]) or f"one of {', '.join(CHOICES[key])}",
             )
-        if isinstance(value, tuple) and value[0] > value[1]:
+        if isinstance(value, tuple) and key != "betas" and value[0] > value[1]:
             raise TrainError(f"option {key.replace('_', '-')}: {value[0]:g} is above {value[1]:g}")
+    if max(values["betas"]) >= 1.0:
+        raise TrainError("option betas: each must be below 1, like 0.9 0.999")
     if values.get("val_split", 0.0) >= 1.0:
         raise TrainError("option val-split: it must be below 1, like 0.1 (a tenth of the images)")
     return TrainConfig(**values)
@@ -384,5 +390,8 @@ def _toml_value(value: Any) -> str:
         return "[" + ", ".join(_toml_value(item) for item in value) + "]"
     if isinstance(value, int | float):
         return repr(value)
+    text = str(value)
+    if any("\ud800" <= char <= "\udfff" for char in text):  # undecodable bytes of a file name
+        raise TrainError(f"{text!r} cannot be written in a config file: it is not valid text")
     # a TOML basic string: JSON's escapes are TOML's (but for DEL, which TOML wants escaped too)
-    return json.dumps(str(value), ensure_ascii=False).replace("\x7f", "\\u007f")
+    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")

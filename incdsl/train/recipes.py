@@ -78,6 +78,7 @@ class Recipe:
     rmsprop_decay: float = 0.9
     rmsprop_style: str = "torch"  # "tf": epsilon inside the square root (see optim.RMSpropTF)
     eps: float = 1e-8
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW
     ema_decay: float | None = None  # Polyak averaging: evaluate an EMA of the weights
     label_smoothing: float = 0.0
     grad_clip: float | None = None  # max global gradient norm
@@ -183,7 +184,7 @@ def build_optimizer(recipe: Recipe, model: nn.Module, lr: float) -> torch.optim.
             groups, lr=lr, alpha=recipe.rmsprop_decay, eps=recipe.eps, momentum=recipe.momentum
         )
     if recipe.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, eps=recipe.eps)
+        return torch.optim.AdamW(groups, lr=lr, eps=recipe.eps, betas=recipe.betas)
     raise ValueError(f"recipe {recipe.name} names an unknown optimizer {recipe.optimizer}")
 
 
@@ -209,6 +210,7 @@ def recipe_of(config) -> Recipe:
         rmsprop_decay=config.rmsprop_decay,
         rmsprop_style=config.rmsprop_style,
         eps=config.eps,
+        betas=config.betas,
         ema_decay=config.ema_decay if config.ema else None,
         label_smoothing=config.label_smoothing,
         grad_clip=config.grad_clip or None,

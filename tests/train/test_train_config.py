@@ -140,6 +140,9 @@ def test_print_config_reproduces_the_run(tmp_path, capsys):
         ("accumulate = 0", "option accumulate: '0' is too small"),
         ("ema = 'yes'", "option ema must be bool"),
         ("val-split = 1", "option val-split: it must be below 1"),
+        ("betas = [0.9, 1.0]", "option betas: each must be below 1"),
+        ("eval-crop = 0.05", "option eval-crop: '0.05' is too small: it must be at least 0.1"),
+        ("lr-gamma = 1.5", "option lr-gamma: '1.5' is too large: it must be at most 1"),
     ],
 )
 def test_bad_settings_are_train_errors(tmp_path, text, message):

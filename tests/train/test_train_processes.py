@@ -60,3 +60,15 @@ def test_a_killed_run_leaves_a_loadable_checkpoint(tiny_model, tmp_path, command
     assert [record["epoch"] for record in history] == list(range(1, epochs + 1))
     assert [record["epoch"] for record in read_metrics(out)] == list(range(1, epochs + 1))
     assert not [path.name for path in out.iterdir() if path.name.endswith(".tmp")]  # a dead writer's, removed
+
+
+def test_torchrun_with_gradient_accumulation(tiny_model, tmp_path, command_env):
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    command += ["-m", "incdsl.train.cli", "train", tiny_model, "--data", "fake:64", "--out", str(out)]
+    command += ["--epochs", "1", "--batch-size", "8", "--accumulate", "2", "--grad-clip", "1"]
+    done = subprocess.run(command, cwd=ROOT, env=command_env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    state = load_checkpoint(out / "checkpoint.pt")
+    assert state["scheduler"]["last_epoch"] == 64 // 16  # 8 batches of 8 (4 per process), stepped every 2
+    assert state["config"]["accumulate"] == 2 and state["metrics"][0]["train_loss"] > 0

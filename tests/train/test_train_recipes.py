@@ -162,7 +162,7 @@ def test_every_setting_reaches_the_recipe():
         "target": "m.py", "data": "fake", "out": "r", "recipe": "googlenet", "optimizer": "adamw",
         "weight_decay": 0.0, "label_smoothing": 0.2, "grad_clip": 1.5, "ema": False, "schedule": "cosine",
         "warmup_epochs": 2.0, "crop_area": [0.5, 0.9], "crop_aspect": (1, 1), "flip": False,
-        "photometric": 0.0, "eval_crop": 1.0, "eps": 1e-6,
+        "photometric": 0.0, "eval_crop": 1.0, "eps": 1e-6, "betas": [0.8, 0.99],
     }  # fmt: skip
     recipe = recipe_of(make_config(options))
     assert (recipe.optimizer, recipe.weight_decay, recipe.label_smoothing) == ("adamw", 0.0, 0.2)
@@ -173,6 +173,7 @@ def test_every_setting_reaches_the_recipe():
     assert (augment.photometric, augment.eval_crop) == (0.0, 1.0)
     optimizer = build_optimizer(recipe, nn.Linear(2, 2), 0.1)
     assert isinstance(optimizer, torch.optim.AdamW) and optimizer.param_groups[0]["weight_decay"] == 0.0
+    assert optimizer.defaults["betas"] == (0.8, 0.99)
     # a recipe's own settings come back unchanged
     for name, original in RECIPES.items():
         config = make_config({"target": "m.py", "data": "fake", "out": "r", "recipe": name})
