@@ -241,14 +241,15 @@ def lr_note(config: TrainConfig) -> str | None:
 
 def saved_settings(run_dir: Path) -> dict[str, Any]:
     """The settings a run was started with, from its checkpoint (empty when it has none: the loop says
-    what is wrong with a missing or unreadable one). A config that is not a table is a TrainError."""
+    what is wrong with a missing or unreadable one), but for the machine's (device, workers), which
+    a resume on another machine chooses afresh. A config that is not a table is a TrainError."""
     from incdsl.train.checkpoint import read_saved_config
 
     path = run_dir / "checkpoint.pt"
     saved = read_saved_config(path)
     # a checkpoint from before the settings were saved trained with the recipe's, and PyTorch's RMSProp
     settings: dict[str, Any] = {"rmsprop_style": "torch"} if saved and "optimizer" not in saved else {}
-    known = {f.name for f in fields(TrainConfig)} - {"out", "resume"}
+    known = {f.name for f in fields(TrainConfig)} - {"out", "resume", "device", "workers"}  # the machine's
     for key, value in saved.items():
         if key not in known or value is None:
             continue
