@@ -65,6 +65,11 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
         help="for a folder without val/: hold out this fraction of each class's training images",
     )
     parser.add_argument(
+        "--balanced",
+        action=argparse.BooleanOptionalAction,
+        help="for imbalanced data: draw every class equally often (images drawn with replacement)",
+    )
+    parser.add_argument(
         "--log-every",
         type=option_type("log_every"),
         metavar="N",

@@ -70,6 +70,7 @@ class TrainConfig:
     eval_crop: float = 0.875  # fraction of the resized image the evaluation center crop keeps
     accumulate: int = 1  # forward passes whose gradients are summed per optimizer step
     val_split: float = 0.0  # hold out this fraction of DIR/train when DIR has no val/ folder
+    balanced: bool = False  # draw every class equally often (with replacement), for imbalanced data
     log_every: int = 100  # a progress line every this many steps when the output is not a terminal
 
     @property

@@ -83,6 +83,40 @@ def collate(samples: list[tuple[Tensor | Unreadable, int]]) -> tuple[Tensor, Ten
     return images, labels, unreadable
 
 
+def split_labels(dataset: Dataset) -> Tensor:
+    """Every image's class index, without reading the images."""
+    if isinstance(dataset, FolderImages):
+        return torch.tensor([label for _, label in dataset.samples], dtype=torch.long)
+    return dataset.labels.long()
+
+
+class BalancedSampler(torch.utils.data.Sampler):
+    """Class-balanced sampling for imbalanced data: each epoch draws as many images as the split has,
+    with replacement, every class equally likely (an image with probability 1 / (classes x its class's
+    images)). The draw comes from (seed, epoch) alone, as the shuffled order does, so a resumed run
+    repeats it; under torchrun each process takes every world_size-th image of the same draw."""
+
+    def __init__(self, labels: Tensor, world_size: int = 1, rank: int = 0, seed: int = 0):
+        counts = torch.bincount(labels)
+        self.weights = (1.0 / counts.clamp_min(1).double())[labels]
+        self.world_size, self.rank, self.seed, self.epoch = world_size, rank, seed, 0
+        self.count = len(labels) // world_size
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self):
+        seed = int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1)[0])
+        generator = torch.Generator().manual_seed(seed)
+        drawn = torch.multinomial(
+            self.weights, self.count * self.world_size, replacement=True, generator=generator
+        )
+        return iter(drawn[self.rank :: self.world_size].tolist())
+
+
 def check_readable(unreadable: list[Unreadable], skip: bool) -> int:
     """How many images were skipped; a TrainError naming the first unreadable one unless ``skip``."""
     if unreadable and not skip:

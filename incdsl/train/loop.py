@@ -40,7 +40,7 @@ from incdsl.train.checkpoint import (
     save_checkpoint,
 )
 from incdsl.train.config import TrainConfig, lr_note
-from incdsl.train.data import Split, check_readable, collate, open_split
+from incdsl.train.data import BalancedSampler, Split, check_readable, collate, open_split, split_labels
 from incdsl.train.distributed import (
     Processes,
     start_processes,
@@ -493,7 +493,12 @@ def make_loaders(train: Split, val: Split, config: TrainConfig, processes: Proce
         "persistent_workers": workers > 0,
     }
     rank, world = processes.rank, processes.world_size
-    sampler = DistributedSampler(train.dataset, world, rank, shuffle=True, seed=config.seed, drop_last=True)
+    if config.balanced:  # every class equally likely: imbalanced data
+        sampler = BalancedSampler(split_labels(train.dataset), world, rank, config.seed)
+    else:
+        sampler = DistributedSampler(
+            train.dataset, world, rank, shuffle=True, seed=config.seed, drop_last=True
+        )
     train_loader = DataLoader(
         train.dataset, batch, sampler=sampler, drop_last=True, collate_fn=collate, **common
     )

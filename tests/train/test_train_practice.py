@@ -163,3 +163,31 @@ def test_a_checkpoint_from_before_the_settings_resumes_as_it_trained(tiny_model,
     settings = load_checkpoint(out / "checkpoint.pt")["config"]
     assert settings["rmsprop_style"] == "torch" and settings["optimizer"] == "rmsprop"  # PyTorch's, as before
     assert settings["lr"] == state["config"]["lr"]
+
+
+def test_balanced_sampling_draws_every_class_about_equally():
+    import torch
+
+    from incdsl.train.data import BalancedSampler
+
+    labels = torch.tensor([0] * 900 + [1] * 90 + [2] * 10)
+    sampler = BalancedSampler(labels, seed=3)
+    sampler.set_epoch(1)
+    first = list(sampler)
+    counts = torch.bincount(labels[first], minlength=3).tolist()
+    assert len(first) == 1000 and all(280 < count < 390 for count in counts), counts
+    assert list(sampler) == first  # the draw is (seed, epoch)'s: a resume repeats it
+    sampler.set_epoch(2)
+    assert list(sampler) != first
+    ranks = [BalancedSampler(labels, 2, rank, seed=3) for rank in (0, 1)]
+    for rank in ranks:
+        rank.set_epoch(1)
+    assert sorted(list(ranks[0]) + list(ranks[1])) == sorted(first)  # one draw, split over the processes
+
+
+def test_balanced_training_on_an_imbalanced_folder(tiny_model, imbalanced, tmp_path):
+    out = tmp_path / "run"
+    extra = ["--epochs", "1", "--batch-size", "4", "--val-split", "0.34", "--balanced"]
+    assert main(command(tiny_model, out, *extra, data=str(imbalanced))) == 0
+    assert load_checkpoint(out / "checkpoint.pt")["config"]["balanced"] is True
+    assert json.loads((out / "run.json").read_text())["settings"]["balanced"] is True
