@@ -47,7 +47,12 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
             os.fsync(file.fileno())
     except OutputError as error:  # the folder or the rename: the message names the path
         reason = error.message.removeprefix(f"cannot write {path}: ")
-        raise CheckpointNotWritten(f"could not write the checkpoint {path}: {reason}") from None
+        hint = (
+            None
+            if "not a regular file" in reason
+            else "is the disk full, or a file-size limit (ulimit -f) reached?"
+        )
+        raise CheckpointNotWritten(f"could not write the checkpoint {path}: {reason}", hint=hint) from None
     except (OSError, RuntimeError) as error:  # torch's zip writer: "unexpected pos ...", "file write failed"
         reason = getattr(error, "strerror", None) or _first_line(error)
         raise CheckpointNotWritten(

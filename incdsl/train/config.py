@@ -68,6 +68,8 @@ class TrainConfig:
     flip: bool = True  # mirror half of the training images
     photometric: float = 0.4  # brightness, contrast, saturation in [1 - p, 1 + p]; 0 = off
     eval_crop: float = 0.875  # fraction of the resized image the evaluation center crop keeps
+    mixup: float = 0.0  # alpha of mixup's Beta(alpha, alpha); 0 = off
+    cutmix: float = 0.0  # alpha of CutMix's; 0 = off (both on: either, half the batches each)
     accumulate: int = 1  # forward passes whose gradients are summed per optimizer step
     val_split: float = 0.0  # hold out this fraction of DIR/train when DIR has no val/ folder
     balanced: bool = False  # draw every class equally often (with replacement), for imbalanced data
@@ -102,6 +104,8 @@ SETTINGS: dict[str, str] = {
     "flip": "mirror half of the training images",
     "photometric": "brightness, contrast and saturation jitter p: factors in [1-p, 1+p] (0: off)",
     "eval_crop": "evaluation keeps this central fraction of the resized image (1: the whole image)",
+    "mixup": "mixup's alpha: blend each image with another, and their labels (0: off; 0.2 is usual)",
+    "cutmix": "CutMix's alpha: paste a box of another image, labels by area (0: off; 1.0 is usual)",
     "accumulate": "sum the gradients of this many batches per optimizer step (the lr scales with both)",
 }
 CHOICES = {
@@ -133,6 +137,8 @@ NUMBER_RANGES: dict[str, tuple[type, float | None, float | None]] = {
     "crop_aspect": (float, 0.0, None),
     "photometric": (float, 0.0, 1.0),
     "eval_crop": (float, 0.1, 1.0),  # below, the image is enlarged over 10x for its center
+    "mixup": (float, 0.0, 100.0),
+    "cutmix": (float, 0.0, 100.0),
     "accumulate": (int, 1, 1_000_000),
     "val_split": (float, 0.0, 1.0),
     "log_every": (int, 0, 2**31 - 1),

@@ -26,7 +26,7 @@ from incdsl import memory
 from incdsl.memory import human_bytes
 from incdsl.runs import write_run_info
 from incdsl.train import Interrupted, RunFailed, TrainError
-from incdsl.train.augment import augment_batch
+from incdsl.train.augment import augment_batch, mix_batch
 from incdsl.train.checkpoint import (
     CheckpointNotWritten,
     check_contents,
@@ -160,11 +160,11 @@ def run(config: TrainConfig, processes: Processes) -> list[dict[str, Any]]:
                         pixels.to(device, non_blocking=True),
                         labels.to(device, non_blocking=True),
                     )
-                    inputs = augment_batch(pixels, recipe.augment, generator).contiguous(memory_format=layout)
+                    inputs = augment_batch(pixels, recipe.augment, generator)
+                    inputs, lam = mix_batch(inputs, config.mixup, config.cutmix, generator)
                     with autocast(device, config.amp):
-                        loss = training_loss(
-                            stepper(inputs), labels, bundle.aux_weights, recipe.label_smoothing
-                        )
+                        outputs = stepper(inputs.contiguous(memory_format=layout))
+                        loss = mixed_loss(outputs, labels, lam, bundle.aux_weights, recipe.label_smoothing)
                     with ddp.no_sync() if ddp and not stepping else contextlib.nullcontext():
                         scaler.scale(loss / group if group > 1 else loss).backward()
                     loss_sum += loss.detach() * len(labels)
@@ -239,6 +239,14 @@ def run(config: TrainConfig, processes: Processes) -> list[dict[str, Any]]:
     if history and first_epoch <= config.epochs:
         say(closing_summary(config, history, clock.elapsed(), first_epoch), main)
     return history
+
+
+def mixed_loss(outputs, labels, lam: float, aux_weights: dict[str, float], smoothing: float):
+    """The training loss; for a batch mixed with its reverse (mixup, CutMix), weighted by ``lam``."""
+    loss = training_loss(outputs, labels, aux_weights, smoothing)
+    if lam < 1.0:
+        loss = lam * loss + (1.0 - lam) * training_loss(outputs, labels.flip(0), aux_weights, smoothing)
+    return loss
 
 
 def accumulation(step: int, batches: int, accumulate: int) -> tuple[int, bool]:

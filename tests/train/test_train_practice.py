@@ -191,3 +191,31 @@ def test_balanced_training_on_an_imbalanced_folder(tiny_model, imbalanced, tmp_p
     assert main(command(tiny_model, out, *extra, data=str(imbalanced))) == 0
     assert load_checkpoint(out / "checkpoint.pt")["config"]["balanced"] is True
     assert json.loads((out / "run.json").read_text())["settings"]["balanced"] is True
+
+
+def test_mixup_and_cutmix_mix_with_the_reversed_batch():
+    import torch
+
+    from incdsl.train.augment import mix_batch
+
+    inputs = torch.stack([torch.full((1, 10, 10), float(i)) for i in range(4)])
+    same, lam = mix_batch(inputs, 0.0, 0.0, torch.Generator().manual_seed(0))
+    assert same is inputs and lam == 1.0
+    mixed, lam = mix_batch(inputs, 0.4, 0.0, torch.Generator().manual_seed(0))
+    assert 0 < lam < 1 and torch.allclose(mixed, lam * inputs + (1 - lam) * inputs.flip(0))
+    for seed in range(5):
+        cut, lam = mix_batch(inputs, 0.0, 1.0, torch.Generator().manual_seed(seed))
+        pasted = (cut[0] == 3.0).float().mean().item()  # image 0 holds a box of image 3
+        assert ((cut[0] == 0.0) | (cut[0] == 3.0)).all() and pasted == pytest.approx(1 - lam)
+
+
+def test_a_mixup_cutmix_run_resumes_exactly(tiny_model, tmp_path):
+    from incdsl.train.config import make_config
+    from incdsl.train.loop import train
+
+    options = {"target": tiny_model, "data": "fake:32", "batch_size": 8, "mixup": 0.2, "cutmix": 1.0}
+    whole = train(make_config({**options, "out": tmp_path / "whole", "epochs": 2}))
+    train(make_config({**options, "out": tmp_path / "part", "epochs": 1}))
+    resumed = train(make_config({"out": tmp_path / "part", "epochs": 2, "resume": True}))
+    assert [r["train_loss"] for r in resumed] == [r["train_loss"] for r in whole]
+    assert load_checkpoint(tmp_path / "part" / "checkpoint.pt")["config"]["cutmix"] == 1.0
