@@ -65,6 +65,11 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
         help="for a folder without val/: hold out this fraction of each class's training images",
     )
     parser.add_argument(
+        "--sync-bn",
+        action=argparse.BooleanOptionalAction,
+        help="under torchrun on GPUs: BatchNorm statistics over the global batch (SyncBatchNorm)",
+    )
+    parser.add_argument(
         "--balanced",
         action=argparse.BooleanOptionalAction,
         help="for imbalanced data: draw every class equally often (images drawn with replacement)",

@@ -72,6 +72,7 @@ class TrainConfig:
     cutmix: float = 0.0  # alpha of CutMix's; 0 = off (both on: either, half the batches each)
     accumulate: int = 1  # forward passes whose gradients are summed per optimizer step
     val_split: float = 0.0  # hold out this fraction of DIR/train when DIR has no val/ folder
+    sync_bn: bool = False  # under torchrun on GPUs: BatchNorm statistics over the global batch
     balanced: bool = False  # draw every class equally often (with replacement), for imbalanced data
     log_every: int = 100  # a progress line every this many steps when the output is not a terminal
 

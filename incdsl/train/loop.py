@@ -43,9 +43,11 @@ from incdsl.train.config import TrainConfig, lr_note
 from incdsl.train.data import BalancedSampler, Split, check_readable, collate, open_split, split_labels
 from incdsl.train.distributed import (
     Processes,
+    share_buffers,
     start_processes,
     stop_processes,
     sum_over_processes,
+    sync_batchnorm,
     wait_for_all,
 )
 from incdsl.train.ema import EMA
@@ -100,7 +102,7 @@ def run(config: TrainConfig, processes: Processes) -> list[dict[str, Any]]:
     steps_per_epoch = math.ceil(len(train_loader) / config.accumulate)  # optimizer steps
 
     # -- model, optimizer, per-step learning-rate schedule, Polyak averaging
-    model = bundle.module.to(device, memory_format=layout)
+    model = sync_batchnorm(bundle.module.to(device, memory_format=layout), processes, config.sync_bn)
     optimizer = build_optimizer(recipe, model, config.lr)
     scheduler = build_scheduler(recipe, optimizer, steps_per_epoch, config.epochs)
     ema = EMA(model, recipe.ema_decay) if recipe.ema_decay else None
@@ -190,6 +192,7 @@ def run(config: TrainConfig, processes: Processes) -> list[dict[str, Any]]:
 
             # evaluate the averaged weights when the recipe keeps them (Polyak averaging)
             evaluated = (ema.module if ema else model).eval()
+            share_buffers(evaluated, processes)  # the checkpoint's statistics, on every process
             val = evaluate(
                 [evaluated],
                 val_loader,
