@@ -1,7 +1,9 @@
 """The trainer's configuration: a frozen dataclass filled from CLI options, a TOML/YAML file and a recipe.
 
-Precedence, highest first: an option given on the command line, the same option in ``--config FILE``, the
-recipe's default. Keys in a config file are the long option names, with ``-`` or ``_``::
+Precedence, highest first: an option given on the command line, the same option in ``--config FILE``, on
+``--resume`` the settings the run started with (saved in its checkpoint), the recipe's default. Every
+setting of a recipe (optimizer, schedule, regularisers, augmentation) is an option. Keys in a config
+file are the long option names, with ``-`` or ``_``; ``incdsl train --print-config`` writes one::
 
     # digits.toml
     target = "mini_googlenet"
@@ -10,6 +12,8 @@ recipe's default. Keys in a config file are the long option names, with ``-`` or
     recipe = "fast"
     epochs = 12
     batch-size = 64
+    label-smoothing = 0.0
+    crop-area = [0.5, 1.0]
 """
 
 from __future__ import annotations
