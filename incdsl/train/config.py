@@ -198,10 +198,16 @@ def make_config(options: Mapping[str, Any]) -> TrainConfig:
     values = {key: value for key, value in options.items() if value is not None}
     _check_names(values)
     values = {key: _convert(key, value) for key, value in values.items()}
-    if values.get("resume") and "out" in values:
-        for key, value in saved_settings(Path(values["out"])).items():
-            values.setdefault(key, value)
+    saved = saved_settings(Path(values["out"])) if values.get("resume") and "out" in values else {}
+    for key, value in saved.items():
+        values.setdefault(key, value)
     for required in ("target", "data", "out"):
+        if required not in values and values.get("resume") and "out" in values and not saved:
+            raise TrainError(
+                f"no {required} given, and no checkpoint at {Path(values['out']) / 'checkpoint.pt'} to "
+                "resume with its settings",
+                hint=f"pass {required} to start a new run (without --resume)",
+            )
         if required not in values:
             raise TrainError(
                 f"no {required} given", hint=f"pass it on the command line or set {required} in --config"
@@ -375,7 +381,8 @@ def _convert(key: str, value: Any) -> Any:
 def _convert_one(key: str, kind: type, value: Any) -> Any:
     accepted = {float: (int, float), Path: (str, Path)}.get(kind, (kind,))
     if isinstance(value, bool) and kind is not bool or not isinstance(value, accepted):
-        raise TrainError(f"option {key} must be {accepted[0].__name__}, not {value!r}")
+        name = "a number" if kind is float else accepted[0].__name__
+        raise TrainError(f"option {key} must be {name}, not {value!r}")
     return kind(value)
 
 

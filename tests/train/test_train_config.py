@@ -139,6 +139,7 @@ def test_print_config_reproduces_the_run(tmp_path, capsys):
         ("label-smoothing = 1.5", "option label-smoothing: '1.5' is too large: it must be at most 1"),
         ("accumulate = 0", "option accumulate: '0' is too small"),
         ("ema = 'yes'", "option ema must be bool"),
+        ("crop-area = [0.1, 'x']", "option crop_area must be a number, not 'x'"),
         ("val-split = 1", "option val-split: it must be below 1"),
         ("betas = [0.9, 1.0]", "option betas: each must be below 1"),
         ("eval-crop = 0.05", "option eval-crop: '0.05' is too small: it must be at least 0.1"),
@@ -165,3 +166,9 @@ def test_bad_settings_on_the_command_line(capsys, extra, message):
     assert main(["train", "m.py", "--data", "fake", "--out", "r", *extra]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_resume_without_a_checkpoint_or_a_target(tmp_path, capsys):
+    assert main(["train", "--out", str(tmp_path / "none"), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert f"no target given, and no checkpoint at {tmp_path}/none/checkpoint.pt to resume" in err
