@@ -58,7 +58,8 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.999)  # AdamW's averages of the gradient and its square
     rmsprop_decay: float = 0.9  # RMSProp's moving average of squared gradients
     rmsprop_style: str = "torch"  # "tf": epsilon inside the square root, as TensorFlow (Inception v3)
-    weight_decay: float = 0.0  # on conv and linear weights; biases and normalisation are not decayed
+    weight_decay: float = 0.0  # on conv and linear weights; biases and normalisation are not decayed ...
+    decay_all: bool = False  # ... unless this is set
     schedule: str = "cosine"  # "step", "cosine" or "constant", after the warm-up
     lr_gamma: float = 1.0  # step: multiply the lr by this ...
     lr_step_epochs: float = 1.0  # ... every this many epochs
@@ -96,6 +97,7 @@ SETTINGS: dict[str, str] = {
     "rmsprop_decay": "decay of RMSProp's average of squared gradients",
     "rmsprop_style": "tf: epsilon inside the square root (TensorFlow's, Inception v3's); torch: outside",
     "weight_decay": "weight decay of conv and linear weights (biases and normalisation: none)",
+    "decay_all": "decay biases and normalisation parameters too",
     "schedule": "the lr after the warm-up: step, cosine (to 0 at the last epoch) or constant",
     "lr_gamma": "step schedule: multiply the lr by this ...",
     "lr_step_epochs": "... every this many epochs (fractions allowed)",
@@ -165,6 +167,7 @@ def recipe_settings(recipe) -> dict[str, Any]:
         "rmsprop_decay": recipe.rmsprop_decay,
         "rmsprop_style": recipe.rmsprop_style,
         "weight_decay": recipe.weight_decay,
+        "decay_all": recipe.decay_all,
         "schedule": schedule.kind,
         "lr_gamma": schedule.gamma,
         "lr_step_epochs": schedule.every_epochs,

@@ -75,6 +75,7 @@ class Recipe:
     schedule: Schedule
     momentum: float = 0.0
     weight_decay: float = 0.0  # applied to conv and linear weights only (Caffe's biases have decay_mult 0)
+    decay_all: bool = False  # decay biases and normalisation parameters too (as the paper's TF-slim does not)
     rmsprop_decay: float = 0.9
     rmsprop_style: str = "torch"  # "tf": epsilon inside the square root (see optim.RMSpropTF)
     eps: float = 1e-8
@@ -171,7 +172,10 @@ def build_optimizer(recipe: Recipe, model: nn.Module, lr: float) -> torch.optim.
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.ndim >= 2], "weight_decay": recipe.weight_decay},
-        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+        {
+            "params": [p for p in params if p.ndim < 2],
+            "weight_decay": recipe.weight_decay if recipe.decay_all else 0.0,
+        },
     ]
     if recipe.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=recipe.momentum)
@@ -207,6 +211,7 @@ def recipe_of(config) -> Recipe:
         schedule=Schedule(config.schedule, config.lr_gamma, config.lr_step_epochs, config.warmup_epochs),
         momentum=config.momentum,
         weight_decay=config.weight_decay,
+        decay_all=config.decay_all,
         rmsprop_decay=config.rmsprop_decay,
         rmsprop_style=config.rmsprop_style,
         eps=config.eps,

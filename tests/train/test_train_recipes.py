@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -174,6 +175,11 @@ def test_every_setting_reaches_the_recipe():
     optimizer = build_optimizer(recipe, nn.Linear(2, 2), 0.1)
     assert isinstance(optimizer, torch.optim.AdamW) and optimizer.param_groups[0]["weight_decay"] == 0.0
     assert optimizer.defaults["betas"] == (0.8, 0.99)
+    decayed = recipe_of(make_config({**options, "weight_decay": 0.1, "decay_all": True}))
+    groups = build_optimizer(decayed, nn.Linear(2, 2), 0.1).param_groups  # the weight, then the bias
+    assert [group["weight_decay"] for group in groups] == [0.1, 0.1]
+    groups = build_optimizer(replace(decayed, decay_all=False), nn.Linear(2, 2), 0.1).param_groups
+    assert [group["weight_decay"] for group in groups] == [0.1, 0.0]
     # a recipe's own settings come back unchanged
     for name, original in RECIPES.items():
         config = make_config({"target": "m.py", "data": "fake", "out": "r", "recipe": name})
