@@ -20,7 +20,7 @@ from .numbers import MAX_BUDGET, MAX_INT, NumberError, read_float, read_int, rea
 FORMATS = ("table", "markdown", "csv", "json")
 
 
-TRAINING = ("train", "eval")
+TRAINING = ("train", "eval", "predict", "export")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -171,6 +171,8 @@ def _parser() -> argparse.ArgumentParser:
     # Listed for `incdsl --help`; main() hands their arguments to incdsl.train's parser.
     sub.add_parser("train", help="train a spec or model.py (incdsl train --help)")
     sub.add_parser("eval", help="evaluate checkpoints (incdsl eval --help)")
+    sub.add_parser("predict", help="classify images with a checkpoint (incdsl predict --help)")
+    sub.add_parser("export", help="a checkpoint as TorchScript, ONNX or safetensors (incdsl export --help)")
     return parser
 
 
@@ -499,13 +501,16 @@ def cmd_lsp(args) -> int:
 
 
 def training(argv: list[str]) -> int:
-    """``train`` and ``eval`` live in incdsl.train, which imports torch: loaded only when asked for."""
+    """``train``, ``eval``, ``predict`` and ``export`` live in incdsl.train, which imports torch: loaded
+    only when asked for."""
     from .train import cli as train_cli
 
     parser = argparse.ArgumentParser(prog="incdsl")
     sub = parser.add_subparsers(dest="command", required=True)
     train_cli.add_train_parser(sub)
     train_cli.add_eval_parser(sub)
+    train_cli.add_predict_parser(sub)
+    train_cli.add_export_parser(sub)
     args = _parse_arguments(parser, argv)
     return args.func(args) if isinstance(args, argparse.Namespace) else args
 

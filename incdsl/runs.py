@@ -37,8 +37,9 @@ class RunError(IncdslError):
 # writing (called by the trainer) -----------------------------------------------------------------
 
 
-def write_run_info(config, bundle, images_per_epoch: int) -> None:
-    """Write ``run.json`` into ``config.out``: what was trained, how, on what (see the module doc)."""
+def write_run_info(config, bundle, images_per_epoch: int, settings: dict[str, Any] | None = None) -> None:
+    """Write ``run.json`` into ``config.out``: what was trained, how, on what (see the module doc);
+    ``settings``, every resolved training setting (incdsl train --print-config), when given."""
     info = {
         "format": FORMAT,
         "target": config.target,
@@ -54,6 +55,8 @@ def write_run_info(config, bundle, images_per_epoch: int) -> None:
         "spec_text": bundle.spec_text,
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    if settings is not None:
+        info["settings"] = settings
     write_atomic(Path(config.out) / RUN_INFO, json.dumps(info, indent=2) + "\n")
 
 

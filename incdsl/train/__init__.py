@@ -3,11 +3,12 @@
 Stages, each one module with one entry function::
 
     load_model(target)          models.py      spec name, .inc or model.py -> ModelBundle
-    make_config(options)        config.py      CLI / TOML / recipe defaults -> TrainConfig
+    make_config(options)        config.py      CLI / TOML / saved / recipe settings -> TrainConfig
     open_split(...)             data.py        folder | digits | fake -> a train or val split
     augment_batch(...)          augment.py     Inception crop, flip, photometric, on the device
     train(config)               loop.py        the training loop; writes metrics.jsonl, checkpoint.pt
     evaluate_checkpoints(...)   evaluate.py    top-1/top-5 over 1, 10 or 144 crops, ensembles
+    predict(...), export(...)   predict.py     a checkpoint's top-k for images; TorchScript, ONNX, safetensors
 
 Example::
 
@@ -45,6 +46,8 @@ _LAZY = {
     "RECIPES": "recipes",
     "train": "loop",
     "evaluate_checkpoints": "evaluate",
+    "predict": "predict",
+    "export": "predict",
 }
 
 __all__ = ["TrainError", "RunFailed", "Interrupted", *_LAZY]

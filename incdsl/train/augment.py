@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -88,3 +89,31 @@ def grayscale(pixels: Tensor) -> Tensor:
         return pixels.mean(dim=1, keepdim=True)
     weights = torch.tensor([0.299, 0.587, 0.114], device=pixels.device).view(1, 3, 1, 1)
     return (pixels * weights).sum(dim=1, keepdim=True)
+
+
+def mix_batch(
+    inputs: Tensor, mixup: float, cutmix: float, generator: torch.Generator
+) -> tuple[Tensor, float]:
+    """Mixup (Zhang et al. 2018) or CutMix (Yun et al. 2019) of each input with the batch's reversed
+    order, as timm: a weight ``lam`` drawn from Beta(alpha, alpha); with both on, either one with
+    probability 1/2. Mixup blends whole images, CutMix pastes a box of about ``1 - lam`` of the area
+    (``lam`` is then the area left). Returns the mixed inputs and ``lam``: the loss is ``lam x`` the
+    loss on the labels plus ``(1 - lam) x`` the loss on the reversed labels. Nothing to do: lam 1."""
+    if not mixup and not cutmix:
+        return inputs, 1.0
+    use_cutmix = bool(cutmix) and (not mixup or uniform(1, 0.0, 1.0, generator).item() < 0.5)
+    alpha = cutmix if use_cutmix else mixup
+    draws = torch.randint(0, 2**31 - 1, (1,), generator=generator).item()
+    lam = float(np.random.default_rng(draws).beta(alpha, alpha))
+    other = inputs.flip(0)
+    if not use_cutmix:
+        return inputs * lam + other * (1.0 - lam), lam
+    height, width = inputs.shape[-2:]
+    cut_h, cut_w = round(height * math.sqrt(1.0 - lam)), round(width * math.sqrt(1.0 - lam))
+    center_y = int(torch.randint(0, height, (1,), generator=generator))
+    center_x = int(torch.randint(0, width, (1,), generator=generator))
+    top, bottom = max(0, center_y - cut_h // 2), min(height, center_y + cut_h - cut_h // 2)
+    left, right = max(0, center_x - cut_w // 2), min(width, center_x + cut_w - cut_w // 2)
+    mixed = inputs.clone()
+    mixed[..., top:bottom, left:right] = other[..., top:bottom, left:right]
+    return mixed, 1.0 - (bottom - top) * (right - left) / (height * width)

@@ -3,12 +3,15 @@
 A checkpoint is a dict of tensors, numbers and strings: ``torch.load(weights_only=True)`` reads it, so a
 checkpoint from elsewhere cannot run code. It is written to a temporary file in the same folder, flushed
 to disk and renamed over the old one: a run killed at any moment leaves the previous checkpoint or the
-new one, never half of one.
+new one, never half of one. It carries a SHA-256 digest of its contents (every tensor's bytes, dtype and
+shape, and the plain data beside them), checked on reading: flipped bytes in a tensor are a clear error,
+not a run that goes on with damaged weights.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import pickle
 import random
@@ -20,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from incdsl.errors import OutputError
 from incdsl.files import replacing
 from incdsl.train import TrainError
 
@@ -27,12 +31,89 @@ FORMAT = "incdsl-checkpoint/1"
 REQUIRED = frozenset({"epoch", "model", "optimizer", "scheduler", "rng", "metrics", "classes", "recipe"})
 
 
+class CheckpointNotWritten(TrainError):
+    """A checkpoint that could not be written (disk full, a file-size limit): the previous one is kept."""
+
+
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
-    """Write ``state`` to ``path`` atomically, on disk before the rename."""
-    with replacing(path) as temporary, open(temporary, "wb") as file:
-        torch.save({"format": FORMAT, **state}, file)
-        file.flush()
-        os.fsync(file.fileno())
+    """Write ``state`` to ``path`` atomically, on disk before the rename, with the digest of its
+    contents; a CheckpointNotWritten error (and ``path`` untouched) when the file cannot be written."""
+    content = {"format": FORMAT, **state}
+    content["digest"] = digest(content)
+    try:
+        with replacing(path) as temporary, open(temporary, "wb") as file:
+            torch.save(content, file)
+            file.flush()
+            os.fsync(file.fileno())
+    except OutputError as error:  # the folder or the rename: the message names the path
+        reason = error.message.removeprefix(f"cannot write {path}: ")
+        hint = (
+            None
+            if "not a regular file" in reason
+            else "is the disk full, or a file-size limit (ulimit -f) reached?"
+        )
+        raise CheckpointNotWritten(f"could not write the checkpoint {path}: {reason}", hint=hint) from None
+    except (OSError, RuntimeError) as error:  # torch's zip writer: "unexpected pos ...", "file write failed"
+        reason = getattr(error, "strerror", None) or _first_line(error)
+        raise CheckpointNotWritten(
+            f"could not write the checkpoint {path} ({reason})",
+            hint="is the disk full, or a file-size limit (ulimit -f) reached?",
+        ) from None
+
+
+def digest(state: Any) -> str:
+    """SHA-256 of a checkpoint's contents (its own ``digest`` entry left out): tensors by their dtype,
+    shape and bytes, plain values by their type and repr, in the order they are stored."""
+    hasher = hashlib.sha256()
+
+    def visit(value: Any) -> None:
+        if torch.is_tensor(value):
+            hasher.update(f"tensor {value.dtype} {tuple(value.shape)};".encode())
+            flat = value.detach().to("cpu").contiguous().reshape(-1)
+            if flat.numel():
+                hasher.update(flat.view(torch.uint8).numpy().tobytes())
+        elif isinstance(value, dict):
+            items = [(k, v) for k, v in value.items() if not (value is state and k == "digest")]
+            hasher.update(f"dict {len(items)};".encode())
+            for key, item in items:
+                visit(key)
+                visit(item)
+        elif isinstance(value, list | tuple):
+            hasher.update(f"{type(value).__name__} {len(value)};".encode())
+            for item in value:
+                visit(item)
+        else:
+            hasher.update(f"{type(value).__name__} {value!r};".encode())
+
+    visit(state)
+    return hasher.hexdigest()
+
+
+def _digest_or_none(state: dict[str, Any]) -> str | None:
+    try:
+        return digest(state)
+    except (RuntimeError, TypeError, ValueError):  # a tensor layout incdsl never writes (sparse, ...)
+        return None
+
+
+def read_saved_config(path: Path) -> dict[str, Any]:
+    """The settings saved in the checkpoint at ``path``, read without its tensors' data (memory-mapped);
+    empty when there is no readable checkpoint there (the trainer reports that when it loads it), a
+    TrainError when its config is not a table."""
+    if not path.is_file():
+        return {}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # damaged or not a checkpoint: load_checkpoint says so when the run starts
+        return {}
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        return {}
+    config = state.get("config")
+    if config is not None and not isinstance(config, dict):
+        raise TrainError(f"{path} is a damaged checkpoint: its config is not a table of settings")
+    return config or {}
 
 
 def remove_temporaries(run_dir: Path) -> None:
@@ -61,6 +142,11 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     missing = sorted(REQUIRED - set(state))
     if missing:
         raise TrainError(f"{path} is an incomplete checkpoint: it has no {', '.join(missing)}")
+    if "digest" in state and state["digest"] != _digest_or_none(state):  # older checkpoints have none
+        raise TrainError(
+            f"{path} is a damaged checkpoint: its contents do not match the digest saved with them",
+            hint="flipped bytes on the disk, or a copy that went wrong; use another checkpoint (best.pt?)",
+        )
     return state
 
 
@@ -121,6 +207,7 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
         "a list of class names",
     ),
     "recipe": (lambda v: isinstance(v, str), "a recipe name"),
+    "config": (lambda v: v is None or isinstance(v, dict), "a table of settings"),
 }
 FOR_TRAINING = tuple(CHECKS)
 FOR_EVALUATION = ("model", "ema", "classes", "recipe")
@@ -132,6 +219,26 @@ def check_contents(state: dict[str, Any], path: Path, keys: tuple[str, ...] = FO
         is_valid, expected = CHECKS[key]
         if not is_valid(state.get(key)):
             raise TrainError(f"{path} is a damaged checkpoint: its {key} is not {expected}")
+
+
+def check_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict[str, Any], path: Path) -> None:
+    """A TrainError when the saved optimizer state does not fit ``optimizer``'s parameters: other
+    groups, or a state tensor (a momentum, an average) of another shape than its parameter. PyTorch
+    checks the groups' sizes only; a wrong shape would fail at the first step, deep in the optimizer."""
+    params = [param for group in optimizer.param_groups for param in group["params"]]
+    sizes = [len(group["params"]) for group in optimizer.param_groups]
+    if [len(group["params"]) for group in saved["param_groups"]] != sizes:
+        raise TrainError(f"{path}: its optimizer state does not fit this run (other parameter groups)")
+    for index, entry in saved["state"].items():
+        if not isinstance(index, int) or not 0 <= index < len(params) or not isinstance(entry, dict):
+            raise TrainError(f"{path}: its optimizer state does not fit this run (parameter {index!r})")
+        param = params[index]
+        for name, value in entry.items():
+            if torch.is_tensor(value) and value.ndim and tuple(value.shape) != tuple(param.shape):
+                raise TrainError(
+                    f"{path}: its optimizer state does not fit this run: {name} of parameter {index} is "
+                    f"{_shape(value)}, the parameter {_shape(param)}"
+                )
 
 
 @contextlib.contextmanager

@@ -1,8 +1,9 @@
-"""``incdsl train`` and ``incdsl eval``: argument parsing and printing over incdsl.train's functions.
+"""``incdsl train``, ``eval`` and ``predict``: argument parsing and printing over incdsl.train's functions.
 
-``incdsl.cli`` adds the two sub-commands with ``add_train_parser`` and ``add_eval_parser``; each sets
-``func``, which takes the parsed arguments and returns an exit code. Importing this module does not
-import torch. ``python -m incdsl.train.cli train ...`` runs the same commands without the compiler's CLI.
+``incdsl.cli`` adds the sub-commands with ``add_train_parser``, ``add_eval_parser`` and
+``add_predict_parser``; each sets ``func``, which takes the parsed arguments and returns an exit code.
+Importing this module does not import torch. ``python -m incdsl.train.cli train ...`` runs the same
+commands without the compiler's CLI.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import sys
 from pathlib import Path
 
 from incdsl.errors import IncdslError
-from incdsl.train.config import option_type
+from incdsl.train.config import CHOICES, NUMBER_RANGES, SETTINGS, option_type
 
 DATA_HELP = "an image folder (DIR/train/<class>/*.png, DIR/val/<class>/...), 'digits', or 'fake' (fake:N)"
 SKIP_HELP = "skip images that cannot be decoded (and count them) instead of stopping at the first"
@@ -57,6 +58,47 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=option_type("seed"), help="random seed (default 0)")
     parser.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     parser.add_argument("--skip-unreadable", action=argparse.BooleanOptionalAction, help=SKIP_HELP)
+    parser.add_argument(
+        "--val-split",
+        type=option_type("val_split"),
+        metavar="F",
+        help="for a folder without val/: hold out this fraction of each class's training images",
+    )
+    parser.add_argument(
+        "--sync-bn",
+        action=argparse.BooleanOptionalAction,
+        help="under torchrun on GPUs: BatchNorm statistics over the global batch (SyncBatchNorm)",
+    )
+    parser.add_argument(
+        "--balanced",
+        action=argparse.BooleanOptionalAction,
+        help="for imbalanced data: draw every class equally often (images drawn with replacement)",
+    )
+    parser.add_argument(
+        "--log-every",
+        type=option_type("log_every"),
+        metavar="N",
+        help="without a terminal, a progress line every N steps (default 100; 0: none)",
+    )
+    parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved settings as a --config file that reproduces the run, and stop",
+    )
+    settings = parser.add_argument_group(
+        "recipe settings", "each defaults to the recipe's; --print-config shows them all"
+    )
+    for key, text in SETTINGS.items():
+        flag = "--" + key.replace("_", "-")
+        if key in CHOICES:
+            settings.add_argument(flag, choices=CHOICES[key], help=text)
+        elif key in NUMBER_RANGES and key in ("crop_area", "crop_aspect", "betas"):
+            names = ("B1", "B2") if key == "betas" else ("LOW", "HIGH")
+            settings.add_argument(flag, type=option_type(key), nargs=2, metavar=names, help=text)
+        elif key in NUMBER_RANGES:
+            settings.add_argument(flag, type=option_type(key), metavar="X", help=text)
+        else:
+            settings.add_argument(flag, action=argparse.BooleanOptionalAction, help=text)
     parser.set_defaults(func=run_train)
     return parser
 
@@ -76,9 +118,57 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=eval_workers, default=0, help="data loader processes")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
     parser.add_argument("--skip-unreadable", action="store_true", help=SKIP_HELP)
+    parser.add_argument(
+        "--val-split",
+        type=option_type("val_split"),
+        metavar="F",
+        help="for a folder with only train/: the held-out fraction (default: the checkpoint's run's)",
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(func=run_eval)
     return parser
+
+
+def add_predict_parser(subparsers) -> argparse.ArgumentParser:
+    """The ``predict`` sub-command."""
+    parser = subparsers.add_parser(
+        "predict",
+        help="a trained checkpoint's top classes for images",
+        description="Classify images (files, or folders of them) with a checkpoint of incdsl train.",
+    )
+    parser.add_argument("target", metavar="SPEC", help="the spec or model.py the checkpoint was trained from")
+    parser.add_argument("images", nargs="+", metavar="IMAGE|DIR", help="image files or folders of them")
+    parser.add_argument("--checkpoint", required=True, type=Path, help="checkpoint.pt or best.pt of a run")
+    parser.add_argument("--top", type=top_count, default=5, metavar="K", help="classes per image (5)")
+    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
+    parser.add_argument("--json", action="store_true", help="print the predictions as JSON")
+    parser.set_defaults(func=run_predict)
+    return parser
+
+
+def add_export_parser(subparsers) -> argparse.ArgumentParser:
+    """The ``export`` sub-command."""
+    parser = subparsers.add_parser(
+        "export",
+        help="a trained checkpoint as TorchScript, ONNX or safetensors",
+        description="Write a checkpoint's evaluation model (its averaged weights when the run kept them): "
+        "model.pt (TorchScript), model.onnx (checked with onnxruntime) or model.safetensors (the weights, "
+        "class names in the metadata). The file is read back and compared with the model.",
+    )
+    parser.add_argument("target", metavar="SPEC", help="the spec or model.py the checkpoint was trained from")
+    parser.add_argument("--checkpoint", required=True, type=Path, help="checkpoint.pt or best.pt of a run")
+    parser.add_argument("-o", "--output", required=True, help="model.pt, model.onnx or model.safetensors")
+    parser.set_defaults(func=run_export)
+    return parser
+
+
+def top_count(text: str) -> int:
+    from incdsl import numbers
+
+    try:
+        return numbers.read_int(text, 1, 1_000_000)
+    except numbers.NumberError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def eval_workers(text: str) -> int:
@@ -128,13 +218,18 @@ def reporting_failures(command):
 
 @reporting_failures
 def run_train(args: argparse.Namespace) -> int:
-    from incdsl.train.config import make_config, read_config_file
+    from incdsl.train.config import config_text, make_config, read_config_file
     from incdsl.train.loop import train
 
     options = read_config_file(args.config) if args.config else {}
-    given = {key: value for key, value in vars(args).items() if key not in ("func", "config", "command")}
+    ours = ("func", "config", "command", "print_config")
+    given = {key: value for key, value in vars(args).items() if key not in ours}
     options.update({key: value for key, value in given.items() if value is not None})
-    train(make_config(options))
+    config = make_config(options)
+    if args.print_config:
+        print(config_text(config), end="")
+        return 0
+    train(config)
     return 0
 
 
@@ -144,7 +239,14 @@ def run_eval(args: argparse.Namespace) -> int:
 
     checkpoints = [args.checkpoint, *args.ensemble]
     report = evaluate_checkpoints(
-        args.target, checkpoints, args.data, args.crops, args.device, args.workers, args.skip_unreadable
+        args.target,
+        checkpoints,
+        args.data,
+        args.crops,
+        args.device,
+        args.workers,
+        args.skip_unreadable,
+        args.val_split,
     )
     if args.json:
         print(json.dumps(report.to_dict(), allow_nan=False))
@@ -158,7 +260,57 @@ def run_eval(args: argparse.Namespace) -> int:
         print(f"{_figures(report.one_crop)}  (1 crop, for comparison)")
     if report.result.unreadable:
         print(f"skipped {report.result.unreadable} unreadable image(s)")
+    for line in class_table(report.result, report.classes):
+        print(line)
     return 0
+
+
+@reporting_failures
+def run_predict(args: argparse.Namespace) -> int:
+    from incdsl.train.predict import predict, prediction_table, predictions_json
+
+    predictions = predict(args.target, args.checkpoint, args.images, args.top, args.device)
+    if args.json:
+        print(predictions_json(predictions))
+    else:
+        for line in prediction_table(predictions):
+            print(line)
+    return 0
+
+
+@reporting_failures
+def run_export(args: argparse.Namespace) -> int:
+    from incdsl.train.predict import INPUT_NOTE, export
+
+    exported = export(args.target, args.checkpoint, args.output)
+    if exported.difference is None:
+        check = "not checked: onnxruntime is not installed"
+    else:
+        check = f"read back: logits within {exported.difference:.1e} of the checkpoint's model"
+    print(f"wrote {exported.path} ({check}); input: {INPUT_NOTE}")
+    return 0
+
+
+CONFUSION_SHOWN = 20  # the text output shows the confusion matrix up to this many classes (JSON: always)
+
+
+def class_table(result, classes) -> list[str]:
+    """Per-class top-1 (the recall of each class), then the confusion matrix for few classes."""
+    if not result.confusion or not classes:
+        return []
+    width = max(5, *(len(name) for name in classes))
+    mean = result.mean_class_top1
+    lines = [f"per class (mean top-1 {mean:.4f}):" if mean is not None else "per class:"]
+    lines.append(f"  {'class':<{width}}  images  top-1")
+    for name, (count, top1) in zip(classes, result.per_class()):
+        figure = f"{top1:.4f}" if top1 is not None else "-"
+        lines.append(f"  {name:<{width}}  {count:>6}  {figure}")
+    if len(classes) <= CONFUSION_SHOWN:
+        cell = max(4, *(len(str(value)) for row in result.confusion for value in row))
+        lines.append("confusion (rows: true class, columns: predicted, in the order above):")
+        for name, row in zip(classes, result.confusion):
+            lines.append(f"  {name:<{width}}  " + " ".join(f"{value:>{cell}}" for value in row))
+    return lines
 
 
 def _figures(result) -> str:
@@ -172,6 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_train_parser(subparsers)
     add_eval_parser(subparsers)
+    add_predict_parser(subparsers)
+    add_export_parser(subparsers)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # a usage error (2) or --help (0): a code, as incdsl.cli.main returns

@@ -83,6 +83,40 @@ def collate(samples: list[tuple[Tensor | Unreadable, int]]) -> tuple[Tensor, Ten
     return images, labels, unreadable
 
 
+def split_labels(dataset: Dataset) -> Tensor:
+    """Every image's class index, without reading the images."""
+    if isinstance(dataset, FolderImages):
+        return torch.tensor([label for _, label in dataset.samples], dtype=torch.long)
+    return dataset.labels.long()
+
+
+class BalancedSampler(torch.utils.data.Sampler):
+    """Class-balanced sampling for imbalanced data: each epoch draws as many images as the split has,
+    with replacement, every class equally likely (an image with probability 1 / (classes x its class's
+    images)). The draw comes from (seed, epoch) alone, as the shuffled order does, so a resumed run
+    repeats it; under torchrun each process takes every world_size-th image of the same draw."""
+
+    def __init__(self, labels: Tensor, world_size: int = 1, rank: int = 0, seed: int = 0):
+        counts = torch.bincount(labels)
+        self.weights = (1.0 / counts.clamp_min(1).double())[labels]
+        self.world_size, self.rank, self.seed, self.epoch = world_size, rank, seed, 0
+        self.count = len(labels) // world_size
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self):
+        seed = int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1)[0])
+        generator = torch.Generator().manual_seed(seed)
+        drawn = torch.multinomial(
+            self.weights, self.count * self.world_size, replacement=True, generator=generator
+        )
+        return iter(drawn[self.rank :: self.world_size].tolist())
+
+
 def check_readable(unreadable: list[Unreadable], skip: bool) -> int:
     """How many images were skipped; a TrainError naming the first unreadable one unless ``skip``."""
     if unreadable and not skip:
@@ -108,19 +142,75 @@ def open_split(
     view: View,
     classes: Sequence[str] = (),
     num_classes: int = 10,
+    val_split: float = 0.0,
 ) -> Split:
     """The ``split`` ("train" or "val") of ``data``: a folder, "digits" or "fake" (also "fake:N").
 
     ``classes`` fixes the class names' order (a validation split follows its training split); when empty,
     the sorted folder names give it, or ``num_classes`` for fake data. ``shape`` is the model's (C, H, W).
+    With ``val_split`` F, a folder without ``val/`` gives F of each class's training images (the same
+    ones every time) as its validation split, and the rest as its training split.
     """
-    if data == "fake" or data.startswith("fake:"):
+    if data == "fake" or data.startswith("fake:") or data == "digits":
+        if val_split:
+            raise TrainError(f"--data {data} has its own validation split: drop --val-split")
+        if data == "digits":
+            return folder_split(digits_folder() / split, shape[0], view, classes)
         return fake_split(data, split, shape, view, classes or [str(index) for index in range(num_classes)])
-    root = digits_folder() if data == "digits" else Path(data)
-    return folder_split(root / split, shape[0], view, classes)
+    root = Path(data)
+    if not val_split:
+        if split == "val" and (root / "train").is_dir() and not (root / "val").is_dir():
+            raise TrainError(
+                f"data folder {root} has no val/ folder",
+                hint="hold out part of the training images for validation: --val-split 0.1",
+            )
+        return folder_split(root / split, shape[0], view, classes)
+    if (root / "val").is_dir():
+        raise TrainError(f"data folder {root} has a val/ folder: --val-split is for a folder without one")
+    found, samples = folder_samples(root / "train", classes)
+    train, val = hold_out(samples, val_split)
+    return Split(FolderImages(train if split == "train" else val, shape[0], view), found)
+
+
+def open_eval_split(
+    data: str, shape: Sequence[int], view: View, classes: Sequence[str], val_split: float = 0.0
+) -> Split:
+    """What ``incdsl eval`` evaluates on: ``DIR/val``, the held-out part of ``DIR/train`` (``val_split``),
+    or, for a folder with neither ``val/`` nor ``train/``, the folder's own class folders."""
+    root = Path(data)
+    folder = not (data in ("digits", "fake") or data.startswith("fake:"))
+    if folder and not val_split and not (root / "val").is_dir() and not (root / "train").is_dir():
+        return folder_split(root, shape[0], view, classes)
+    return open_split(data, "val", shape, view, classes, val_split=val_split)
+
+
+def hold_out(samples: list[tuple[Path, int]], fraction: float):
+    """(training, validation) samples: ``fraction`` of each class's images, at least one of a class
+    with two or more, drawn by a fixed shuffle (the same split in every run and in incdsl eval)."""
+    import random
+
+    by_class: dict[int, list[tuple[Path, int]]] = {}
+    for sample in samples:
+        by_class.setdefault(sample[1], []).append(sample)
+    train, val = [], []
+    for label in sorted(by_class):
+        members = list(by_class[label])
+        random.Random(label).shuffle(members)
+        count = max(1, round(fraction * len(members))) if len(members) > 1 else 0
+        val += sorted(members[:count])
+        train += sorted(members[count:])
+    if not val:
+        raise TrainError("--val-split: no class has two images, so none can be held out for validation")
+    return train, val
 
 
 def folder_split(root: Path, channels: int, view: View, classes: Sequence[str] = ()) -> Split:
+    found, samples = folder_samples(root, classes)
+    return Split(FolderImages(samples, channels, view), found)
+
+
+def folder_samples(root: Path, classes: Sequence[str] = ()) -> tuple[tuple[str, ...], list[tuple[Path, int]]]:
+    """The class names (``classes``, or the sorted folder names) and the (image, class index) pairs."""
     if not root.is_dir():
         raise TrainError(
             f"data folder {root} does not exist", hint="expected DIR/train/<class>/*.png and DIR/val"
@@ -137,11 +227,15 @@ def folder_split(root: Path, channels: int, view: View, classes: Sequence[str] =
         raise TrainError(
             f"data folder {root} holds no images", hint=f"suffixes: {' '.join(sorted(IMAGE_SUFFIXES))}"
         )
-    return Split(FolderImages(samples, channels, view), classes)
+    return classes, samples
 
 
 def list_images(folder: Path) -> list[Path]:
-    return sorted(path for path in folder.rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES)
+    """The image files under ``folder``: regular files only (a FIFO or a device named x.png would
+    block or never end when read; a symlink to a regular file is followed)."""
+    return sorted(
+        path for path in folder.rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+    )
 
 
 def decode_image(path: Path, channels: int) -> Tensor:

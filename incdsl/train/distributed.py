@@ -72,6 +72,29 @@ def sum_over_processes(values: list[float], processes: Processes) -> list[float]
     return total.tolist()
 
 
+def sync_batchnorm(model: torch.nn.Module, processes: Processes, enabled: bool) -> torch.nn.Module:
+    """``model`` with SyncBatchNorm (``--sync-bn``): BatchNorm's batch statistics over the whole global
+    batch, not each process's share. PyTorch's SyncBatchNorm runs on GPUs only; in one process there
+    is nothing to synchronise."""
+    if not enabled or not processes.distributed:
+        return model
+    if processes.device.type != "cuda":
+        raise TrainError(
+            "--sync-bn needs GPUs: PyTorch's SyncBatchNorm runs on CUDA only",
+            hint="drop --sync-bn (the processes still validate with the same statistics, rank 0's)",
+        )
+    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
+def share_buffers(module: torch.nn.Module, processes: Processes) -> None:
+    """Give every process rank 0's buffers (BatchNorm's running statistics): each process updates its
+    own in its last training steps, and rank 0's are the ones its checkpoint saves, so that every
+    process validates the model the checkpoint holds."""
+    if processes.distributed:
+        for buffer in module.buffers():
+            dist.broadcast(buffer.data, src=0)
+
+
 def wait_for_all(processes: Processes) -> None:
     if processes.distributed:
         dist.barrier()

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from incdsl.train import TrainError
 from incdsl.train.augment import to_input
 from incdsl.train.checkpoint import FOR_EVALUATION, check_contents, load_checkpoint, load_weights
-from incdsl.train.data import check_readable, collate, open_split
+from incdsl.train.data import check_readable, collate, open_eval_split
 from incdsl.train.distributed import Processes, start_processes, sum_over_processes
 from incdsl.train.models import ModelBundle, load_model
 from incdsl.train.recipes import Augment, get_recipe
@@ -34,17 +34,41 @@ class EvalResult:
     top5: float  # ... is among the five highest
     images: int
     unreadable: int = 0  # images skipped because they could not be decoded (--skip-unreadable)
+    confusion: tuple[tuple[int, ...], ...] = ()  # [true class][predicted class] image counts
 
-    def to_dict(self) -> dict:
-        """JSON-ready: a loss that is not finite (a diverged model) becomes null."""
+    def per_class(self) -> list[tuple[int, float | None]]:
+        """Each class's (images, top-1): the recall of the class; None for a class with no images."""
+        rows = []
+        for index, row in enumerate(self.confusion):
+            count = sum(row)
+            rows.append((count, row[index] / count if count else None))
+        return rows
+
+    @property
+    def mean_class_top1(self) -> float | None:
+        """The mean of the per-class top-1 over the classes that have images (balanced accuracy)."""
+        figures = [top1 for _, top1 in self.per_class() if top1 is not None]
+        return sum(figures) / len(figures) if figures else None
+
+    def to_dict(self, classes: Sequence[str] = ()) -> dict:
+        """JSON-ready: a loss that is not finite (a diverged model) becomes null. With ``classes``, the
+        per-class figures and the confusion matrix (rows: true class, columns: predicted class)."""
         loss = self.loss if math.isfinite(self.loss) else None
-        return {
+        result = {
             "top1": self.top1,
             "top5": self.top5,
             "loss": loss,
             "images": self.images,
             "unreadable": self.unreadable,
         }
+        if classes and self.confusion:
+            result["mean_class_top1"] = self.mean_class_top1
+            result["per_class"] = [
+                {"class": name, "images": count, "top1": top1}
+                for name, (count, top1) in zip(classes, self.per_class())
+            ]
+            result["confusion"] = [list(row) for row in self.confusion]
+        return result
 
 
 @dataclass(frozen=True)
@@ -57,11 +81,12 @@ class EvalReport:
     views: int
     mirrors: bool
     one_crop: EvalResult | None
+    classes: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
         one = None if self.one_crop is None else self.one_crop.to_dict()
         return {
-            **self.result.to_dict(),
+            **self.result.to_dict(self.classes),
             "crops": self.crops,
             "views": self.views,
             "mirrors": self.mirrors,
@@ -83,12 +108,15 @@ def evaluate(
     amp: bool = False,
     memory_format: torch.memory_format = torch.contiguous_format,
     skip_unreadable: bool = False,
+    classes: int | None = None,
 ) -> EvalResult:
-    """Loss, top-1 and top-5 of ``models`` (in eval mode) over batches of ``(B, V, C, H, W)`` views.
+    """Loss, top-1, top-5 and the confusion matrix of ``models`` (in eval mode) over batches of
+    ``(B, V, C, H, W)`` views; ``classes`` is the models' number of outputs (else the first batch's).
 
     Under torchrun each process evaluates its share of the images and the counts are summed.
     """
     totals = [0.0, 0.0, 0.0, 0.0, 0.0]
+    confusion = torch.zeros(classes * classes if classes else 0, dtype=torch.float64)
     for batch in loader:
         views, labels, unreadable = batch if len(batch) == 3 else (*batch, [])
         totals[4] += check_readable(unreadable, skip_unreadable)
@@ -101,22 +129,35 @@ def evaluate(
             with autocast(processes.device, amp):
                 probabilities = probabilities + model(inputs).float().softmax(dim=-1)
         probabilities = (probabilities / len(models)).view(*views.shape[:2], -1).mean(dim=1)
-        totals[:4] = [total + value for total, value in zip(totals, batch_totals(probabilities, labels))]
-    loss, top1, top5, images, skipped = sum_over_processes(totals, processes)
+        sums, predicted = batch_totals(probabilities, labels)
+        totals[:4] = [total + value for total, value in zip(totals, sums)]
+        count = probabilities.shape[1]
+        if not len(confusion):
+            confusion = torch.zeros(count * count, dtype=torch.float64)
+        pairs = (labels * count + predicted).cpu()
+        confusion += torch.bincount(pairs, minlength=count * count).to(torch.float64)
+    (*sums,) = sum_over_processes([*totals, *confusion.tolist()], processes)
+    loss, top1, top5, images, skipped = sums[:5]
+    side = math.isqrt(len(sums) - 5)
+    matrix = tuple(
+        tuple(int(value) for value in sums[5 + row * side : 5 + (row + 1) * side]) for row in range(side)
+    )
     count = max(images, 1)
-    return EvalResult(loss / count, top1 / count, top5 / count, int(images), int(skipped))
+    return EvalResult(loss / count, top1 / count, top5 / count, int(images), int(skipped), matrix)
 
 
-def batch_totals(probabilities: Tensor, labels: Tensor) -> list[float]:
-    """Summed loss, top-1 hits, top-5 hits, and the number of images."""
+def batch_totals(probabilities: Tensor, labels: Tensor) -> tuple[list[float], Tensor]:
+    """Summed loss, top-1 hits, top-5 hits, and the number of images; and each image's top class."""
     true_class = probabilities.gather(1, labels[:, None]).clamp_min(1e-12)
-    ranked = probabilities.topk(min(5, probabilities.shape[1]), dim=1).indices == labels[:, None]
-    return [
+    top = probabilities.topk(min(5, probabilities.shape[1]), dim=1).indices
+    ranked = top == labels[:, None]
+    sums = [
         -true_class.log().sum().item(),
         ranked[:, 0].sum().item(),
         ranked.any(1).sum().item(),
         len(labels),
     ]
+    return sums, top[:, 0]
 
 
 def evaluate_checkpoints(
@@ -127,8 +168,13 @@ def evaluate_checkpoints(
     device: str = "auto",
     workers: int = 0,
     skip_unreadable: bool = False,
+    val_split: float | None = None,
 ) -> EvalReport:
     """Evaluate the checkpoints of ``target`` on ``data``'s validation split, as an ensemble.
+
+    ``data`` is a folder with ``val/``, a folder of class folders, "digits" or "fake"; for a folder
+    with only ``train/``, ``val_split`` (by default the one the first checkpoint was trained with)
+    picks the same held-out images as the training run did.
 
     Each checkpoint contributes its averaged (EMA) weights when its recipe kept them. The views follow
     the recipe the checkpoints were trained with: framed as its evaluation crop, and mirrored only when
@@ -152,16 +198,23 @@ def evaluate_checkpoints(
     mirrors = all(augment.flip for augment in augments)
     fraction = augments[0].eval_crop
 
+    if val_split is None:
+        saved = states[0].get("config")
+        same_data = isinstance(saved, dict) and saved.get("data") == data
+        val_split = saved.get("val_split", 0.0) if same_data else 0.0
+        val_split = val_split if isinstance(val_split, float) and 0 < val_split < 1 else 0.0
+
     def run(count: int) -> EvalResult:
         shape = bundles[0].input_shape
-        split = open_split(data, "val", shape, eval_view(count, shape[1:], fraction, mirrors), classes)
+        view = eval_view(count, shape[1:], fraction, mirrors)
+        split = open_eval_split(data, shape, view, classes, val_split)
         batch = max(1, EVAL_IMAGES_PER_BATCH // view_count(count, mirrors))
         loader = DataLoader(split.dataset, batch, num_workers=workers, collate_fn=collate)
-        return evaluate(models, loader, processes, skip_unreadable=skip_unreadable)
+        return evaluate(models, loader, processes, skip_unreadable=skip_unreadable, classes=len(classes))
 
     result = run(crops)
     one_crop = run(1) if crops > 1 else None
-    return EvalReport(result, crops, view_count(crops, mirrors), mirrors, one_crop)
+    return EvalReport(result, crops, view_count(crops, mirrors), mirrors, one_crop, tuple(classes))
 
 
 def trained_augment(state: dict) -> Augment:

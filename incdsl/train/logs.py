@@ -28,7 +28,7 @@ class MetricsLog:
             file.write(json.dumps(record, allow_nan=False) + "\n")  # the loop stops before a NaN
         if self.board:
             for key, value in record.items():
-                if key != "epoch":
+                if key != "epoch" and isinstance(value, int | float):  # not per-class lists
                     self.board.add_scalar(key, value, record["epoch"])
             self.board.flush()
 

@@ -17,8 +17,9 @@ paper leaves open is filled from the nearest published configuration and marked 
 ``inception-v3``  Szegedy et al. 2015, "Rethinking the Inception architecture", sections 7-8: RMSProp with
     decay 0.9 and epsilon 1.0, lr 0.045 decayed by 0.94 every 2 epochs, gradient clipping at norm 2.0,
     label smoothing 0.1, batch 32, 100 epochs, evaluation on a running average of the weights (EMA 0.9999).
-    Weight decay 4e-5 and the 0.875 evaluation crop are TF-slim's (not in the paper). PyTorch's RMSProp
-    adds epsilon outside the square root, TensorFlow's inside; with epsilon 1.0 the two differ a little.
+    Weight decay 4e-5 and the 0.875 evaluation crop are TF-slim's (not in the paper). The RMSProp is
+    TensorFlow's, as the paper trained: epsilon inside the square root, the mean square starting at 1
+    (PyTorch's adds epsilon outside and starts at 0: with epsilon 1.0 its steps differ by up to 1.4x).
 ``fast``  For small data on a CPU (the default; used by the digits demo): AdamW lr 2e-3, weight decay 5e-4,
     batch 64, 1 epoch of linear warm-up then cosine decay to zero over 10 epochs, label smoothing 0.1,
     no EMA, milder crops (35%-100% of the area), no flip (it turns digits into other symbols), light
@@ -53,12 +54,13 @@ class Augment:
 
 @dataclass(frozen=True)
 class Schedule:
-    """Learning-rate multiplier over training: ``step`` decays, or ``cosine`` with linear warm-up."""
+    """Learning-rate multiplier over training: a linear warm-up, then ``step`` decays, ``cosine`` decay
+    to 0 at the last step, or ``constant``."""
 
-    kind: str  # "step" or "cosine"
+    kind: str  # "step", "cosine" or "constant"
     gamma: float = 1.0  # step: multiply the lr by gamma ...
     every_epochs: float = 1.0  # ... every this many epochs (fractions allowed: counted in iterations)
-    warmup_epochs: float = 0.0  # cosine: linear ramp from 0 over this many epochs
+    warmup_epochs: float = 0.0  # linear ramp from 0 over this many epochs
 
 
 @dataclass(frozen=True)
@@ -73,8 +75,11 @@ class Recipe:
     schedule: Schedule
     momentum: float = 0.0
     weight_decay: float = 0.0  # applied to conv and linear weights only (Caffe's biases have decay_mult 0)
+    decay_all: bool = False  # decay biases and normalisation parameters too (as the paper's TF-slim does not)
     rmsprop_decay: float = 0.9
+    rmsprop_style: str = "torch"  # "tf": epsilon inside the square root (see optim.RMSpropTF)
     eps: float = 1e-8
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW
     ema_decay: float | None = None  # Polyak averaging: evaluate an EMA of the weights
     label_smoothing: float = 0.0
     grad_clip: float | None = None  # max global gradient norm
@@ -115,6 +120,7 @@ RECIPES: dict[str, Recipe] = {
         schedule=Schedule("step", gamma=0.94, every_epochs=2),
         weight_decay=4e-5,
         rmsprop_decay=0.9,
+        rmsprop_style="tf",
         eps=1.0,
         ema_decay=0.9999,
         label_smoothing=0.1,
@@ -149,12 +155,14 @@ def get_recipe(name: str) -> Recipe:
 
 
 def lr_multiplier(schedule: Schedule, steps_per_epoch: int, total_steps: int, step: int) -> float:
-    """The factor on the base learning rate after ``step`` optimizer steps."""
-    if schedule.kind == "step":
-        return schedule.gamma ** math.floor(step / (schedule.every_epochs * steps_per_epoch))
+    """The factor on the base learning rate after ``step`` optimizer steps: a linear ramp over the
+    warm-up, then the schedule (a step schedule counts its decays from step 0, warm-up included)."""
     warmup = schedule.warmup_epochs * steps_per_epoch
-    if step < warmup:
-        return (step + 1) / (warmup + 1)
+    ramp = (step + 1) / (warmup + 1) if step < warmup else 1.0
+    if schedule.kind == "step":
+        return ramp * schedule.gamma ** math.floor(step / (schedule.every_epochs * steps_per_epoch))
+    if schedule.kind == "constant" or step < warmup:
+        return ramp
     progress = min(1.0, (step - warmup) / max(1.0, total_steps - warmup))
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
@@ -164,16 +172,23 @@ def build_optimizer(recipe: Recipe, model: nn.Module, lr: float) -> torch.optim.
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.ndim >= 2], "weight_decay": recipe.weight_decay},
-        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+        {
+            "params": [p for p in params if p.ndim < 2],
+            "weight_decay": recipe.weight_decay if recipe.decay_all else 0.0,
+        },
     ]
     if recipe.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=recipe.momentum)
+    if recipe.optimizer == "rmsprop" and recipe.rmsprop_style == "tf":
+        from incdsl.train.optim import RMSpropTF
+
+        return RMSpropTF(groups, lr=lr, decay=recipe.rmsprop_decay, eps=recipe.eps, momentum=recipe.momentum)
     if recipe.optimizer == "rmsprop":
         return torch.optim.RMSprop(
             groups, lr=lr, alpha=recipe.rmsprop_decay, eps=recipe.eps, momentum=recipe.momentum
         )
     if recipe.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, eps=recipe.eps)
+        return torch.optim.AdamW(groups, lr=lr, eps=recipe.eps, betas=recipe.betas)
     raise ValueError(f"recipe {recipe.name} names an unknown optimizer {recipe.optimizer}")
 
 
@@ -183,3 +198,33 @@ def build_scheduler(
     """A per-iteration scheduler following the recipe's schedule over ``epochs`` epochs."""
     factor = partial(lr_multiplier, recipe.schedule, steps_per_epoch, steps_per_epoch * epochs)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def recipe_of(config) -> Recipe:
+    """The recipe a TrainConfig trains with: its named recipe, every setting as the config resolved it."""
+    return Recipe(
+        name=config.recipe,
+        optimizer=config.optimizer,
+        lr=config.lr,
+        batch_size=config.batch_size,
+        epochs=config.epochs,
+        schedule=Schedule(config.schedule, config.lr_gamma, config.lr_step_epochs, config.warmup_epochs),
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+        decay_all=config.decay_all,
+        rmsprop_decay=config.rmsprop_decay,
+        rmsprop_style=config.rmsprop_style,
+        eps=config.eps,
+        betas=config.betas,
+        ema_decay=config.ema_decay if config.ema else None,
+        label_smoothing=config.label_smoothing,
+        grad_clip=config.grad_clip or None,
+        channels_last=config.channels_last,
+        augment=Augment(
+            crop_area=config.crop_area,
+            crop_aspect=config.crop_aspect,
+            flip=config.flip,
+            photometric=config.photometric,
+            eval_crop=config.eval_crop,
+        ),
+    )

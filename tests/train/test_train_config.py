@@ -82,3 +82,93 @@ def test_bad_config_file_through_the_cli(tmp_path, capsys):
     error = capsys.readouterr().err
     assert "error: unknown key 'epoch'" in error and "did you mean 'epochs'" in error
     assert "Traceback" not in error
+
+
+# -- every recipe setting is an option and a config key ------------------------------------------------
+
+
+def test_lr_scales_linearly_with_the_images_per_step():
+    fast = make_config(REQUIRED)  # the recipe's batch: its own lr
+    assert (fast.batch_size, fast.lr) == (64, 2e-3)
+    assert make_config({**REQUIRED, "batch_size": 16}).lr == pytest.approx(2e-3 / 4)
+    assert make_config({**REQUIRED, "batch_size": 16, "accumulate": 8}).lr == pytest.approx(2e-3 * 2)
+    assert make_config({**REQUIRED, "batch_size": 16, "lr": 0.1}).lr == 0.1  # a given lr is used as given
+    bvlc = make_config({**REQUIRED, "recipe": "bvlc", "batch_size": 256})
+    assert bvlc.lr == pytest.approx(0.01 * 8)
+
+
+def test_settings_from_a_file_and_the_command_line(tmp_path, capsys):
+    path = tmp_path / "run.toml"
+    path.write_text(
+        'target = "m.py"\ndata = "fake"\nout = "r"\nrecipe = "googlenet"\nweight_decay = 0\n'
+        "label-smoothing = 0.2\nflip = false\ncrop-area = [0.5, 1.0]\nema-decay = 0.99\n"
+    )
+    assert main(["train", "--config", str(path), "--no-ema", "--label-smoothing", "0", "--print-config"]) == 0
+    text = capsys.readouterr().out
+    lines = set(text.splitlines())
+    assert {"weight-decay = 0.0", "label-smoothing = 0.0", "flip = false", "crop-area = [0.5, 1.0]"} <= lines
+    assert {"ema = false", "ema-decay = 0.99", "momentum = 0.9", 'optimizer = "sgd"'} <= lines
+    assert not (tmp_path / "r").exists()  # --print-config trains nothing
+
+
+def test_print_config_reproduces_the_run(tmp_path, capsys):
+    args = ["train", "m.py", "--data", "fake", "--out", str(tmp_path / "r"), "--batch-size", "16"]
+    assert main([*args, "--recipe", "inception-v3", "--crop-aspect", "0.5", "2", "--print-config"]) == 0
+    text = capsys.readouterr().out
+    assert (
+        "lr = 0.0225  # lr 0.0225 = recipe inception-v3's 0.045 at batch 32 x 16/32 (linear scaling)" in text
+    )
+    saved = tmp_path / "saved.toml"
+    saved.write_text(text)
+    assert main(["train", "--config", str(saved), "--print-config"]) == 0
+    assert capsys.readouterr().out.splitlines()[1:] == text.splitlines()[1:]
+    assert make_config(read_config_file(saved)) == make_config(
+        {"target": "m.py", "data": "fake", "out": tmp_path / "r", "batch_size": 16,
+         "recipe": "inception-v3", "crop_aspect": [0.5, 2]}
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("optimizer = 'adam'", "option optimizer: unknown optimizer 'adam'"),
+        ("schedule = 'linear'", "unknown schedule 'linear'"),
+        ("crop-area = [0.5]", "crop_area must be two numbers"),
+        ("crop-area = [0.9, 0.2]", "option crop-area: 0.9 is above 0.2"),
+        ("crop-area = [0, 1]", "option crop-area: it must be above 0, not 0"),
+        ("label-smoothing = 1.5", "option label-smoothing: '1.5' is too large: it must be at most 1"),
+        ("accumulate = 0", "option accumulate: '0' is too small"),
+        ("ema = 'yes'", "option ema must be bool"),
+        ("crop-area = [0.1, 'x']", "option crop_area must be a number, not 'x'"),
+        ("val-split = 1", "option val-split: it must be below 1"),
+        ("betas = [0.9, 1.0]", "option betas: each must be below 1"),
+        ("eval-crop = 0.05", "option eval-crop: '0.05' is too small: it must be at least 0.1"),
+        ("lr-gamma = 1.5", "option lr-gamma: '1.5' is too large: it must be at most 1"),
+    ],
+)
+def test_bad_settings_are_train_errors(tmp_path, text, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(text + "\n")
+    with pytest.raises(TrainError, match=message):
+        make_config({**REQUIRED, **read_config_file(path)})
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--optimizer", "adam"], "argument --optimizer: invalid choice: 'adam'"),
+        (["--crop-area", "0.5"], "argument --crop-area: expected 2 arguments"),
+        (["--ema-decay", "2"], "argument --ema-decay: '2' is too large: it must be at most 1"),
+        (["--warmup-epochs", "nan"], "argument --warmup-epochs: 'nan' is not a number"),
+    ],
+)
+def test_bad_settings_on_the_command_line(capsys, extra, message):
+    assert main(["train", "m.py", "--data", "fake", "--out", "r", *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_resume_without_a_checkpoint_or_a_target(tmp_path, capsys):
+    assert main(["train", "--out", str(tmp_path / "none"), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert f"no target given, and no checkpoint at {tmp_path}/none/checkpoint.pt to resume" in err

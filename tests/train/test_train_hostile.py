@@ -94,7 +94,10 @@ def test_a_real_sigint_ends_without_a_traceback(tiny_model, tmp_path, command_en
         stderr=subprocess.PIPE,
         text=True,
     )
-    assert process.stdout.readline().startswith("epoch 1/3")
+    lines = [process.stdout.readline()]  # the lr's scaling, progress lines, then epoch 1's summary
+    while "train_loss" not in lines[-1] and lines[-1]:
+        lines.append(process.stdout.readline())
+    assert lines[-1].startswith("epoch 1/3") and "epoch 1/3  step 100/250  loss " in "".join(lines)
     deadline = time.monotonic() + 60
     while not (out / "best.pt").exists() and time.monotonic() < deadline:  # epoch 1 is saved
         time.sleep(0.05)
@@ -228,7 +231,7 @@ def test_a_corrupt_image_in_a_worker_process_is_reported_the_same(
         == 2
     )
     err = capsys.readouterr().err
-    assert err.startswith(f"error: cannot decode image {bad}") and "Original Traceback" not in err
+    assert f"\nerror: cannot decode image {bad}" in err and "Original Traceback" not in err
 
 
 def test_a_decompression_bomb_is_an_unreadable_image(tmp_path, monkeypatch):
@@ -328,11 +331,9 @@ def test_lr_on_resume_warns_that_it_is_ignored(tiny_model, finished_run, tmp_pat
 
 
 def test_checkpoints_follow_the_output_policy(tmp_path):
-    from incdsl.errors import OutputError
-
     fifo = tmp_path / "checkpoint.pt"
     os.mkfifo(fifo)
-    with pytest.raises(OutputError, match="it is a FIFO"):
+    with pytest.raises(TrainError, match=r"could not write the checkpoint .*checkpoint.pt: it is a FIFO"):
         save_checkpoint({"format": FORMAT}, fifo)
     target = tmp_path / "real.pt"
     link = tmp_path / "link.pt"
@@ -374,3 +375,147 @@ def test_eval_views_follow_the_recipe_the_checkpoint_was_trained_with(tiny_model
     unmirrored = json.loads(capsys.readouterr().out)
     assert (unmirrored["views"], unmirrored["mirrors"]) == (5, False)
     assert unmirrored["top1"] == unmirrored["one_crop"]["top1"]  # whole-image views: 1 crop's figures
+
+
+# -- issue 18: the first save, write limits, damaged checkpoints, odd files in image folders -----------
+
+
+def test_a_run_whose_first_save_failed_can_be_started_again(tiny_model, tmp_path, capsys, monkeypatch):
+    from incdsl.train import checkpoint as checkpoint_module
+
+    def disk_full(obj, file):
+        file.write(b"PK\x03\x04")
+        raise RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 64 vs 0")
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(checkpoint_module.torch, "save", disk_full)
+    assert main(command(tiny_model, out, "--epochs", "1")) == 1
+    err = capsys.readouterr().err
+    assert f"error: could not write the checkpoint {out}/checkpoint.pt (" in err and "Traceback" not in err
+    assert "no checkpoint was written: run the same command again to start over" in err
+    assert "ulimit -f" in err and len(read_metrics(out)) == 1  # epoch 1 was logged before the save
+    assert sorted(path.name for path in out.iterdir() if path.suffix == ".pt" or ".tmp" in path.name) == []
+    monkeypatch.undo()
+    assert main(command(tiny_model, out, "--epochs", "1")) == 0  # the same command starts it over
+    assert "never completed a checkpoint: starting it over" in capsys.readouterr().out
+    assert [record["epoch"] for record in read_metrics(out)] == [1]
+
+
+def test_sigint_during_the_first_save_then_resume_starts_over(tiny_model, tmp_path, capsys, monkeypatch):
+    def interrupted_save(state, path):
+        raise KeyboardInterrupt
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(loop_module, "save_checkpoint", interrupted_save)
+    assert main(command(tiny_model, out, "--epochs", "1")) == 130
+    assert "before the first checkpoint: run the same command again" in capsys.readouterr().err
+    monkeypatch.undo()
+    assert main(command(tiny_model, out, "--epochs", "1", "--resume")) == 0  # --resume too
+    assert (out / "checkpoint.pt").exists()
+
+
+def test_a_file_size_limit_keeps_the_previous_checkpoint(finished_run, tiny_model, tmp_path, command_env):
+    source, content = finished_run
+    out = tmp_path / "run"
+    out.mkdir()
+    for name in ("checkpoint.pt", "metrics.jsonl"):
+        (out / name).write_bytes((source / name).read_bytes())
+    limit = len(content) // 2
+    script = (
+        f"import resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit})); "
+        "from incdsl.train.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    args = command(tiny_model, out, "--epochs", "2", "--resume")
+    done = subprocess.run(
+        [sys.executable, "-c", script, *args],
+        cwd=ROOT,
+        env=command_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1, done.stderr
+    # torch's writer fails ("unexpected pos ..."), or Python's flush ("File too large"), as the limit falls
+    assert f"error: could not write the checkpoint {out}/checkpoint.pt" in done.stderr
+    assert "still holds epoch 1: run the same command with --resume" in done.stderr
+    assert "hint: is the disk full, or a file-size limit (ulimit -f) reached?" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert (out / "checkpoint.pt").read_bytes() == content
+    assert not [path for path in out.iterdir() if path.name.endswith(".tmp")]
+
+
+def largest_member_offset(content: bytes) -> int:
+    """Where the data of the largest tensor record of a torch.save zip file lies, in the file."""
+    import io
+    import struct
+    import zipfile
+
+    archive = zipfile.ZipFile(io.BytesIO(content))
+    member = max(archive.infolist(), key=lambda info: info.file_size if "/data/" in info.filename else 0)
+    header = content[member.header_offset : member.header_offset + 30]
+    name_length, extra_length = struct.unpack("<HH", header[26:30])
+    return member.header_offset + 30 + name_length + extra_length + member.file_size // 2
+
+
+def test_flipped_bytes_in_a_tensor_are_detected(finished_run, tiny_model, tmp_path, capsys):
+    import io
+
+    source, content = finished_run
+    out = tmp_path / "run"
+    out.mkdir()
+    offset = largest_member_offset(content)
+    damaged = bytearray(content)
+    damaged[offset] ^= 0x10
+    (out / "checkpoint.pt").write_bytes(bytes(damaged))
+    (out / "metrics.jsonl").write_bytes((source / "metrics.jsonl").read_bytes())
+    torch.load(io.BytesIO(bytes(damaged)), weights_only=True)  # torch itself reads it without a word
+    assert main(command(tiny_model, out, "--epochs", "2", "--resume")) == 2
+    err = capsys.readouterr().err
+    assert "checkpoint.pt is a damaged checkpoint: its contents do not match the digest" in err
+    assert "Traceback" not in err and (out / "checkpoint.pt").read_bytes() == bytes(damaged)
+
+
+@pytest.mark.parametrize(
+    "how, message",
+    [
+        ("optimizer shape", "its optimizer state does not fit this run: exp_avg of parameter 0 is 3,"),
+        ("config list", "is a damaged checkpoint: its config is not a table of settings"),
+    ],
+)
+def test_more_malformed_checkpoints(tiny_model, finished_run, tmp_path, capsys, how, message):
+    _, content = finished_run
+    out = tmp_path / "run"
+    out.mkdir()
+    state = torch.load(__import__("io").BytesIO(content), weights_only=True)
+    if how == "optimizer shape":
+        state["optimizer"]["state"][0]["exp_avg"] = torch.zeros(3)
+    else:
+        state["config"] = [1, 2, 3]
+    save_checkpoint({key: value for key, value in state.items() if key != "format"}, out / "checkpoint.pt")
+    assert main(command(tiny_model, out, "--epochs", "2", "--resume")) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err, err
+
+
+def test_only_regular_files_are_read_from_an_image_folder(tiny_model, color_folder, tmp_path, run_cli):
+    from incdsl.train.data import list_images
+
+    fifo = color_folder / "train" / "red" / "x.png"
+    os.mkfifo(fifo)
+    (color_folder / "train" / "red" / "folder.png").mkdir()
+    assert fifo not in list_images(color_folder / "train" / "red") and len(list_images(color_folder)) == 48
+    done = run_cli(
+        *command(tiny_model, tmp_path / "run", "--epochs", "1", data=str(color_folder)), timeout=90
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_folder_with_one_class_is_an_error(tiny_model, color_folder, tmp_path, capsys):
+    import shutil
+
+    for split in ("train", "val"):
+        for name in ("blue", "green"):
+            shutil.rmtree(color_folder / split / name)
+    assert main(command(tiny_model, tmp_path / "run", "--epochs", "1", data=str(color_folder))) == 2
+    err = capsys.readouterr().err
+    assert "error: the training data has a single class (red)" in err and "Traceback" not in err

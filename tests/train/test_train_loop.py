@@ -90,7 +90,8 @@ def test_ten_crop_ensemble_eval(digits_run, tiny_model, digits, capsys):
     out, _ = digits_run
     checkpoints = ["--checkpoint", str(out / "checkpoint.pt"), "--ensemble", str(out / "best.pt")]
     assert main(["eval", tiny_model, *checkpoints, "--data", digits, "--crops", "10"]) == 0
-    ten, one = capsys.readouterr().out.splitlines()
+    ten, one, *per_class = capsys.readouterr().out.splitlines()
+    assert per_class[0].startswith("per class (mean top-1 ") and len(per_class) == 2 + 10 + 1 + 10
     # the fast recipe trains on whole, unmirrored digits: 5 views, the whole image each time
     assert (
         "(359 images, 5 views per image (10-crop without mirrors: the recipe trains without flips), 2 models)"

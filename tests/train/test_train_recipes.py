@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 from torch import nn
 
 from incdsl.train import TrainError
+from incdsl.train.config import make_config
+from incdsl.train.optim import RMSpropTF
 from incdsl.train.recipes import (
     IMAGENET_TRAIN_IMAGES,
     RECIPES,
@@ -16,6 +19,7 @@ from incdsl.train.recipes import (
     build_scheduler,
     get_recipe,
     lr_multiplier,
+    recipe_of,
 )
 
 STEPS_PER_EPOCH = 10
@@ -77,8 +81,8 @@ def test_bvlc_is_caffes_solver():
 def test_inception_v3_rmsprop_schedule_clipping_smoothing():
     recipe = get_recipe("inception-v3")
     optimizer = build_optimizer(recipe, nn.Linear(2, 2), recipe.lr)
-    assert isinstance(optimizer, torch.optim.RMSprop)
-    assert optimizer.defaults["alpha"] == 0.9 and optimizer.defaults["eps"] == 1.0
+    assert isinstance(optimizer, RMSpropTF)  # TensorFlow's, as the paper trained
+    assert optimizer.defaults["decay"] == 0.9 and optimizer.defaults["eps"] == 1.0
     rates = lrs_over("inception-v3", 7)
     assert epoch_start(rates, 0) == epoch_start(rates, 1) == pytest.approx(0.045)
     assert epoch_start(rates, 2) == epoch_start(rates, 3) == pytest.approx(0.045 * 0.94)
@@ -112,3 +116,80 @@ def test_unknown_recipe_suggests_a_name():
     with pytest.raises(TrainError, match="unknown recipe 'googlenett'") as caught:
         get_recipe("googlenett")
     assert "googlenet" in caught.value.hint
+
+
+GRADIENTS = [torch.tensor([0.5, -2.0, 0.0]), torch.tensor([1.5, 0.25, -3.0]), torch.tensor([-0.75, 1.0, 2.0])]
+
+
+def tf_rmsprop_by_hand(start, gradients, lr, decay, eps, momentum, weight_decay):
+    """TensorFlow's RMSPropOptimizer written out in plain floats: ms starts at 1, eps inside the sqrt."""
+    params, ms, mom = list(start), [1.0] * len(start), [0.0] * len(start)
+    for gradient in gradients:
+        for i, g in enumerate(gradient.tolist()):
+            g += weight_decay * params[i]
+            ms[i] = decay * ms[i] + (1 - decay) * g * g
+            mom[i] = momentum * mom[i] + lr * g / math.sqrt(ms[i] + eps)
+            params[i] -= mom[i]
+    return params
+
+
+@pytest.mark.parametrize("momentum, weight_decay", [(0.0, 0.0), (0.9, 4e-5)])
+def test_rmsprop_tf_takes_tensorflows_steps(momentum, weight_decay):
+    start = [1.0, -0.5, 2.0]
+    param = nn.Parameter(torch.tensor(start, dtype=torch.float64))
+    optimizer = RMSpropTF([param], lr=0.045, decay=0.9, eps=1.0, momentum=momentum, weight_decay=weight_decay)
+    for gradient in GRADIENTS:
+        param.grad = gradient.to(torch.float64)
+        optimizer.step()
+    expected = tf_rmsprop_by_hand(start, GRADIENTS, 0.045, 0.9, 1.0, momentum, weight_decay)
+    assert param.tolist() == pytest.approx(expected, rel=1e-12)
+    # PyTorch's RMSprop (eps outside the sqrt, ms from 0) takes other steps on the same gradients
+    torch_param = nn.Parameter(torch.tensor(start, dtype=torch.float64))
+    torch_optimizer = torch.optim.RMSprop([torch_param], lr=0.045, alpha=0.9, eps=1.0, momentum=momentum)
+    for gradient in GRADIENTS:
+        torch_param.grad = gradient.to(torch.float64)
+        torch_optimizer.step()
+    assert torch_param.tolist() != pytest.approx(expected, rel=1e-3)
+
+
+def test_rmsprop_style_torch_is_pytorchs():
+    config = make_config({"target": "m.py", "data": "fake", "out": "r", "recipe": "inception-v3",
+                          "rmsprop_style": "torch"})  # fmt: skip
+    assert type(build_optimizer(recipe_of(config), nn.Linear(2, 2), config.lr)) is torch.optim.RMSprop
+
+
+def test_every_setting_reaches_the_recipe():
+    options = {
+        "target": "m.py", "data": "fake", "out": "r", "recipe": "googlenet", "optimizer": "adamw",
+        "weight_decay": 0.0, "label_smoothing": 0.2, "grad_clip": 1.5, "ema": False, "schedule": "cosine",
+        "warmup_epochs": 2.0, "crop_area": [0.5, 0.9], "crop_aspect": (1, 1), "flip": False,
+        "photometric": 0.0, "eval_crop": 1.0, "eps": 1e-6, "betas": [0.8, 0.99],
+    }  # fmt: skip
+    recipe = recipe_of(make_config(options))
+    assert (recipe.optimizer, recipe.weight_decay, recipe.label_smoothing) == ("adamw", 0.0, 0.2)
+    assert (recipe.grad_clip, recipe.ema_decay, recipe.eps) == (1.5, None, 1e-6)
+    assert recipe.schedule == recipe.schedule.__class__("cosine", 0.96, 8, 2.0)
+    augment = recipe.augment
+    assert (augment.crop_area, augment.crop_aspect, augment.flip) == ((0.5, 0.9), (1.0, 1.0), False)
+    assert (augment.photometric, augment.eval_crop) == (0.0, 1.0)
+    optimizer = build_optimizer(recipe, nn.Linear(2, 2), 0.1)
+    assert isinstance(optimizer, torch.optim.AdamW) and optimizer.param_groups[0]["weight_decay"] == 0.0
+    assert optimizer.defaults["betas"] == (0.8, 0.99)
+    decayed = recipe_of(make_config({**options, "weight_decay": 0.1, "decay_all": True}))
+    groups = build_optimizer(decayed, nn.Linear(2, 2), 0.1).param_groups  # the weight, then the bias
+    assert [group["weight_decay"] for group in groups] == [0.1, 0.1]
+    groups = build_optimizer(replace(decayed, decay_all=False), nn.Linear(2, 2), 0.1).param_groups
+    assert [group["weight_decay"] for group in groups] == [0.1, 0.0]
+    # a recipe's own settings come back unchanged
+    for name, original in RECIPES.items():
+        config = make_config({"target": "m.py", "data": "fake", "out": "r", "recipe": name})
+        assert recipe_of(config) == original, name
+
+
+def test_warm_up_applies_to_a_step_schedule_too():
+    schedule = RECIPES["googlenet"].schedule.__class__("step", 0.5, 2, warmup_epochs=1)
+    factors = [lr_multiplier(schedule, 10, 50, step) for step in range(30)]
+    assert factors[0] == pytest.approx(1 / 11) and factors[9] == pytest.approx(10 / 11)
+    assert factors[10:20] == [1.0] * 10 and factors[20:30] == [0.5] * 10
+    constant = schedule.__class__("constant")
+    assert {lr_multiplier(constant, 10, 50, step) for step in range(50)} == {1.0}
