@@ -75,6 +75,8 @@ class Interpreter:
 
     def layer(self, layer: Layer, x: Tensor) -> Tensor:
         tensors = {t.role: self.state[layer.state_key(t)] for t in layer.facts.state}
+        if isinstance(layer.op.kind, L.Linear) and layer.facts.input.last:  # at every position
+            return activate(layer.op["act"], F.linear(x, tensors[WEIGHT], tensors.get(BIAS)))
         for cls in type(layer.op.kind).__mro__:
             if cls in _OPS:
                 return _OPS[cls](self, layer.op, x, tensors)

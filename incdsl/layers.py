@@ -723,8 +723,24 @@ class MergeKind(Kind):
     def out_channels(self, merge: Op, channels: list) -> int | Expr:
         raise NotImplementedError
 
-    def out_shape(self, merge: Op, shapes: list[Shape], span: Span) -> Shape:
+    def out_shape(self, merge: Op, shapes: list[Shape], span: Span, sources: list[Source] = ()) -> Shape:
+        """The merged output; ``sources`` says what gives each branch's output, for errors."""
         raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Source:
+    """What gives a branch's output, for a merge's error: ``"conv3 (line 12)"``, with the place to point
+    at (the row, or the argument that sets its width); ``span`` None for the block's input itself."""
+
+    what: str
+    span: Span | None = None  # where its channels are set
+    projected: bool = False  # a residual's shortcut projection (not its input as it is)
+    stride_span: Span | None = None  # where its size is set: its strided row (else its first kernel)
+
+
+def _source(sources, i: int) -> Source:
+    return sources[i] if sources else Source(f"branch {i + 1}")
 
 
 MERGES: dict[str, MergeKind] = {}
@@ -747,7 +763,7 @@ class Concat(MergeKind):
     def out_channels(self, merge, channels):
         return sum(channels[1:], Expr.of(channels[0])) if len(channels) > 1 else channels[0]
 
-    def out_shape(self, merge, shapes, span):
+    def out_shape(self, merge, shapes, span, sources=()):
         if len(shapes) == 1:
             return shapes[0]
         if any(s.last for s in shapes):
@@ -758,13 +774,14 @@ class Concat(MergeKind):
                 span,
                 "concatenate before the linear layers, or use one linear layer",
             )
-        sizes = {(s.height, s.width) for s in shapes}
-        if len(sizes) > 1:
-            listed = ", ".join(f"{s.height}x{s.width}" for s in shapes)
+        sizes = [(s.height, s.width) for s in shapes]
+        if len(set(sizes)) > 1:
+            listed = "; ".join(f"{_source(sources, i).what} gives {h}x{w}" for i, (h, w) in enumerate(sizes))
+            odd = min(range(len(sizes)), key=lambda i: (sizes.count(sizes[i]), i))  # the one that differs
             raise ShapeError(
-                f"branches must agree on height and width to be concatenated; they give {listed}",
-                span,
-                "check strides and padding in each branch",
+                f"branches must agree on height and width to be concatenated: {listed}",
+                _source(sources, odd).stride_span or span,
+                "check the strides and padding of the branch that differs",
             )
         return Shape(sum(s.channels for s in shapes), shapes[0].height, shapes[0].width)
 
@@ -795,17 +812,35 @@ class Add(_WithShortcut):
         _require(ok, f"a residual's scale must be positive, not {scale}", spans.get("scale", op_span))
         return args
 
-    def out_shape(self, merge, shapes, span):
+    def out_shape(self, merge, shapes, span, sources=()):
         shortcut, body = self._shapes(merge, shapes)
+        i = merge["shortcut"]
         for shape in body:
-            if shape != shortcut:
-                raise ShapeError(
-                    f"a residual adds its block's output ({_shape_text(shape)}) to its input "
-                    f"({_shape_text(shortcut)}): they must agree",
-                    span,
-                    "end the block with a 1x1 conv back to the input's channels, or project the input "
-                    "with a shortcut: conv 1x1/S C norelu",
+            if shape == shortcut:
+                continue
+            into, out = _source(sources, i), _source(sources, 1 - i)
+            spatial = (shape.height, shape.width) != (shortcut.height, shortcut.width)
+            if into.projected:
+                added = f"its shortcut's output ({_shape_text(shortcut)}, from {into.what})"
+                hint = (
+                    "give the shortcut the body's stride"
+                    if spatial
+                    else "give the shortcut the body's channels"
                 )
+                at = into.stride_span if spatial else into.span
+            else:
+                added = f"its input ({_shape_text(shortcut)})"
+                hint = (
+                    "end the block with a 1x1 conv back to the input's channels, or project the input with "
+                    "a shortcut: shortcut NAME { conv 1x1/S C; batchnorm }"
+                )
+                at = out.stride_span if spatial else out.span
+            raise ShapeError(
+                f"a residual adds its body's output ({_shape_text(shape)}, from {out.what}) to {added}: "
+                "they must agree",
+                at or span,
+                hint,
+            )
         return shortcut
 
 
@@ -816,16 +851,17 @@ class Mul(_WithShortcut):
 
     name = "mul"
 
-    def out_shape(self, merge, shapes, span):
+    def out_shape(self, merge, shapes, span, sources=()):
         x, body = self._shapes(merge, shapes)
         for shape in body:
             spatial = (shape.height, shape.width) in ((1, 1), (x.height, x.width))
             if shape.flat or x.flat or shape.channels != x.channels or not spatial:
+                out = _source(sources, 1 - merge["shortcut"])
                 raise ShapeError(
                     f"a gate multiplies its input ({_shape_text(x)}) by its body's output "
-                    f"({_shape_text(shape)}): it must have the input's {x.channels} channels, at 1x1 or "
-                    f"{x.height}x{x.width}",
-                    span,
+                    f"({_shape_text(shape)}, from {out.what}): it must have the input's {x.channels} channels, "
+                    f"at 1x1 or {x.height}x{x.width}",
+                    out.span or span,
                     f"end the gate's body with a 1x1 conv to {x.channels} channels and an activation",
                 )
         return x

@@ -17,8 +17,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 from .errors import IncdslError, ShapeError, SpecArgumentError
-from .ir import IN_CHANNELS, BlockClass, Branch, Call, Channels, Facts, Fork, Layer, Network, Node, Seq
-from .layers import TRAINABLE, Shape
+from .ir import IN_CHANNELS, BlockClass, Branch, Call, Channels, Facts, Fork, Layer, Network, Node, Seq, walk
+from .layers import TRAINABLE, Shape, Source
 from .symbolic import Expr, apply, simplest
 
 
@@ -47,7 +47,9 @@ def _shape(node: Node, x: Shape) -> Shape:
             y = _shape(item, y)
     elif isinstance(node, Fork):
         part = _part(node, x) if node.split else x
-        y = node.merge.kind.out_shape(node.merge, [_shape(b, part) for b in node.branches], node.span)
+        shapes = [_shape(b, part) for b in node.branches]
+        sources = [_source(b, i == node.merge.args.get("shortcut")) for i, b in enumerate(node.branches)]
+        y = node.merge.kind.out_shape(node.merge, shapes, node.span, sources)
     elif isinstance(node, Call):
         with _in_call(node):
             y = _shape(node.body, x)
@@ -55,6 +57,35 @@ def _shape(node: Node, x: Shape) -> Shape:
         y = _shape(node.body, x)
     node.facts = Facts(x, y)
     return y
+
+
+def _source(branch: Branch, shortcut: bool) -> Source:
+    """What gives a branch's output (its last row: where its width or stride is written), for a merge's
+    error message."""
+    nodes = [n for n in walk(branch.body) if isinstance(n, (Layer, Call))]
+    if not nodes:
+        return Source("the block's input")
+    widths = [n for n in nodes if isinstance(n, Call) or n.op.kind.out_channels(n.op, 0) != 0]
+    last = (widths or nodes)[-1]  # the last row that sets the channels
+    strided = [n for n in nodes if isinstance(n, Layer) and "kernel" in n.op.args]
+    stride = next((n for n in strided if n.op["stride"] != 1), strided[0] if strided else None)
+    what = _describe(last, branch)
+    stride_span = stride.op.spans.get("kernel", stride.span) if stride else last.span
+    width_span = last.op.spans.get("out", last.span) if isinstance(last, Layer) else last.span
+    return Source(what, width_span, shortcut, stride_span)
+
+
+def _describe(node: Layer | Call, branch: Branch) -> str:
+    """``conv3 (line 12)``, ``downsample.0 (line 14)``."""
+    name = (
+        node.key.rsplit(".", 2)[-2:]
+        if branch.container and node.attr.isdigit()
+        else [node.attr or branch.container or ""]
+    )
+    label = ".".join(p for p in name if p) or (
+        node.op.kind.name if isinstance(node, Layer) else node.cls.name
+    )
+    return f"{label} (line {node.span.line})"
 
 
 def _part(fork: Fork, x: Shape) -> Shape:
