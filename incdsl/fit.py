@@ -126,15 +126,30 @@ def channel_params(templates: dict[str, ast.Template]) -> dict[str, frozenset[st
         changed = False
         for name, template in templates.items():
             used = {
-                value.name
+                name
                 for row in _rows(template.body)
                 for value in _channel_values(row, templates, found)
-                if isinstance(value, ast.Ref) and value.name in template.params
+                for name in _scaled_names(value)
+                if name in template.params
             }
             if used - found[name]:
                 found[name] = found[name] | used
                 changed = True
     return found
+
+
+def _scaled_names(value: ast.Value) -> set[str]:
+    """The names a width scales with: ``c``, ``w*4``, ``c//2``, ``a+b`` (a name times or over a number,
+    sums of them); not a product of two names (``in_channels*t``: t is a ratio) or a function."""
+    if isinstance(value, ast.Ref):
+        return {value.name}
+    if isinstance(value, ast.Binary) and value.op in ("+", "-"):
+        return _scaled_names(value.left) | _scaled_names(value.right)
+    if isinstance(value, ast.Binary) and value.op in ("*", "//", "/"):
+        numbers = [isinstance(side, int | float) for side in (value.left, value.right)]
+        if numbers == [False, True] or (numbers == [True, False] and value.op == "*"):
+            return _scaled_names(value.right if numbers[0] else value.left)
+    return set()
 
 
 def _rows(items) -> list[ast.Row]:
@@ -160,8 +175,10 @@ def _channel_positions(row: ast.Row, templates, params: dict[str, frozenset[str]
         return sorted(i for name, i in bound.items() if name in params.get(template.name, ()))
     if row.kind in ("conv", "linear"):  # conv KxK OUT, linear OUT: the first number after any size
         for i, arg in enumerate(row.args):
-            if arg.key is None and isinstance(arg.value, int | ast.Ref) and not _is_flag(arg.value):
-                return [i]
+            value = arg.value
+            if arg.key is None and not isinstance(value, ast.Size | float) and not _is_flag(value):
+                if not (isinstance(value, ast.Binary) and isinstance(value.left, ast.Size)):  # 3x3/s
+                    return [i]
     return []
 
 

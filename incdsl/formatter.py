@@ -9,7 +9,7 @@ conv 3x3/1 16 relu
 
 from __future__ import annotations
 
-from . import ast
+from . import ast, parser
 
 INDENT = "    "
 
@@ -38,7 +38,7 @@ def _name(name: ast.Name) -> str:
 
 _PRECEDENCE = {"or": -2, "and": -1, "==": 0, "!=": 0, "<": 0, "<=": 0, ">": 0, ">=": 0}
 _PRECEDENCE |= {"+": 1, "-": 1, "*": 2, "/": 2, "//": 2, "%": 2}
-MERGE_WORDS = {"add": "residual", "mul": "gate"}
+MERGE_WORDS = {merge: word for word, merge in parser.MERGE_WORDS.items()}  # add -> residual
 
 
 def _value(value: ast.Value) -> str:

@@ -495,7 +495,7 @@ class _Builder:
                     f"when= must be decided by the call's arguments; here it depends on "
                     f"{', '.join(sorted(names(value)))}, which a class passes on",
                     when.span,
-                    "decide it in the calling template (call a template that has the part, or one without it)",
+                    "decide it in the calling template (call a template with the part, or one without)",
                 )
             decisions[(when.span.line, when.span.column)] = bool(value)
         return decisions

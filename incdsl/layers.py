@@ -859,8 +859,8 @@ class Mul(_WithShortcut):
                 out = _source(sources, 1 - merge["shortcut"])
                 raise ShapeError(
                     f"a gate multiplies its input ({_shape_text(x)}) by its body's output "
-                    f"({_shape_text(shape)}, from {out.what}): it must have the input's {x.channels} channels, "
-                    f"at 1x1 or {x.height}x{x.width}",
+                    f"({_shape_text(shape)}, from {out.what}): it must have the input's {x.channels} "
+                    f"channels, at 1x1 or {x.height}x{x.width}",
                     out.span or span,
                     f"end the gate's body with a 1x1 conv to {x.channels} channels and an activation",
                 )
