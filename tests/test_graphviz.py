@@ -296,3 +296,18 @@ def test_unknown_extension_is_an_output_error(tmp_path, name):
 def test_missing_directory_is_an_output_error(tmp_path):
     with pytest.raises(OutputError, match="cannot write"):
         render("digraph {}", tmp_path / "nowhere" / "tiny.dot")
+
+
+@pytest.mark.parametrize(
+    "spec, shows",
+    [
+        ("mobilenet_v3_large", ["<B>mul</B>", "<B>hardsigmoid</B>"]),  # squeeze-and-excitation: a gate
+        ("shufflenet_v2_x1_0", ["<B>split, concat</B>", "<B>shuffle</B>"]),  # a split's parts, shuffled
+        ("convnext_tiny", ["<B>layer_scale</B>", "<B>add</B>"]),  # a nested sequential group per stage
+        ("resnet50", ["<B>add, relu</B>", "shortcut"]),
+    ],
+)
+def test_block_level_draws_the_zoo_merges(spec, shows):
+    dot = to_dot(incdsl.load(spec), level="block")
+    for text in shows:
+        assert text in dot, text

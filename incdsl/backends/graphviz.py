@@ -231,13 +231,14 @@ def _block_edges(net: Network, drawn: set[str], stand_ins: dict[str, str]) -> li
 def _stage_block(group: tuple[Stage, ...], rows: list[Row]) -> list[str]:
     stage = group[0]
     times = f" x{len(group)}" if len(group) > 1 else ""
-    if not isinstance(stage.node, Call):
+    if isinstance(stage.node, Layer):
         return [_layer_node(stage.node, times)]
     title = (_fold_title(group, rows) if times else rows[0].type) + times
     params, macs = sum(r.params for r in rows), sum(r.macs for r in rows)
     label = _lines(title, _counts(params, macs))
     style = 'style="rounded,filled", fillcolor="#f1f8ee"'
-    return _cluster(stage.attr, label, style, _inside(stage.node.body))
+    body = stage.node.body if isinstance(stage.node, Call) else stage.node.branches[0].body  # a nested group
+    return _cluster(stage.attr, label, style, _inside(body))
 
 
 def _aux_block(node: Layer | Call, row: AuxRow) -> list[str]:
@@ -267,7 +268,8 @@ def _inside(node: Node) -> list[str]:
             if branch.container is not None and not is_lone(branch):
                 inner = _cluster(branch.key, Html(_esc(branch.container)), _NESTED, inner)
             lines += inner
-        label = _lines(_merge_title(node.merge), f"{node.facts.output.channels} channels")
+        title = ("split, " if node.split else "") + _merge_title(node.merge)
+        label = _lines(title, f"{node.facts.output.channels} channels")
         return [*lines, _node(node.key, label=label, tooltip=node.key, fillcolor=_fill(node))]
     return _cluster(node.key, Html(_esc(node.attr)), _NESTED, _inside(node.body))
 
@@ -276,7 +278,7 @@ _NESTED = 'style="rounded,dotted", fontsize=9'
 
 
 def _merge_title(merge) -> str:
-    """``concat``, or a residual's ``add x0.17, relu``."""
+    """``concat``, a gate's ``mul``, or a residual's ``add x0.17, relu``."""
     if isinstance(merge.kind, L.Add):
         scale = "" if merge["scale"] == 1 else f" x{merge['scale']:g}"
         return f"add{scale}" + (", relu" if merge["relu"] else "")
