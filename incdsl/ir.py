@@ -985,7 +985,7 @@ def _class_stem(cls: BlockClass, blocks) -> str:
     is named for what it fixes: ``inception_no_n1x1`` (a 0), ``block8_no_relu``, ``block_act_1``."""
     variants = [c for c in blocks if c.template is cls.template]
     plain = next((c for c in variants if not c.fixed and not c.dropped), variants[0])
-    if cls is plain:
+    if cls is plain and not cls.dropped:
         return cls.template.name
     deciding = set().union(*(_refs(w.value) for w in map(_when, _items(cls.template.body)) if w))
     parts = [f"no_{p}" if v == 0 else f"{p}_{v}" for p, v in cls.fixed.items() if p not in deciding]

@@ -108,3 +108,24 @@ def test_zoo_spec_is_torchvisions_model(spec):
     with torch.no_grad():
         logits_x4 = model(4 * x)
     assert rel_error(logits_x4, torch.tensor(expected["logits_x4"])) < 1e-5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spec", ["mobilenet_v3_large", "shufflenet_v2_x1_0"])
+def test_zoo_onnx_export_agrees_with_onnxruntime(spec, tmp_path):
+    """hard-swish, hard-sigmoid and the gate's multiply (MobileNetV3); the split's chunks and the
+    channel shuffle (ShuffleNetV2): exported through torch.onnx, run by onnxruntime."""
+    ort = pytest.importorskip("onnxruntime")
+    from incdsl.backends.onnx import export_model
+
+    if spec not in SHIPPED:
+        pytest.skip(f"{spec} is not shipped")
+    net = incdsl.load(spec)
+    model = incdsl.build_module(net).eval()
+    reference_init.fill_state_dict(model)
+    path = export_model(model, net.input.as_list(), tmp_path / "model.onnx")
+    x = reference_init.reference_input(2, 3, 224, seed=0)
+    with torch.no_grad():
+        expected = model(x)
+    (got,) = ort.InferenceSession(str(path)).run(None, {"x": x.numpy()})
+    assert rel_error(torch.from_numpy(got), expected) < 1e-4
