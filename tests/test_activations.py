@@ -274,6 +274,9 @@ CASES = [
     ("residual", 2, "bf16"),
     ("googlenet_tv", 2, "fp32"),
     ("googlenet", 1, "bf16"),  # LRN computes in float32 under autocast; aux heads after avg pools
+    ("mobilenet_v3_large", 1, "fp32"),  # hard-swish, hard-sigmoid, the gate's multiply, batchnorm rows
+    ("shufflenet_v2_x1_0", 1, "fp32"),  # a split's chunks, the channel shuffle
+    ("convnext_tiny", 1, "fp32"),  # layer norms, linear layers on channels-last maps, GELU, layer scale
 ]
 
 
