@@ -430,7 +430,7 @@ class Dropout(LayerKind):
     def finish(self, args, op_span, spans):
         p = args["p"]
         ok = not known(p) or 0 <= p < 1
-        _require(ok, f"a dropout probability is in [0, 1), not {p}", spans.get("p", op_span))
+        _require(ok, f"a {self.name} probability is in [0, 1), not {p}", spans.get("p", op_span))
         return args
 
 
@@ -612,11 +612,7 @@ class StochasticDepth(LayerKind):
     name = "stochastic_depth"
     positional = (Param("p", "float"),)
 
-    def finish(self, args, op_span, spans):
-        p = args["p"]
-        ok = not known(p) or 0 <= p < 1
-        _require(ok, f"a drop probability is in [0, 1), not {p}", spans.get("p", op_span))
-        return args
+    finish = Dropout.finish
 
 
 class Activation(LayerKind):

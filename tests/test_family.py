@@ -5,14 +5,13 @@ tests/fixtures/reference, so torchvision is never imported. Two models with the 
 get the same weights from ``fill_state_dict``, so equal logits mean the same function.
 """
 
-import importlib.util
 import json
 import sys
 from functools import cache
 
 import pytest
-from conftest import TESTS
 from golden import check_golden
+from reference_data import REFERENCE, reference_init  # noqa: F401 (reference_init: test_family_residual's too)
 
 import incdsl
 from incdsl.errors import OutputError
@@ -20,21 +19,10 @@ from incdsl.errors import OutputError
 torch = pytest.importorskip("torch")
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-REFERENCE = TESTS / "fixtures" / "reference"
 TORCHVISION = {"googlenet_tv": "googlenet", "inception_v3": "inception_v3"}
 AUX_FIELDS = {"googlenet_tv": ("logits", "aux1", "aux2"), "inception_v3": ("logits", "AuxLogits")}
 # The smallest inputs that reach every layer (aux heads included) in training mode.
 TRAIN_SIZE = {"googlenet_tv": 64, "inception_v3": 299}
-
-
-def _reference_init():
-    spec = importlib.util.spec_from_file_location("reference_init", REFERENCE / "reference_init.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-reference_init = _reference_init()
 
 
 @cache

@@ -9,20 +9,17 @@ torchvision's on two inputs (the second 4 times the first: large activations, wh
 or hard-swish and SiLU, differ) to a relative error under 1e-5.
 """
 
-import importlib.util
 import json
 from functools import cache
 
 import pytest
-from conftest import TESTS
+from reference_data import REFERENCE, reference_init
 
 import incdsl
 from incdsl.resources import shipped_specs
 
 torch = pytest.importorskip("torch")
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
-
-REFERENCE = TESTS / "fixtures" / "reference"
 
 # spec -> torchvision's model name
 ZOO = {
@@ -42,16 +39,6 @@ ZOO = {
     "convnext_tiny": "convnext_tiny",
 }
 SHIPPED = [spec for spec in ZOO if spec in shipped_specs()]
-
-
-def _reference_init():
-    spec = importlib.util.spec_from_file_location("reference_init", REFERENCE / "reference_init.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-reference_init = _reference_init()
 
 
 @cache
