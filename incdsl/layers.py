@@ -733,6 +733,7 @@ class Source:
     span: Span | None = None  # where its channels are set
     projected: bool = False  # a residual's shortcut projection (not its input as it is)
     stride_span: Span | None = None  # where its size is set: its strided row (else its first kernel)
+    strided: bool = False  # a row of it has a stride other than 1
 
 
 def _source(sources, i: int) -> Source:
@@ -773,7 +774,10 @@ class Concat(MergeKind):
         sizes = [(s.height, s.width) for s in shapes]
         if len(set(sizes)) > 1:
             listed = "; ".join(f"{_source(sources, i).what} gives {h}x{w}" for i, (h, w) in enumerate(sizes))
-            odd = min(range(len(sizes)), key=lambda i: (sizes.count(sizes[i]), i))  # the one that differs
+            # the branch that differs: the rarest size, then a strided branch, then the first
+            odd = min(
+                range(len(sizes)), key=lambda i: (sizes.count(sizes[i]), not _source(sources, i).strided, i)
+            )
             raise ShapeError(
                 f"branches must agree on height and width to be concatenated: {listed}",
                 _source(sources, odd).stride_span or span,

@@ -72,7 +72,8 @@ def _source(branch: Branch, shortcut: bool) -> Source:
     what = _describe(last, branch)
     stride_span = stride.op.spans.get("kernel", stride.span) if stride else last.span
     width_span = last.op.spans.get("out", last.span) if isinstance(last, Layer) else last.span
-    return Source(what, width_span, shortcut, stride_span)
+    strides = stride is not None and stride.op["stride"] != 1
+    return Source(what, width_span, shortcut, stride_span, strides)
 
 
 def _describe(node: Layer | Call, branch: Branch) -> str:

@@ -33,8 +33,8 @@ CASES = [
     ("a: conv 3x3 16\na: conv 3x3 16\n", 5, 1, "'a' is already used", None),
     (
         "template t(c) { branch: conv 1x1 c\n branch: conv 3x3/2 c }\nt 4\n",
-        4,
-        17,
+        5,  # at the strided branch's kernel (the branch that differs), not the group's first
+        15,
         "branches must agree",
         None,
     ),

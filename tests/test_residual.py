@@ -61,11 +61,24 @@ def test_a_resnet_is_writable_and_computes_relu_of_x_plus_f_of_x():
 
 def test_a_residual_whose_shapes_disagree_is_a_spec_error_showing_both():
     exc = error("template b { residual { conv 3x3 16 } }\nb\n")
-    assert exc.span.line == 5 and exc.span.column == 14
-    assert "adds its block's output (16x16x16) to its input (16x16x8)" in exc.message
+    assert exc.span.line == 5 and exc.span.column == 34  # at the width the body ends with: 16
+    assert "adds its body's output (16x16x16, from conv (line 5)) to its input (16x16x8)" in exc.message
     assert "note: in template 'b', called at n.inc:6:1" in exc.format()
     exc = error("template b { residual { conv 3x3/2 8 } }\nb\n")
-    assert "(8x8x8) to its input (16x16x8)" in exc.message
+    assert "(8x8x8, from conv (line 5)) to its input (16x16x8)" in exc.message
+    assert exc.span.column == 30  # at the stride: 3x3/2
+
+
+def test_a_shortcut_missing_its_stride_is_reported_at_the_shortcut():
+    """Not as the block's output added to its input (which would name the shortcut's shape as the
+    input's), nor with a hint to add the shortcut that is there."""
+    exc = error(
+        "template b {\n residual {\n  conv 3x3/2 16\n  shortcut proj { conv 1x1 16; batchnorm }\n }\n}\nb\n"
+    )
+    assert "body's output (8x8x16, from conv (line 7))" in exc.message
+    assert "its shortcut's output (16x16x16, from proj.0 (line 8))" in exc.message
+    assert (exc.span.line, exc.span.column) == (8, 24)  # the shortcut's 1x1, where /2 is missing
+    assert exc.hint == "give the shortcut the body's stride"
 
 
 @pytest.mark.parametrize(
