@@ -28,7 +28,7 @@ from urllib.parse import unquote
 from lsprotocol import types
 
 from . import __version__, ast, report
-from .errors import IncdslError, Span
+from .errors import IncdslError, ShapeError, Span
 from .formatter import format_spec
 from .resources import prelude_path
 
@@ -89,6 +89,7 @@ class Analysis:
     stats: object | None = None  # report.Stats of the whole spec, or of the rows before the error
     error: IncdslError | None = None
     failing_row: int | None = None  # index of the first top-level row that does not build
+    more: tuple[IncdslError, ...] = ()  # errors on later rows, independent of the first
 
     @property
     def lines(self) -> list[str]:
@@ -137,9 +138,11 @@ def analyze(text: str, path: str = "<spec>") -> Analysis:
     try:
         return Analysis(path, text, spec, _build(spec))
     except IncdslError as error:
-        good, stats, exact = _longest_prefix(spec, error, time.monotonic() - started)
+        spent = time.monotonic() - started
+        good, stats, exact = _longest_prefix(spec, error, spent)
         failing = good if exact and good < len(spec.rows) else None
-        return Analysis(path, text, spec, stats, error, failing)
+        more = _independent_errors(spec, error, spent)
+        return Analysis(path, text, spec, stats, error, failing, more)
     except Exception as error:  # a bug in incdsl, not in the spec: say so rather than go quiet
         internal = IncdslError(f"internal error in incdsl: {type(error).__name__}: {error}")
         return Analysis(path, text, spec, error=internal)
@@ -175,6 +178,37 @@ def _longest_prefix(spec: ast.Spec, error: IncdslError, spent: float = 0.0):
             hi = mid - 1
     stats = best[1] if best is not None and best[0] == lo else None
     return lo, stats, lo == hi
+
+
+MAX_ERRORS = 20  # diagnostics of one document
+
+
+def _independent_errors(spec: ast.Spec, first: IncdslError, spent: float) -> tuple[IncdslError, ...]:
+    """The errors on later top-level rows that do not depend on the first: the row at fault is left
+    out and the spec built again, for at most PREFIX_SECONDS. A shape error ends the search (leaving
+    a row out changes the shapes after it: what follows could be the first error's echo), and so
+    does an error not on a top-level row (in a template's body, every call would repeat it)."""
+    if spent > PREFIX_SECONDS or isinstance(first, ShapeError):
+        return ()
+    found: list[IncdslError] = []
+    rows, error, deadline = list(spec.rows), first, time.monotonic() + PREFIX_SECONDS
+    while len(found) < MAX_ERRORS and time.monotonic() < deadline:
+        index = _row_of(replace(spec, rows=tuple(rows)), error)
+        if index is None or index >= len(rows) - 1:  # none, or no row after it to look at
+            break
+        del rows[index]
+        try:
+            _build(replace(spec, rows=tuple(rows), auxes=(), budget=None))
+            break
+        except ShapeError:
+            break
+        except IncdslError as later:
+            if later is not first and (later.span, later.message) != (error.span, error.message):
+                found.append(later)
+            error = later
+        except Exception:
+            break
+    return tuple(found)
 
 
 def _row_of(spec: ast.Spec, error: IncdslError) -> int | None:
@@ -241,10 +275,15 @@ def _word_at(line: str, column: int) -> tuple[str, int] | None:
 
 
 def diagnostics(analysis: Analysis) -> list[types.Diagnostic]:
-    """What ``incdsl check`` reports: the first error, and the budget exceeded (a warning)."""
+    """What ``incdsl check`` reports: the first error, and every later one independent of it (an
+    unknown name, a wrong argument on another row), and the budget exceeded (a warning)."""
     lines = analysis.lines
     if analysis.error is not None:
-        return [_error_diagnostic(analysis, analysis.error, lines)]
+        first = _error_diagnostic(analysis, analysis.error, lines)
+        return [
+            first,
+            *(_error_diagnostic(replace(analysis, failing_row=None), e, lines) for e in analysis.more),
+        ]
     stats, spec = analysis.stats, analysis.spec
     if stats is None or stats.budget is None or stats.macs <= stats.budget:
         return []

@@ -362,7 +362,7 @@ def test_an_error_in_a_templates_body_points_at_the_call_too():
     text = TINY.replace("        conv 1x1 reduce", "        conv 9x9/8 reduce pad=0")
     (diagnostic,) = lsp.diagnostics(lsp.analyze(text, "/tmp/net.inc"))
     assert "branches must agree" in diagnostic.message
-    assert diagnostic.range.start.line == line_of(text, "    branch wide")
+    assert diagnostic.range.start.line == line_of(text, "        conv 9x9/8")  # the branch that differs
     (related,) = diagnostic.related_information
     assert related.location.range.start == types.Position(line_of(text, "3a:"), 0)
 
@@ -761,3 +761,17 @@ def test_the_reader_resynchronises_after_each_kind_of_damage():
             assert len(frames) <= 2, f"{damage[:40]}: the reader does not advance"
         assert frames[-1].message == {"jsonrpc": "2.0", "id": 7, "method": "x"}, damage[:40]
         assert len(frames) <= 2, damage[:40]  # the damaged message (or nothing, for noise), then the good one
+
+
+def test_every_independent_error_is_a_diagnostic():
+    """An unknown kind on one row and a wrong argument on another: two diagnostics, each at its row;
+    a shape error after them is not searched for (it could be the echo of a row left out)."""
+    text = "input 32x32x3\nclasses 10\na: conv 3x3 16\nb: convv 3x3 16\nc: conv 3x3\nd: maxpool 3x3/2 pad=9\nfc: linear classes\n"
+    analysis = lsp.analyze(text, "n.inc")
+    found = lsp.diagnostics(analysis)
+    assert [d.range.start.line for d in found] == [3, 4, 5]
+    assert "unknown layer kind or template 'convv'" in found[0].message
+    assert "conv takes 2 arguments, got 1" in found[1].message
+    assert "pad must be at most half the kernel size" in found[2].message
+    shape = lsp.analyze("input 8x8x3\na: conv 9x9/1 4 pad=0\nb: convv 3x3 4\n", "s.inc")
+    assert len(lsp.diagnostics(shape)) == 1  # a shape error first: nothing more is claimed
