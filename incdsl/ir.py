@@ -988,8 +988,16 @@ def _class_stem(cls: BlockClass, blocks) -> str:
     if cls is plain and not cls.dropped:
         return cls.template.name
     deciding = set().union(*(_refs(w.value) for w in map(_when, _items(cls.template.body)) if w))
-    parts = [f"no_{p}" if v == 0 else f"{p}_{v}" for p, v in cls.fixed.items() if p not in deciding]
+    parts = [_fixed_part(p, v) for p, v in cls.fixed.items() if p not in deciding]
     return "_".join([cls.template.name, *parts, *(f"no_{part}" for part in cls.dropped)])
+
+
+def _fixed_part(param: str, value) -> str:
+    """What a fixed argument adds to a class's name: ``no_n1x1`` (a 0), ``relu6`` (an activation),
+    ``relu_0`` (a flag)."""
+    if isinstance(value, Word):
+        return str(value)
+    return f"no_{param}" if value == 0 else f"{param}_{value}"
 
 
 def _refs(value) -> set[str]:
