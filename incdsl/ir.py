@@ -473,7 +473,7 @@ class _Builder:
             return True
         place = (when.span.line, when.span.column)
         if place not in frame.decisions:
-            value = value_of(when.value, frame.env, when.span)
+            value = _condition(when, frame.env)
             if not known(value):  # an uncalled template, checked: every part in force
                 return True
             frame.decisions[place] = bool(value)
@@ -487,7 +487,7 @@ class _Builder:
             when = _when(item)
             if when is None:
                 continue
-            value = value_of(when.value, env, when.span)
+            value = _condition(when, env)
             if not known(value) and self.checking:
                 continue  # an uncalled template, checked: every part in force
             if not known(value):
@@ -1038,6 +1038,16 @@ def _part_name(item) -> str:
     if isinstance(item, ast.Shortcut):
         return item.name.text if item.name else "shortcut"
     return {"add": "residual", "mul": "gate"}[item.merge]
+
+
+def _condition(when: ast.Arg, env) -> Num:
+    """A ``when=`` value: a number (0 leaves the part out) or a condition (``s==1 and t!=1``)."""
+    value = value_of(when.value, env, when.span)
+    if isinstance(value, (Word, ast.Size, str)) and not symbolic(value) or isinstance(value, float):
+        raise SpecArgumentError(
+            f"when= takes a condition or a whole number, not {value}", when.span, "like when=s==1 or when=t!=1"
+        )
+    return value
 
 
 def _without_when(row: ast.Row) -> ast.Row:

@@ -23,6 +23,7 @@ from typing import Any
 
 from . import ast
 from .errors import ShapeError, Span, SpecArgumentError, SpecNameError, did_you_mean
+from .numbers import MAX_INT
 from .symbolic import ArithmeticError_, Expr, Num, Sym, Word, apply, symbolic
 
 __all__ = [
@@ -961,6 +962,11 @@ def _bind(arg: ast.Arg, env: Mapping[str, Num], kind: Kind):
         flag = _flag(arg.value.name, kind)
         if flag:
             return flag
+    if arg.key is not None and kind.arg_type(arg.key) == "activation" and isinstance(arg.value, ast.Ref):
+        name = arg.value.name
+        if name not in env and name not in ACTIVATIONS and name not in NO_ACTIVATION:
+            hint = did_you_mean(name, [*ACTIVATIONS, *NO_ACTIVATION])
+            raise SpecNameError(f"unknown activation '{name}'", arg.span, hint)
     return value_of(arg.value, env, arg.span, kind.flags())
 
 
@@ -1001,7 +1007,10 @@ def _compute(fn: str, values: tuple, span: Span):
     for value in values:
         _number(value, f"an operand of {fn}", span)
     try:
-        return apply(fn, *values)
+        result = apply(fn, *values)
+        if isinstance(result, (int, float)) and not (math.isfinite(result) and abs(result) <= MAX_INT):
+            raise ArithmeticError_(f"the result is out of range (at most {MAX_INT:,} in size)")
+        return result
     except ArithmeticError_ as error:
         raise SpecArgumentError(f"{fn} of {', '.join(map(str, values))}: {error}", span) from None
     except TypeError as error:
@@ -1076,8 +1085,9 @@ _TYPE_WORDS = {
 
 def _check_type(param: Param, value, span: Span, kind: Kind) -> None:
     if not _TYPE_CHECKS[param.type](value):
+        hint = "// divides to a whole number" if param.type == "int" and isinstance(value, float) else None
         raise SpecArgumentError(
-            f"{kind.name}'s {param.name} must be {_TYPE_WORDS[param.type]}, not {value}", span
+            f"{kind.name}'s {param.name} must be {_TYPE_WORDS[param.type]}, not {value}", span, hint
         )
 
 

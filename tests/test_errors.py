@@ -28,6 +28,13 @@ CASES = [
     ("conv 9x9/4 16 pad=0\nconv 9x9 16 pad=0\n", 5, 1, "does not fit its 6x6 input", "larger input"),
     ("conv 3x3 0\n", 4, 10, "out must be a positive integer", None),  # at the value
     ("dropout 1.5\n", 4, 9, "dropout probability is in [0, 1)", None),
+    # arithmetic: at the expression, with what has no value and why
+    ("template t(c) { conv 3x3 c//0 }\nt 8\n", 4, 26, "// of 8, 0: division by zero", None),
+    ("template t(c) { conv 3x3 c*99999*99999 }\nt 8\n", 4, 26, "the result is out of range", None),
+    ("template t(c) { conv 3x3 c/2 }\nt 8\n", 4, 26, "out must be an integer, not 4.0", "// divides"),
+    ("conv 3x3 make_divisible(16)\n", 4, 10, "make_divisible takes 2 to 3 arguments", None),
+    ("conv 3x3 16 act=relu7\n", 4, 13, "unknown activation 'relu7'", "did you mean"),
+    ("template t(c) { conv 3x3 c when=relu6 }\nt 8\n", 4, 28, "when= takes a condition", "when=s==1"),
     ("class: conv 3x3 16\n", 4, 1, "'class' is not a valid name", None),
     ("forward: conv 3x3 16\n", 4, 1, "'forward' is reserved", None),
     ("a: conv 3x3 16\na: conv 3x3 16\n", 5, 1, "'a' is already used", None),
