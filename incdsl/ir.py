@@ -1045,7 +1045,7 @@ def _condition(when: ast.Arg, env) -> Num:
     value = value_of(when.value, env, when.span)
     if isinstance(value, (Word, ast.Size, str)) and not symbolic(value) or isinstance(value, float):
         raise SpecArgumentError(
-            f"when= takes a condition or a whole number, not {value}", when.span, "like when=s==1 or when=t!=1"
+            f"when= takes a condition or a whole number, not {value}", when.span, "like when=s==1"
         )
     return value
 
