@@ -170,7 +170,11 @@ def _row(stage: Stage, titles: dict[str, str]) -> Row:
 
 def _columns(node: Layer | Call, titles: dict[str, str]) -> dict:
     """A template call's titled arguments (the template says which are columns: ``n1x1 "#1x1"``),
-    and a residual's scale; ``titles`` collects each column's title, in the order they appear."""
+    and a residual's scale; ``titles`` collects each column's title, in the order they appear. A
+    nested sequential stage of calls shows its first call's (EfficientNet's stage rows)."""
+    if isinstance(node, Fork) and len(node.branches) == 1:
+        calls = [item for item in node.branches[0].body.items if isinstance(item, Call)]
+        node = calls[0] if calls else node
     if not isinstance(node, Call):
         return {}
     template = node.cls.template
