@@ -188,7 +188,7 @@ def _stochastic_depth(run, op, x, t):
         return x
     keep = 1 - op["p"]
     mask = torch.empty((x.shape[0],) + (1,) * (x.dim() - 1), dtype=x.dtype).bernoulli_(keep)
-    return x * mask / keep
+    return x * mask.div_(keep)  # the generated module's order of rounding
 
 
 def _shuffle(run, op, x, t):
