@@ -775,3 +775,13 @@ def test_every_independent_error_is_a_diagnostic():
     assert "pad must be at most half the kernel size" in found[2].message
     shape = lsp.analyze("input 8x8x3\na: conv 9x9/1 4 pad=0\nb: convv 3x3 4\n", "s.inc")
     assert len(lsp.diagnostics(shape)) == 1  # a shape error first: nothing more is claimed
+
+
+def test_the_zoo_vocabulary_is_completed_and_hovered():
+    """The new kinds come from the registry: every activation, norm, gate, split and shuffle."""
+    analysis = lsp.analyze("input 8x8x3\nconv 3x3 8\nrel", "n.inc")
+    labels = {item.label for item in lsp.completions(analysis, 2, 3)}
+    assert {"relu6", "hardswish", "batchnorm", "layernorm2d", "shuffle", "gate", "split", "act"} <= labels
+    analysis = lsp.analyze("input 8x8x3\nconv 3x3 8 act=none\nrelu6\nshuffle 2\n", "n.inc")
+    assert "**ReLU6** `relu6`" in lsp.hover(analysis, 2, 1).contents.value
+    assert "8x8x8 → 8x8x8" in lsp.hover(analysis, 3, 1).contents.value
