@@ -116,3 +116,17 @@ def test_zoo_onnx_export_agrees_with_onnxruntime(spec, tmp_path):
         expected = model(x)
     (got,) = ort.InferenceSession(str(path)).run(None, {"x": x.numpy()})
     assert rel_error(torch.from_numpy(got), expected) < 1e-4
+
+
+@pytest.mark.parametrize("spec", ["convnext_tiny", "mobilenet_v3_large", "shufflenet_v2_x1_0"])
+def test_zoo_models_script_and_export(spec):
+    """The generated helpers (Permute, LayerNorm2d, StochasticDepth, the layer scale parameter, the
+    split's chunks, the gate) are TorchScript and torch.export friendly, and compute the same."""
+    if spec not in SHIPPED:
+        pytest.skip(f"{spec} is not shipped")
+    model = incdsl.build_module(incdsl.load(spec)).eval()
+    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = model(x)
+        assert rel_error(torch.jit.script(model)(x), expected) < 1e-5
+        assert rel_error(torch.export.export(model, (x,)).module()(x), expected) < 1e-5
