@@ -222,6 +222,11 @@ class Writer:
         for twin, stage in zip(model.stages, net.stages):
             if twin.sequence is None:
                 code, _ = self.visit(twin.node, "x", "x")
+            elif self.applied_whole(twin.sequence, model):
+                group = [s for s in model.stages if s.sequence == twin.sequence]
+                if twin is not group[-1]:
+                    continue  # the group is declared and applied at its last position
+                code = self.whole_group(twin.sequence, group)
             else:
                 code = self.position(twin, model.stages)
             shape = () if _identity(twin.node) else (_shape_comment(stage.node.facts.output),)
@@ -240,10 +245,24 @@ class Writer:
             "forward": code.forward,
         }
 
+    def applied_whole(self, sequence: str, model: ModelClass) -> bool:
+        """Whether a sequential group runs as one module (``x = self.layer1(x)``, as torchvision
+        writes it): no aux head reads a position before its last, no position flattens its input."""
+        group = [s for s in model.stages if s.sequence == sequence]
+        inner = {id(s) for s in group[:-1]}
+        if any(id(aux.after) in inner for aux in model.auxes):
+            return False
+        return not any(isinstance(s.node, Layer) and self.flattens(s.node) for s in group)
+
+    def whole_group(self, sequence: str, group) -> Code:
+        parts = ", ".join(self.position_module(s.node) for s in group)
+        return Code((f"self.{sequence} = nn.Sequential({parts})",), (f"x = self.{sequence}(x)",))
+
     def position(self, stage, stages) -> Code:
-        """A stage of a sequential group: the group's nn.Sequential is declared with its first
-        position; each position is applied in turn (``self.features[3](x)``), so shapes can be shown
-        and aux heads attached between them."""
+        """A stage of a sequential group that does not run whole (see :meth:`applied_whole`): the
+        group's nn.Sequential is declared with its first position; each position is applied in turn
+        (``self.features[3](x)``), so aux heads can read between them and a linear layer's input be
+        flattened."""
         group = [s for s in stages if s.sequence == stage.sequence]
         init = ()
         if stage is group[0]:
