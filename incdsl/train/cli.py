@@ -81,6 +81,12 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
         help="without a terminal, a progress line every N steps (default 100; 0: none)",
     )
     parser.add_argument(
+        "--input-size",
+        type=option_type("input_size"),
+        metavar="N",
+        help="train the spec at N x N inputs (its IR built with the input replaced; the budget follows)",
+    )
+    parser.add_argument(
         "--print-config",
         action="store_true",
         help="print the resolved settings as a --config file that reproduces the run, and stop",

@@ -271,13 +271,22 @@ def trained_augment(state: dict) -> Augment:
     return get_recipe(state["recipe"]).augment
 
 
+def trained_input_size(state: dict) -> int | None:
+    """The --input-size a checkpoint was trained at; None: its spec's own input."""
+    saved = state.get("config")
+    size = saved.get("input_size") if isinstance(saved, dict) else None
+    return size if isinstance(size, int) and not isinstance(size, bool) and size > 0 else None
+
+
 def bundle_from_checkpoint(
     target: str, state: dict, path: Path, classes: list[str], device=None
 ) -> ModelBundle:
     """``target`` built for the checkpoint's classes and holding its evaluation weights."""
     if state["classes"] != classes:
         raise TrainError(f"{path} was trained on other classes than {', '.join(classes)}")
-    bundle = load_model(target, num_classes=len(classes), fits_on=device)
+    bundle = load_model(
+        target, num_classes=len(classes), fits_on=device, input_size=trained_input_size(state)
+    )
     averaged = state["ema"] is not None
     weights = state["ema"]["module"] if averaged else state["model"]
     load_weights(bundle.module, weights, f"{path} (its {'averaged ' if averaged else ''}weights)")
