@@ -348,6 +348,8 @@ def views_note(report) -> str:
     reasons = []
     if report.crops in (10, 144) and not report.mirrors:
         reasons.append(f"{report.crops}-crop without mirrors: the recipe trains without flips")
+    if report.crops == 144:
+        reasons.append("of the paper's 144, each square resized whole once, not at each of the 4 scales")
     if fewest < report.asked:
         reasons.append(
             f"{report.asked} asked; the others would repeat a region: "

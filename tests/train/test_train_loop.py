@@ -294,6 +294,7 @@ def test_through_the_incdsl_command(tiny_model, tmp_path, capsys):
     )
     shown = capsys.readouterr().out  # fake images are square: their three squares are one
     assert "(4 images, 21 distinct views per image (144-crop without mirrors" in shown
+    assert "(of the paper's 144, each square resized whole once, not at each of the 4 scales)" in shown
     assert "(63 asked; the others would repeat a region: a square image's three squares are one)" in shown
     assert incdsl(["train", tiny_model, "--data", "fake:16", "--out", str(out), "--recipe", "fsat"]) == 2
     assert "did you mean 'fast'" in capsys.readouterr().err
