@@ -81,6 +81,12 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
         help="without a terminal, a progress line every N steps (default 100; 0: none)",
     )
     parser.add_argument(
+        "--input-size",
+        type=option_type("input_size"),
+        metavar="N",
+        help="train the spec at N x N inputs (its IR built with the input replaced; the budget follows)",
+    )
+    parser.add_argument(
         "--print-config",
         action="store_true",
         help="print the resolved settings as a --config file that reproduces the run, and stop",
@@ -113,7 +119,19 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("target", metavar="SPEC", help="the spec or model.py the checkpoint was trained from")
     parser.add_argument("--checkpoint", required=True, type=Path, help="checkpoint.pt or best.pt of a run")
     parser.add_argument("--data", required=True, help=DATA_HELP)
-    parser.add_argument("--crops", type=int, choices=(1, 10, 144), default=1, help="views per image")
+    chosen = parser.add_mutually_exclusive_group()
+    chosen.add_argument(
+        "--crops",
+        type=int,
+        choices=(1, 10, 144),
+        help="1, 10 (corners and center) or 144 (GoogLeNet's) crops; mirrored when trained with flips",
+    )
+    chosen.add_argument(
+        "--views",
+        type=views_option,
+        metavar="V",
+        help="1, 10, 144, or a list of center, corners, squares (the 144's), mirror: center,corners,mirror",
+    )
     parser.add_argument("--ensemble", nargs="+", type=Path, default=[], metavar="C", help="more checkpoints")
     parser.add_argument("--workers", type=eval_workers, default=0, help="data loader processes")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
@@ -169,6 +187,17 @@ def top_count(text: str) -> int:
         return numbers.read_int(text, 1, 1_000_000)
     except numbers.NumberError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def views_option(text: str) -> str:
+    """``eval --views``: 1, 10, 144 or a list of parts, checked when the options are read."""
+    from incdsl.train.views import ViewsError, parse_views
+
+    try:
+        parse_views(text)
+    except ViewsError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text.strip()
 
 
 def eval_workers(text: str) -> int:
@@ -242,7 +271,7 @@ def run_eval(args: argparse.Namespace) -> int:
         args.target,
         checkpoints,
         args.data,
-        args.crops,
+        args.views or args.crops or 1,
         args.device,
         args.workers,
         args.skip_unreadable,
@@ -252,10 +281,7 @@ def run_eval(args: argparse.Namespace) -> int:
         print(json.dumps(report.to_dict(), allow_nan=False))
         return 0
     models = f"{len(checkpoints)} model{'s' * (len(checkpoints) > 1)}"
-    views = f"{report.views} view{'s' * (report.views > 1)} per image"
-    if report.crops > 1 and not report.mirrors:
-        views += f" ({report.crops}-crop without mirrors: the recipe trains without flips)"
-    print(f"{_figures(report.result)}  ({report.result.images} images, {views}, {models})")
+    print(f"{_figures(report.result)}  ({report.result.images} images, {views_note(report)}, {models})")
     if report.one_crop is not None:
         print(f"{_figures(report.one_crop)}  (1 crop, for comparison)")
     if report.result.unreadable:
@@ -311,6 +337,29 @@ def class_table(result, classes) -> list[str]:
         for name, row in zip(classes, result.confusion):
             lines.append(f"  {name:<{width}}  " + " ".join(f"{value:>{cell}}" for value in row))
     return lines
+
+
+def views_note(report) -> str:
+    """How many distinct views each image had, and why fewer than the crops' count when they were:
+    no mirrors without flip training, regions that coincide (the three squares of a square image)."""
+    fewest, most = report.fewest_views or report.views, report.views
+    counted = f"{fewest}-{most}" if fewest != most else str(most)
+    note = f"{counted} {'distinct ' * (most > 1)}view{'s' * (most > 1)} per image"
+    reasons = []
+    if report.crops in (10, 144) and not report.mirrors:
+        reasons.append(f"{report.crops}-crop without mirrors: the recipe trains without flips")
+    if report.crops == 144:
+        reasons.append("of the paper's 144, each square resized whole once, not at each of the 4 scales")
+    if fewest < report.asked:
+        reasons.append(
+            f"{report.asked} asked; the others would repeat a region: "
+            + (
+                "a square image's three squares are one"
+                if report.crops == 144 or "squares" in str(report.crops)
+                else "the image is too small for them to differ"
+            )
+        )
+    return note + "".join(f" ({reason})" for reason in reasons)
 
 
 def _figures(result) -> str:

@@ -14,6 +14,7 @@ file are the long option names, with ``-`` or ``_``; ``incdsl train --print-conf
     batch-size = 64
     label-smoothing = 0.0
     crop-area = [0.5, 1.0]
+    input-size = 64  # the spec built for 64x64 inputs (0: its own input line's)
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ class TrainConfig:
     sync_bn: bool = False  # under torchrun on GPUs: BatchNorm statistics over the global batch
     balanced: bool = False  # draw every class equally often (with replacement), for imbalanced data
     log_every: int = 100  # a progress line every this many steps when the output is not a terminal
+    input_size: int = 0  # train a spec at N x N inputs instead of its input line's; 0: the spec's
 
     @property
     def step_batch(self) -> int:
@@ -149,6 +151,7 @@ NUMBER_RANGES: dict[str, tuple[type, float | None, float | None]] = {
     "accumulate": (int, 1, 1_000_000),
     "val_split": (float, 0.0, 1.0),
     "log_every": (int, 0, 2**31 - 1),
+    "input_size": (int, 0, 16384),  # 0: the spec's own
 }
 ABOVE_ZERO = frozenset({"lr", "eps", "lr_gamma", "lr_step_epochs", "crop_area", "crop_aspect"})
 

@@ -73,14 +73,26 @@ class Unreadable:
     reason: str
 
 
-def collate(samples: list[tuple[Tensor | Unreadable, int]]) -> tuple[Tensor, Tensor, list[Unreadable]]:
-    """A batch of the readable samples: images, labels, and the unreadable ones set aside."""
+def collate(samples: list[tuple[Tensor | Unreadable, int]]) -> tuple:
+    """A batch of the readable samples: images, labels, and the unreadable ones set aside (and, for
+    stacks of evaluation views, each image's count: see collate_views)."""
     unreadable = [image for image, _ in samples if isinstance(image, Unreadable)]
     readable = [sample for sample in samples if not isinstance(sample[0], Unreadable)]
     if not readable:
         return torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.long), unreadable
+    if readable[0][0].dim() == 4:  # evaluation's stacks of views, as many as each image has
+        return collate_views(readable, unreadable)
     images, labels = default_collate(readable)
     return images, labels, unreadable
+
+
+def collate_views(readable, unreadable):
+    """Stacks of views, each image's count its own (a square image has fewer distinct 144-crop views
+    than a landscape one): all views in one ``(views, C, H, W)`` tensor, the labels, the unreadable
+    samples, and each image's number of views."""
+    counts = torch.tensor([len(views) for views, _ in readable], dtype=torch.long)
+    labels = torch.tensor([label for _, label in readable], dtype=torch.long)
+    return torch.cat([views for views, _ in readable]), labels, unreadable, counts
 
 
 def split_labels(dataset: Dataset) -> Tensor:

@@ -1,4 +1,4 @@
-"""Evaluation: top-1 and top-5 over 1, 10 or 144 crops per image, of one model or an ensemble.
+"""Evaluation: top-1 and top-5 over 1, 10 or 144 crops (or chosen views) per image, of a model or ensemble.
 
 Softmax outputs are averaged over an image's views and over the models of an ensemble; the loss is the
 negative log of the averaged probability of the true class (the cross-entropy, for one view and model).
@@ -22,7 +22,7 @@ from incdsl.train.data import check_readable, collate, open_eval_split
 from incdsl.train.distributed import Processes, start_processes, sum_over_processes
 from incdsl.train.models import ModelBundle, load_model
 from incdsl.train.recipes import Augment, get_recipe
-from incdsl.train.views import eval_view, view_count
+from incdsl.train.views import ViewsError, ViewSet, eval_view, parse_views
 
 EVAL_IMAGES_PER_BATCH = 256  # views per forward pass; a batch holds this many // crops images
 
@@ -35,6 +35,8 @@ class EvalResult:
     images: int
     unreadable: int = 0  # images skipped because they could not be decoded (--skip-unreadable)
     confusion: tuple[tuple[int, ...], ...] = ()  # [true class][predicted class] image counts
+    views: int = 0  # views evaluated, all images together
+    views_per_image: tuple[int, int] = (0, 0)  # the fewest and the most of an image (distinct views)
 
     def per_class(self) -> list[tuple[int, float | None]]:
         """Each class's (images, top-1): the recall of the class; None for a class with no images."""
@@ -73,15 +75,18 @@ class EvalResult:
 
 @dataclass(frozen=True)
 class EvalReport:
-    """An evaluation as ``incdsl eval`` prints it: the figures over the views asked for, how many views
-    those were, and the 1-crop figures beside multi-crop ones, so that a regression is visible."""
+    """An evaluation as ``incdsl eval`` prints it: the figures over the views asked for, how many
+    distinct views of an image those were (the fewest and the most: a square image has fewer 144-crop
+    views), and the 1-crop figures beside multi-crop ones, so that a regression is visible."""
 
     result: EvalResult
-    crops: int
-    views: int
+    crops: int | str  # what was asked: 1, 10, 144 or a list of parts (--views)
+    views: int  # the most distinct views of an image
     mirrors: bool
     one_crop: EvalResult | None
     classes: tuple[str, ...] = ()
+    fewest_views: int = 0  # the fewest distinct views of an image
+    asked: int = 0  # the views asked for: 10 for --crops 10 with mirrors, 5 without
 
     def to_dict(self) -> dict:
         one = None if self.one_crop is None else self.one_crop.to_dict()
@@ -89,6 +94,7 @@ class EvalReport:
             **self.result.to_dict(self.classes),
             "crops": self.crops,
             "views": self.views,
+            "fewest_views": self.fewest_views,
             "mirrors": self.mirrors,
             "one_crop": one,
         }
@@ -115,35 +121,60 @@ def evaluate(
 
     Under torchrun each process evaluates its share of the images and the counts are summed.
     """
-    totals = [0.0, 0.0, 0.0, 0.0, 0.0]
+    totals = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    fewest, most = math.inf, 0
     confusion = torch.zeros(classes * classes if classes else 0, dtype=torch.float64)
     for batch in loader:
-        views, labels, unreadable = batch if len(batch) == 3 else (*batch, [])
+        views, labels, unreadable, counts = unpack(batch)
         totals[4] += check_readable(unreadable, skip_unreadable)
         if len(labels) == 0:
             continue
+        if counts is None:  # (B, V, C, H, W): V views of every image
+            counts = torch.full((len(labels),), views.shape[1], dtype=torch.long)
+            views = views.flatten(0, 1)
         views, labels = views.to(processes.device), labels.to(processes.device)
-        inputs = to_input(views.flatten(0, 1)).contiguous(memory_format=memory_format)
+        inputs = to_input(views).contiguous(memory_format=memory_format)
         probabilities = torch.zeros(())
         for model in models:
             with autocast(processes.device, amp):
                 probabilities = probabilities + model(inputs).float().softmax(dim=-1)
-        probabilities = (probabilities / len(models)).view(*views.shape[:2], -1).mean(dim=1)
+        probabilities = per_image_mean(probabilities / len(models), counts.to(processes.device))
         sums, predicted = batch_totals(probabilities, labels)
         totals[:4] = [total + value for total, value in zip(totals, sums)]
+        totals[5] += int(counts.sum())
+        fewest, most = min(fewest, int(counts.min())), max(most, int(counts.max()))
         count = probabilities.shape[1]
         if not len(confusion):
             confusion = torch.zeros(count * count, dtype=torch.float64)
         pairs = (labels * count + predicted).cpu()
         confusion += torch.bincount(pairs, minlength=count * count).to(torch.float64)
     (*sums,) = sum_over_processes([*totals, *confusion.tolist()], processes)
-    loss, top1, top5, images, skipped = sums[:5]
-    side = math.isqrt(len(sums) - 5)
+    loss, top1, top5, images, skipped, views_total = sums[:6]
+    side = math.isqrt(len(sums) - 6)
     matrix = tuple(
-        tuple(int(value) for value in sums[5 + row * side : 5 + (row + 1) * side]) for row in range(side)
+        tuple(int(value) for value in sums[6 + row * side : 6 + (row + 1) * side]) for row in range(side)
     )
     count = max(images, 1)
-    return EvalResult(loss / count, top1 / count, top5 / count, int(images), int(skipped), matrix)
+    span = (0, 0) if not most else (int(fewest), most)  # this process's images: under torchrun, its share
+    return EvalResult(
+        loss / count, top1 / count, top5 / count, int(images), int(skipped), matrix, int(views_total), span
+    )
+
+
+def unpack(batch) -> tuple:
+    """(views, labels, unreadable, counts) of a batch: collate's (with counts for stacks of views of
+    varying number) or a plain loader's (views, labels) of ``(B, V, C, H, W)``, whose counts are None."""
+    if len(batch) == 4:
+        return tuple(batch)
+    views, labels, unreadable = batch if len(batch) == 3 else (*batch, [])
+    return views, labels, unreadable, None
+
+
+def per_image_mean(probabilities: Tensor, counts: Tensor) -> Tensor:
+    """The mean of each image's rows of ``probabilities`` (its views': ``counts[i]`` rows for image i)."""
+    images = torch.repeat_interleave(torch.arange(len(counts), device=counts.device), counts)
+    sums = torch.zeros(len(counts), probabilities.shape[1], device=probabilities.device)
+    return sums.index_add_(0, images, probabilities) / counts[:, None].to(probabilities.dtype)
 
 
 def batch_totals(probabilities: Tensor, labels: Tensor) -> tuple[list[float], Tensor]:
@@ -164,7 +195,7 @@ def evaluate_checkpoints(
     target: str,
     checkpoints: Sequence[Path],
     data: str,
-    crops: int = 1,
+    crops: int | str = 1,
     device: str = "auto",
     workers: int = 0,
     skip_unreadable: bool = False,
@@ -174,16 +205,21 @@ def evaluate_checkpoints(
 
     ``data`` is a folder with ``val/``, a folder of class folders, "digits" or "fake"; for a folder
     with only ``train/``, ``val_split`` (by default the one the first checkpoint was trained with)
-    picks the same held-out images as the training run did.
+    picks the same held-out images as the training run did. ``crops`` chooses the views (views.py):
+    1, 10, 144 or a list like "center,corners,mirror".
 
     Each checkpoint contributes its averaged (EMA) weights when its recipe kept them. The views follow
-    the recipe the checkpoints were trained with: framed as its evaluation crop, and mirrored only when
-    it trained with flips. Multi-crop figures come with the 1-crop ones.
+    the recipe the checkpoints were trained with: framed as its evaluation crop, and (for 10 and 144)
+    mirrored only when it trained with flips. Multi-crop figures come with the 1-crop ones.
 
     >>> evaluate_checkpoints("model.py", [Path("runs/a/best.pt")], "digits", crops=10).result.top1
     ... # doctest: +SKIP
     0.98
     """
+    try:
+        views = parse_views(crops)
+    except ViewsError as error:
+        raise TrainError(f"--views {crops}: {error}") from None
     processes = start_processes(device)
     states = [load_checkpoint(Path(path)) for path in checkpoints]
     for state, path in zip(states, checkpoints):
@@ -193,9 +229,12 @@ def evaluate_checkpoints(
         bundle_from_checkpoint(target, state, path, classes, processes.device)
         for state, path in zip(states, checkpoints)
     ]
+    shapes = {bundle.input_shape for bundle in bundles}
+    if len(shapes) > 1:
+        raise TrainError("the checkpoints were trained at different input sizes: they cannot share views")
     models = [bundle.module.to(processes.device).eval() for bundle in bundles]
     augments = [trained_augment(state) for state in states]
-    mirrors = all(augment.flip for augment in augments)
+    flips = all(augment.flip for augment in augments)
     fraction = augments[0].eval_crop
 
     if val_split is None:
@@ -204,17 +243,21 @@ def evaluate_checkpoints(
         val_split = saved.get("val_split", 0.0) if same_data else 0.0
         val_split = val_split if isinstance(val_split, float) and 0 < val_split < 1 else 0.0
 
-    def run(count: int) -> EvalResult:
+    def run(chosen: ViewSet) -> EvalResult:
         shape = bundles[0].input_shape
-        view = eval_view(count, shape[1:], fraction, mirrors)
+        view = eval_view(chosen, shape[1:], fraction, flips)
         split = open_eval_split(data, shape, view, classes, val_split)
-        batch = max(1, EVAL_IMAGES_PER_BATCH // view_count(count, mirrors))
+        batch = max(1, EVAL_IMAGES_PER_BATCH // chosen.most(flips))
         loader = DataLoader(split.dataset, batch, num_workers=workers, collate_fn=collate)
         return evaluate(models, loader, processes, skip_unreadable=skip_unreadable, classes=len(classes))
 
-    result = run(crops)
-    one_crop = run(1) if crops > 1 else None
-    return EvalReport(result, crops, view_count(crops, mirrors), mirrors, one_crop, tuple(classes))
+    result = run(views)
+    one_crop = run(parse_views(1)) if views.most(flips) > 1 else None
+    fewest, most = result.views_per_image
+    crops = int(crops) if str(crops).strip() in ("1", "10", "144") else str(crops)
+    return EvalReport(
+        result, crops, most, views.mirrored(flips), one_crop, tuple(classes), fewest, views.most(flips)
+    )
 
 
 def trained_augment(state: dict) -> Augment:
@@ -228,13 +271,22 @@ def trained_augment(state: dict) -> Augment:
     return get_recipe(state["recipe"]).augment
 
 
+def trained_input_size(state: dict) -> int | None:
+    """The --input-size a checkpoint was trained at; None: its spec's own input."""
+    saved = state.get("config")
+    size = saved.get("input_size") if isinstance(saved, dict) else None
+    return size if isinstance(size, int) and not isinstance(size, bool) and size > 0 else None
+
+
 def bundle_from_checkpoint(
     target: str, state: dict, path: Path, classes: list[str], device=None
 ) -> ModelBundle:
     """``target`` built for the checkpoint's classes and holding its evaluation weights."""
     if state["classes"] != classes:
         raise TrainError(f"{path} was trained on other classes than {', '.join(classes)}")
-    bundle = load_model(target, num_classes=len(classes), fits_on=device)
+    bundle = load_model(
+        target, num_classes=len(classes), fits_on=device, input_size=trained_input_size(state)
+    )
     averaged = state["ema"] is not None
     weights = state["ema"]["module"] if averaged else state["model"]
     load_weights(bundle.module, weights, f"{path} (its {'averaged ' if averaged else ''}weights)")

@@ -11,7 +11,7 @@ import contextlib
 import math
 import random
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -88,12 +88,18 @@ def run(config: TrainConfig, processes: Processes) -> list[dict[str, Any]]:
     # -- data, read at the model's input shape; the classifier follows the data's classes. The model is
     # measured on the meta device first: one that cannot fit is refused before anything is allocated.
     copies = training_copies(recipe)
-    bundle = load_model(config.target, fits_on=device, copies=copies)
+    size = config.input_size or None  # --input-size: the spec built for N x N inputs
+    bundle = load_model(config.target, fits_on=device, copies=copies, input_size=size)
     train_split, val_split = open_splits(config, recipe, bundle)
     if len(train_split.classes) != bundle.num_classes:
         bundle = load_model(
-            config.target, num_classes=len(train_split.classes), fits_on=device, copies=copies
+            config.target,
+            num_classes=len(train_split.classes),
+            fits_on=device,
+            copies=copies,
+            input_size=size,
         )
+    check_budget(bundle, main)
     # -- what a training step will hold at this batch size: printed, and refused when it cannot fit
     check_step_memory(config, recipe, bundle, processes)
     train_loader, val_loader = make_loaders(train_split, val_split, config, processes)
@@ -438,15 +444,33 @@ def check_step_memory(config: TrainConfig, recipe: Recipe, bundle: ModelBundle, 
     )
 
 
-def spec_network(bundle: ModelBundle):
-    """The IR of the bundle's spec, with the classes its classifier was built for."""
-    import incdsl
-    from incdsl import ir, parser, passes
+def check_budget(bundle: ModelBundle, main: bool) -> None:
+    """The spec's compute budget, as ``incdsl check`` checks it, at the size the model is trained at:
+    with --input-size, the multiply-adds at that size against the budget; a warning when they exceed
+    it (the run goes on: the budget is the spec's design limit, not the trainer's)."""
+    if bundle.spec_text is None:
+        return
+    from incdsl import report
 
-    spec = parser.parse(bundle.spec_text, bundle.name)
-    if spec.classes != bundle.num_classes:
-        spec = replace(spec, classes=bundle.num_classes)
-    return passes.run(ir.build(spec, incdsl.prelude()))
+    net = spec_network(bundle)
+    stats = report.compute(net)
+    size = "x".join(map(str, bundle.input_shape[1:]))
+    if stats.budget is not None and stats.macs > stats.budget:
+        if main:
+            warn(
+                f"{bundle.name} at {size}: {report.budget_verdict(stats.macs, stats.budget)}; "
+                f"incdsl check would fail at this size"
+            )
+    elif bundle.input_size is not None:
+        within = report.budget_verdict(stats.macs, stats.budget) if stats.budget else "no budget declared"
+        say(f"{bundle.name} at {size} (--input-size): {stats.macs:,} multiply-adds; {within}", main)
+
+
+def spec_network(bundle: ModelBundle):
+    """The IR of the bundle's spec, with the classes and the input size it was built for."""
+    from incdsl.train.models import spec_network as network
+
+    return network(bundle.spec_text, bundle.name, bundle.num_classes, bundle.input_size)
 
 
 def check_finite(

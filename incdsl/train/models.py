@@ -23,9 +23,16 @@ class ModelBundle:
     source: str = field(default="", repr=False)  # the generated model.py text
     name: str = ""
     spec_text: str | None = field(default=None, repr=False)  # the .inc text, for a spec target
+    input_size: int | None = None  # --input-size: built for N x N inputs, not the spec's input line's
 
 
-def load_model(target: str, num_classes: int | None = None, fits_on=None, copies: int = 1) -> ModelBundle:
+def load_model(
+    target: str,
+    num_classes: int | None = None,
+    fits_on=None,
+    copies: int = 1,
+    input_size: int | None = None,
+) -> ModelBundle:
     """Build the model that ``target`` describes, with the spec's defaults.
 
     >>> bundle = load_model("tests/train/fixtures/tiny_model.py")
@@ -35,9 +42,15 @@ def load_model(target: str, num_classes: int | None = None, fits_on=None, copies
     ``num_classes`` rebuilds the classifier for a data set with another number of classes. With
     ``fits_on`` (a torch device), the model is first built on the meta device and refused with an
     OutOfMemory error, before anything is allocated, when ``copies`` of its parameters and buffers
-    (weights, gradients, optimizer state) exceed that device's free memory.
+    (weights, gradients, optimizer state) exceed that device's free memory. ``input_size`` N builds a
+    spec for N x N inputs instead of its ``input`` line's (--input-size): its IR is built with the
+    input replaced, so every shape, the classifier's width and the budget follow.
     """
-    module = _import_file(target) if target.endswith(".py") else _compile(target)
+    if target.endswith(".py"):
+        module = _import_file(target)
+        check_input_size(target, module, input_size)
+    else:
+        module = _compile(target, input_size)
     spec = getattr(module, "SPEC", None)
     if not isinstance(spec, dict) or not callable(getattr(module, "build", None)):
         raise TrainError(f"{target} defines no SPEC dict and build() function; is it a generated model?")
@@ -56,6 +69,7 @@ def load_model(target: str, num_classes: int | None = None, fits_on=None, copies
         source=module.__incdsl_source__,
         name=spec.get("network", Path(target).stem),
         spec_text=None if target.endswith(".py") else _spec_text(target),
+        input_size=input_size,
     )
 
 
@@ -70,11 +84,52 @@ def _import_file(path: str) -> types.ModuleType:
     return module
 
 
-def _compile(target: str) -> types.ModuleType:
+def check_input_size(target: str, module: types.ModuleType, input_size: int | None) -> None:
+    """A generated model file is built for its SPEC's input: --input-size cannot change it."""
+    spec = getattr(module, "SPEC", None)
+    shape = tuple(spec.get("input", ())) if isinstance(spec, dict) else ()
+    if input_size is None or shape[1:] == (input_size, input_size):
+        return
+    raise TrainError(
+        f"--input-size {input_size}: {target} is a generated model, built for its input "
+        f"{'x'.join(map(str, shape[1:])) or 'as written'}",
+        hint="train the spec (.inc file or shipped name) to change its input size",
+    )
+
+
+def spec_network(spec_text: str, name: str, classes: int | None = None, input_size: int | None = None):
+    """The IR of a spec's text, for ``classes`` outputs and ``input_size`` x ``input_size`` inputs (each
+    None: the spec's). A spec that does not work at that size (a feature map shrunk to nothing) is the
+    compiler's error, with a note naming --input-size."""
+    from dataclasses import replace
+
+    import incdsl
+    from incdsl import ast, ir, parser, passes
+    from incdsl.errors import IncdslError
+
+    spec = parser.parse(spec_text, name)
+    if classes is not None and spec.classes != classes:
+        spec = replace(spec, classes=classes)
+    written = spec.input
+    if input_size is not None and written is not None and len(written.dims) == 3:
+        spec = replace(spec, input=ast.Size((input_size, input_size, written.dims[2])))
+    try:
+        return passes.run(ir.build(spec, incdsl.prelude()))
+    except IncdslError as error:
+        if spec.input != written:
+            error.notes.append(f"with --input-size {input_size} (the spec's input is {written})")
+        raise
+
+
+def _compile(target: str, input_size: int | None = None) -> types.ModuleType:
     import incdsl  # the compiler; imported here so the trainer loads without it
     from incdsl.backends.pytorch import load_source
 
-    source = incdsl.compile_source(target)
+    if input_size is None:
+        source = incdsl.compile_source(target)
+    else:
+        text, path = incdsl.read(target)
+        source = incdsl.compile_source(spec_network(text, path, input_size=input_size))
     module = load_source(source, f"incdsl_model_{Path(target).stem}")
     module.__incdsl_source__ = source
     return module

@@ -193,7 +193,10 @@ def _export_safetensors(target, model, bundle, state, output: Path, example: tor
     weights = {key: value.detach().contiguous() for key, value in model.state_dict().items()}
     with replacing(output) as temporary:
         save_file(weights, str(temporary), metadata=_metadata(bundle, state))
-    fresh = load_model(target, num_classes=len(state["classes"])).module.eval()
+    from incdsl.train.evaluate import trained_input_size
+
+    size = trained_input_size(state)
+    fresh = load_model(target, num_classes=len(state["classes"]), input_size=size).module.eval()
     load_weights(fresh, load_file(str(output)), str(output))
     with torch.no_grad():
         return fresh(example).float()

@@ -363,18 +363,39 @@ def test_eval_views_follow_the_recipe_the_checkpoint_was_trained_with(tiny_model
     train(config(tiny_model, flips, epochs=1, recipe="googlenet"))
     capsys.readouterr()
     assert load_checkpoint(flips / "best.pt")["augment"]["flip"] is True
-    args = ["eval", tiny_model, "--data", "fake:32", "--crops", "10", "--json"]
-    assert main([*args, "--checkpoint", str(flips / "best.pt")]) == 0
-    mirrored = json.loads(capsys.readouterr().out)
-    assert (mirrored["views"], mirrored["mirrors"]) == (10, True) and mirrored["one_crop"]["images"] == 8
-
     plain = tmp_path / "plain"
     train(config(tiny_model, plain, epochs=1))  # fast: no flips, whole-image evaluation
     capsys.readouterr()
-    assert main([*args, "--checkpoint", str(plain / "best.pt")]) == 0
-    unmirrored = json.loads(capsys.readouterr().out)
-    assert (unmirrored["views"], unmirrored["mirrors"]) == (5, False)
-    assert unmirrored["top1"] == unmirrored["one_crop"]["top1"]  # whole-image views: 1 crop's figures
+    for option in ("--crops", "--views"):
+        args = ["eval", tiny_model, "--data", "fake:32", option, "10"]
+        assert main([*args, "--json", "--checkpoint", str(flips / "best.pt")]) == 0
+        mirrored = json.loads(capsys.readouterr().out)
+        assert (mirrored["views"], mirrored["fewest_views"], mirrored["mirrors"]) == (10, 10, True)
+        assert mirrored["images"] == mirrored["one_crop"]["images"] == 8
+        assert main([*args, "--json", "--checkpoint", str(plain / "best.pt")]) == 0
+        unmirrored = json.loads(capsys.readouterr().out)
+        assert (unmirrored["views"], unmirrored["fewest_views"], unmirrored["mirrors"]) == (5, 5, False)
+        assert main([*args, "--checkpoint", str(plain / "best.pt")]) == 0
+        shown = capsys.readouterr().out
+        assert (
+            "5 distinct views per image (10-crop without mirrors: the recipe trains without flips)" in shown
+        )
+        assert main([*args, "--checkpoint", str(flips / "best.pt")]) == 0
+        assert "(8 images, 10 distinct views per image, 1 model)" in capsys.readouterr().out
+    # asked by name, a mirror is taken whatever the training
+    listed = ["eval", tiny_model, "--data", "fake:32", "--views", "center,corners,mirror", "--json"]
+    assert main([*listed, "--checkpoint", str(plain / "best.pt")]) == 0
+    assert json.loads(capsys.readouterr().out)["views"] == 10
+
+
+def test_eval_views_that_name_nothing_are_a_usage_error(tiny_model, tmp_path, capsys):
+    checkpoint = str(tmp_path / "none.pt")
+    for wrong in ("5", "centre,corners", "mirror"):
+        assert main(["eval", tiny_model, "--checkpoint", checkpoint, "--data", "fake", "--views", wrong]) == 2
+        assert "--views: " in capsys.readouterr().err
+    both = ["--crops", "10", "--views", "10"]
+    assert main(["eval", tiny_model, "--checkpoint", checkpoint, "--data", "fake", *both]) == 2
+    assert "not allowed with argument" in capsys.readouterr().err
 
 
 # -- issue 18: the first save, write limits, damaged checkpoints, odd files in image folders -----------

@@ -17,7 +17,7 @@ from incdsl.train import loop as loop_module
 from incdsl.train.checkpoint import load_checkpoint
 from incdsl.train.cli import main
 from incdsl.train.config import make_config
-from incdsl.train.data import open_split
+from incdsl.train.data import collate, open_split
 from incdsl.train.distributed import start_processes
 from incdsl.train.evaluate import evaluate
 from incdsl.train.logs import read_metrics
@@ -92,13 +92,10 @@ def test_ten_crop_ensemble_eval(digits_run, tiny_model, digits, capsys):
     assert main(["eval", tiny_model, *checkpoints, "--data", digits, "--crops", "10"]) == 0
     ten, one, *per_class = capsys.readouterr().out.splitlines()
     assert per_class[0].startswith("per class (mean top-1 ") and len(per_class) == 2 + 10 + 1 + 10
-    # the fast recipe trains on whole, unmirrored digits: 5 views, the whole image each time
-    assert (
-        "(359 images, 5 views per image (10-crop without mirrors: the recipe trains without flips), 2 models)"
-        in ten
-    )
+    # the fast recipe trains on unmirrored digits: 5 distinct views (the whole digit and 4 corners)
+    note = "5 distinct views per image (10-crop without mirrors: the recipe trains without flips)"
+    assert f"(359 images, {note}, 2 models)" in ten
     assert one.endswith("(1 crop, for comparison)") and float(ten.split()[1]) > 0.5
-    assert ten.split()[:6] == one.split()[:6]  # whole-image views: the same figures as 1 crop
 
 
 class CountingModel(nn.Module):
@@ -118,10 +115,27 @@ def test_evaluation_feeds_every_view(crops):
     split = open_split("fake:24", "val", (3, 16, 16), eval_view(crops, (16, 16), 0.875), num_classes=4)
     model = CountingModel(0)
     result = evaluate([model], DataLoader(split.dataset, 4), start_processes("cpu"))
-    assert result.images == 6 and model.seen == 6 * crops
+    views = len(split.dataset[0][0])  # 144 crops of a square image: 42 distinct views
+    assert views == {1: 1, 10: 10, 144: 42}[crops]
+    assert result.images == 6 and model.seen == 6 * views == result.views
     labels = torch.tensor([int(split.dataset[i][1]) for i in range(6)])
     assert result.top1 == pytest.approx((labels == 0).float().mean().item())
     assert result.top5 == 1.0  # 4 classes: always in the top 5
+
+
+def test_images_with_different_numbers_of_views_share_a_batch():
+    """A square image has 42 distinct 144-crop views, a landscape one 126: each image's softmax
+    outputs are averaged over its own views."""
+    view = eval_view(144, (16, 16), 0.875)
+    shapes = [(16, 16), (16, 32), (20, 20), (40, 20)]
+    images = [torch.randint(0, 256, (3, *shape), dtype=torch.uint8) for shape in shapes]
+    samples = [(view(image), index % 2) for index, image in enumerate(images)]
+    model = CountingModel(1, classes=2)
+    result = evaluate([model], DataLoader(samples, 4, collate_fn=collate), start_processes("cpu"))
+    counts = [len(views) for views, _ in samples]
+    assert counts == [42, 126, 42, 126]
+    assert model.seen == result.views == sum(counts) and result.views_per_image == (42, 126)
+    assert result.images == 4 and result.top1 == 0.5
 
 
 def test_ensembles_average_softmax_outputs():
@@ -278,6 +292,9 @@ def test_through_the_incdsl_command(tiny_model, tmp_path, capsys):
         )
         == 0
     )
-    assert "(4 images, 72 views per image (144-crop without mirrors" in capsys.readouterr().out
+    shown = capsys.readouterr().out  # fake images are square: their three squares are one
+    assert "(4 images, 21 distinct views per image (144-crop without mirrors" in shown
+    assert "(of the paper's 144, each square resized whole once, not at each of the 4 scales)" in shown
+    assert "(63 asked; the others would repeat a region: a square image's three squares are one)" in shown
     assert incdsl(["train", tiny_model, "--data", "fake:16", "--out", str(out), "--recipe", "fsat"]) == 2
     assert "did you mean 'fast'" in capsys.readouterr().err

@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 
 from incdsl.train.augment import augment_batch, crop_and_resize, distort_colors, sample_crop_boxes, to_input
 from incdsl.train.recipes import RECIPES, Augment
-from incdsl.train.views import eval_view, five_crops, three_squares, train_view
+from incdsl.train.views import (
+    BORDER,
+    ViewsError,
+    center_crop,
+    distinct_views,
+    eval_view,
+    five_crops,
+    parse_views,
+    resize_to_cover,
+    three_squares,
+    train_view,
+    view_regions,
+)
 
 
 def ramp(height: int, width: int, channels: int = 3) -> torch.Tensor:
@@ -24,30 +37,50 @@ def ramp(height: int, width: int, channels: int = 3) -> torch.Tensor:
 @pytest.mark.parametrize("crops", [1, 10, 144])
 def test_eval_views_count(shape, crops):
     views = eval_view(crops, (32, 32), 0.875)(ramp(*shape))
-    assert views.shape == (crops, 3, 32, 32)
+    regions = view_regions(*shape, (32, 32), 0.875, parse_views(crops))
+    assert views.shape == (len(regions) * (1 if crops == 1 else 2), 3, 32, 32)
     assert views.dtype == torch.uint8
+    assert len(views) == (crops if crops < 144 else 42 if shape[0] == shape[1] else len(views))
+    assert distinct_views(views) == len(views)
 
 
-def test_ten_crops_are_corners_center_and_their_mirrors():
+def test_ten_crops_are_center_corners_and_their_mirrors():
     views = eval_view(10, (32, 32))(ramp(200, 200))  # shorter side resized to 32 / 0.875 = 37
     assert torch.equal(views[5:], views[:5].flip(-1))
-    top_left, top_right, bottom_left, bottom_right, center = views[:5]
+    center, top_left, top_right, bottom_left, bottom_right = views[:5]
     assert top_left[0, 0, 0] < center[0, 0, 0] < top_right[0, 0, 0]
     assert top_left[1, 0, 0] < center[1, 0, 0] < bottom_left[1, 0, 0]
     assert (top_right[1].int() - top_left[1].int()).abs().max() <= 1  # same rows
     assert (bottom_right[0].int() - top_right[0].int()).abs().max() <= 1  # same columns
 
 
-def test_144_crops_cover_four_scales_three_squares_six_crops_mirrored():
-    views = eval_view(144, (32, 32))(ramp(100, 150)).int()  # index: scale * 18 + square * 6 + crop
-    assert torch.equal(views[72:], views[:72].flip(-1))
-    for scale in range(4):
-        wholes = [views[scale * 18 + square * 6 + 5] for square in range(3)]  # squares resized whole
-        assert [whole[0, 0, 0].item() for whole in wholes] == pytest.approx([0, 25, 50], abs=3)
-        assert [whole[0, 0, -1].item() for whole in wholes] == pytest.approx([99, 124, 149], abs=3)
+def test_144_crops_cover_four_scales_three_squares_and_each_region_once():
+    image = ramp(100, 150)
+    views = eval_view(144, (32, 32))(image).int()
+    regions = view_regions(100, 150, (32, 32), 0.875, parse_views(144))
+    assert len(views) == 2 * len(regions) == distinct_views(views.to(torch.uint8))
+    assert len(views) == 126  # 144 less the squares resized whole at 3 more scales, mirrored
+    assert torch.equal(views[63:], views[:63].flip(-1))
+    wholes = [views[index] for index, key in enumerate(regions) if key[0] == "square"]
+    assert len(wholes) == 3  # each square resized whole once, not once per scale
+    assert [whole[0, 0, 0].item() for whole in wholes] == pytest.approx([0, 25, 50], abs=3)
+    assert [whole[0, 0, -1].item() for whole in wholes] == pytest.approx([99, 124, 149], abs=3)
     # a top-left crop of a larger scale sees less of the image: 32 of 256, 288, 320, 352 for a 224 input
-    spans = [(views[scale * 18][0, 0, -1] - views[scale * 18][0, 0, 0]).item() for scale in range(4)]
+    firsts = [index for index, key in enumerate(regions) if key[0] == "cover" and key[2:] == (0, 0)]
+    spans = [(views[index][0, 0, -1] - views[index][0, 0, 0]).item() for index in firsts]
     assert spans == pytest.approx([31 * 100 / side for side in (37, 41, 46, 50)], abs=2)
+
+
+def test_144_crops_of_a_large_enough_image_are_distinct_and_fewer_when_not():
+    image = torch.randint(0, 256, (3, 64, 128), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    for fraction in (1.0, 0.875):  # the fast recipe's whole-image evaluation and the papers' crop
+        views = eval_view(144, (32, 32), fraction)(image)
+        assert len(views) == distinct_views(views) == 126  # the paper's 144 less 18 repeated squares
+        unmirrored = eval_view(144, (32, 32), fraction, mirrors=False)(image)
+        assert len(unmirrored) == distinct_views(unmirrored) == 63
+    square = image[:, :, :64]  # three squares that are one
+    views = eval_view(144, (32, 32), 1.0)(square)
+    assert len(views) == distinct_views(views) == 42
 
 
 def test_three_squares_and_five_crops():
@@ -141,16 +174,73 @@ def test_no_augmentation_is_just_the_normalisation():
 def test_views_without_flip_training_have_no_mirrors():
     image = ramp(40, 50)
     assert torch.equal(eval_view(10, (32, 32), mirrors=False)(image), eval_view(10, (32, 32))(image)[:5])
-    assert torch.equal(eval_view(144, (32, 32), mirrors=False)(image), eval_view(144, (32, 32))(image)[:72])
+    mirrored = eval_view(144, (32, 32))(image)
+    assert torch.equal(eval_view(144, (32, 32), mirrors=False)(image), mirrored[: len(mirrored) // 2])
 
 
-def test_multi_crop_views_are_framed_as_the_one_crop():
-    """A recipe that evaluates whole images (fraction 1.0) gets corner crops of the whole image: for a
-    square image, the five crops are the image itself, not corners that cut the digit."""
-    image = ramp(32, 32)
-    one = eval_view(1, (32, 32), fraction=1.0)(image)
-    ten = eval_view(10, (32, 32), fraction=1.0, mirrors=False)(image)
-    assert all(torch.equal(view, one[0]) for view in ten)
-    views = eval_view(144, (32, 32), fraction=1.0, mirrors=False)(image)
-    assert all(torch.equal(view, one[0]) for view in views[:6])  # the smallest scale is the 1-crop's
-    assert not torch.equal(views[18], one[0])  # the next (288/256) zooms in
+@pytest.mark.parametrize("flips", [True, False])
+@pytest.mark.parametrize("fraction", [1.0, 0.875])
+def test_ten_crops_are_ten_distinct_views_with_flips_and_five_without(flips, fraction):
+    """10 crops of a recipe that evaluates whole images (fast: fraction 1) are not 5 copies of one
+    view: the corners come from the frame enlarged by 1/0.875, the center is the 1-crop view."""
+    for image in (ramp(32, 32), ramp(8, 8), ramp(64, 128)):
+        views = eval_view(10, (32, 32), fraction, mirrors=flips)(image)
+        assert len(views) == distinct_views(views) == (10 if flips else 5)
+        assert torch.equal(views[0], eval_view(1, (32, 32), fraction)(image)[0])
+
+
+def test_views_are_chosen_by_name():
+    image = ramp(64, 128)
+    parts = eval_view("center,corners,mirror", (32, 32), 1.0, mirrors=False)(image)
+    assert len(parts) == distinct_views(parts) == 10  # a list that names mirror gets mirrors
+    assert len(eval_view("corners", (32, 32), 1.0)(image)) == 4
+    assert len(eval_view("squares", (32, 32), 1.0)(image)) == 63
+    assert len(eval_view("1", (32, 32), 1.0)(image)) == 1
+    for wrong in ("5", "centre", "", "mirror"):
+        with pytest.raises(ViewsError):
+            parse_views(wrong)
+
+
+# -- one framing for training and evaluation -----------------------------------------------------------
+
+
+def spot(height: int, width: int, top: int, left: int, side: int = 16) -> torch.Tensor:
+    """A black image with a white square of ``side`` at (top, left)."""
+    image = torch.zeros(3, height, width, dtype=torch.uint8)
+    image[:, top : top + side, left : left + side] = 255
+    return image
+
+
+def white(pixels: torch.Tensor) -> int:
+    """How many pixels are nearly white (the spot, resized)."""
+    return int((pixels.float().mean(dim=-3) > 160).sum())
+
+
+@pytest.mark.parametrize(
+    "image",
+    [spot(64, 128, 24, 12), spot(64, 128, 24, 100), spot(128, 64, 12, 24), spot(128, 64, 100, 24)],
+    ids=["left", "right", "top", "bottom"],
+)
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_an_object_near_a_side_is_in_both_the_training_and_the_evaluation_view(image, name):
+    augment = RECIPES[name].augment
+    framed = train_view(image, (32, 32))
+    assert white(framed) >= 9  # a 16-pixel square of a 128-pixel side is 4 of 32
+    # every training crop at full scale (the default range's top: the whole frame) holds it
+    whole = replace(augment, crop_area=(1.0, 1.0), photometric=0.0)
+    crops = augment_batch(framed[None].expand(64, -1, -1, -1), whole, torch.Generator().manual_seed(0))
+    assert all(white((crop + 1) * 127.5) >= 4 for crop in crops)
+    evaluated = eval_view(1, (32, 32), augment.eval_crop)(image)[0]
+    assert white(evaluated) >= 4
+    # the shorter side resized to the frame and its center cropped, as evaluation did, loses it
+    old = center_crop(resize_to_cover(image, (round(32 / augment.eval_crop),) * 2), (32, 32))
+    assert white(old) == 0
+
+
+def test_training_and_evaluation_frame_an_image_alike():
+    """Training's frame at full scale and the whole-image evaluation are the same pixels; a square
+    image has no border."""
+    image = ramp(64, 128)
+    assert torch.equal(train_view(image, (32, 32)), eval_view(1, (32, 32), 1.0)(image)[0])
+    assert (train_view(image, (32, 32))[:, :8] == BORDER).all()  # 32x16 of image, 8 rows above it
+    assert not (train_view(ramp(48, 48), (32, 32)) == BORDER).all(dim=0).any()
