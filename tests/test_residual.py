@@ -179,9 +179,13 @@ aux side after mixed weight=0.4: aux_head
     assert keys[0] == "features.0.conv.weight" and "features.3.b.conv.weight" in keys
     assert [s.name for s in net.stages][:4] == ["stem", "features.1", "features.2", "mixed"]
     source = incdsl.compile_source(net)
-    assert "self.features = nn.Sequential(" in source and "x = self.features[3](x)" in source
+    assert "self.features = nn.Sequential(" in source and "x = self.features(x)" in source  # one module
     out = model.train()(torch.randn(2, 8, 16, 16))
     assert out.side.shape == (2, 4)
+    inner = load(body.replace("aux side after mixed", "aux side after stem"))  # reads inside the group
+    source = incdsl.compile_source(inner)
+    assert "x = self.features[0](x)" in source and "x = self.features[3](x)" in source
+    assert incdsl.build_module(inner).train()(torch.randn(2, 8, 16, 16)).side.shape == (2, 4)
     assert (
         "'features' is already used"
         in error(body.replace("head: global_avgpool", "features: global_avgpool")).message
