@@ -293,12 +293,7 @@ def _precedence(value) -> int:
     return 3
 
 
-def evaluate(value, values: Mapping[str, int | float]):
-    """A symbolic value with every name given a number: the number."""
-    return substitute(value, values)
-
-
 __all__ = [
-    "ArithmeticError_", "Atom", "Expr", "FUNCTIONS", "Num", "OPERATORS", "Sym", "Word", "apply", "evaluate",
+    "ArithmeticError_", "Atom", "Expr", "FUNCTIONS", "Num", "OPERATORS", "Sym", "Word", "apply",
     "make_divisible", "names", "substitute", "symbolic",
 ]  # fmt: skip

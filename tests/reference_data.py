@@ -4,6 +4,8 @@ counts and logits) and the deterministic weight filler that goes with them."""
 from __future__ import annotations
 
 import importlib.util
+import json
+from functools import cache
 
 from conftest import TESTS
 
@@ -15,6 +17,12 @@ def _load_reference_init():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@cache
+def reference_json(name: str) -> dict:
+    """One of the reference files (``zoo_models``, ``family_reference_logits``, ...), read once."""
+    return json.loads((REFERENCE / f"{name}.json").read_text())
 
 
 reference_init = _load_reference_init()  # fill_state_dict(model), reference_input(batch, c, size, seed)

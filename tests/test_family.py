@@ -5,13 +5,12 @@ tests/fixtures/reference, so torchvision is never imported. Two models with the 
 get the same weights from ``fill_state_dict``, so equal logits mean the same function.
 """
 
-import json
 import sys
 from functools import cache
 
 import pytest
 from golden import check_golden
-from reference_data import REFERENCE, reference_init  # noqa: F401 (reference_init: test_family_residual's too)
+from reference_data import reference_init, reference_json
 
 import incdsl
 from incdsl.errors import OutputError
@@ -25,14 +24,12 @@ AUX_FIELDS = {"googlenet_tv": ("logits", "aux1", "aux2"), "inception_v3": ("logi
 TRAIN_SIZE = {"googlenet_tv": 64, "inception_v3": 299}
 
 
-@cache
 def torchvision_models() -> dict:
-    return json.loads((REFERENCE / "torchvision_models.json").read_text())
+    return reference_json("torchvision_models")
 
 
-@cache
 def torchvision_logits() -> dict:
-    return json.loads((REFERENCE / "torchvision_reference_logits.json").read_text())
+    return reference_json("torchvision_reference_logits")
 
 
 @cache

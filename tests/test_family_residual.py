@@ -8,12 +8,11 @@ pretrainedmodels is imported. Two models with the same keys and shapes get the s
 ``fill_state_dict``, so equal logits mean the same function.
 """
 
-import json
 from functools import cache
 
 import pytest
-from conftest import TESTS
-from test_family import reference_init, rel_error
+from reference_data import reference_init, reference_json
+from test_family import rel_error
 
 import incdsl
 from incdsl import cli
@@ -21,7 +20,6 @@ from incdsl.port import PortError, port_state
 
 torch = pytest.importorskip("torch")
 
-REFERENCE = TESTS / "fixtures" / "reference"
 TIMM = {"inception_v4": "inception_v4", "inception_resnet_v2": "inception_resnet_v2"}
 COUNTS = {  # the issue's table: params, MACs
     "inception_v4": (42_679_816, 12_253_974_624),
@@ -30,14 +28,12 @@ COUNTS = {  # the issue's table: params, MACs
 }
 
 
-@cache
 def models() -> dict:
-    return json.loads((REFERENCE / "family_models.json").read_text())
+    return reference_json("family_models")
 
 
-@cache
 def logits() -> dict:
-    return json.loads((REFERENCE / "family_reference_logits.json").read_text())
+    return reference_json("family_reference_logits")
 
 
 @cache

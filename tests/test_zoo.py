@@ -9,11 +9,8 @@ torchvision's on two inputs (the second 4 times the first: large activations, wh
 or hard-swish and SiLU, differ) to a relative error under 1e-5.
 """
 
-import json
-from functools import cache
-
 import pytest
-from reference_data import REFERENCE, reference_init
+from reference_data import reference_init, reference_json
 
 import incdsl
 from incdsl.resources import shipped_specs
@@ -41,14 +38,12 @@ ZOO = {
 SHIPPED = [spec for spec in ZOO if spec in shipped_specs()]
 
 
-@cache
 def zoo_models() -> dict:
-    return json.loads((REFERENCE / "zoo_models.json").read_text())
+    return reference_json("zoo_models")
 
 
-@cache
 def zoo_logits() -> dict:
-    return json.loads((REFERENCE / "zoo_reference_logits.json").read_text())
+    return reference_json("zoo_reference_logits")
 
 
 @pytest.fixture(autouse=True)

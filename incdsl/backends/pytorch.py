@@ -25,7 +25,7 @@ from pathlib import Path
 import jinja2
 
 from .. import layers as L
-from ..ir import BlockClass, Branch, Call, Fork, Layer, ModelClass, Network, Node, Seq
+from ..ir import BlockClass, Branch, Call, Fork, Layer, ModelClass, Network, Node, Seq, walk
 from ..layers import Conv, Op
 from ..passes import is_lone
 from ..symbolic import Atom, Expr, Sym
@@ -564,14 +564,9 @@ def _split(fork: Fork, outputs: list[str]) -> tuple[str, str]:
 
 
 def _calls_make_divisible(net: Network) -> bool:
-    values = [v for cls in net.blocks for n in _class_nodes(cls) for v in _values(n)]
+    """Whether a class's expressions call make_divisible (the file then defines it)."""
+    values = (v for cls in net.blocks for node in walk(cls.body) for v in _values(node))
     return any("make_divisible" in str(v) for v in values if isinstance(v, (Atom, Expr)))
-
-
-def _class_nodes(cls: BlockClass):
-    from ..ir import walk
-
-    return walk(cls.body)
 
 
 def _values(node: Node):
