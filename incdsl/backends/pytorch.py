@@ -16,6 +16,7 @@ from __future__ import annotations
 import linecache
 import re
 import sys
+import textwrap
 import types
 from collections import Counter
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ import jinja2
 from .. import layers as L
 from ..ir import BlockClass, Branch, Call, Fork, Layer, ModelClass, Network, Node, Seq, walk
 from ..layers import Conv, Op
+from ..parser import header_comment
 from ..passes import is_lone
 from ..symbolic import Atom, Expr, Sym
 from .families import Family, families, family_of
@@ -152,6 +154,9 @@ def conv_arguments(op: Op) -> list[str]:
     return kw
 
 
+# A paper as spec headers cite one: "Title" (Authors, Year).
+PAPER = re.compile(r'"[^"]+"\s*\([^()]*?\d{4}\)')
+
 # Helper classes by (BatchNorm, ReLU): a convolution with neither is nn.Conv2d itself.
 CONV_HELPERS = {(True, True): "BasicConv2d", (True, False): "ConvBN", (False, True): "ConvReLU"}
 
@@ -186,7 +191,7 @@ class Writer:
             return self.sequential_class(cls, signature)
         code, out = self.visit(cls.body, "x", "x")
         return {
-            "template": cls.template.name,
+            "doc": self.block_doc(cls),
             "class_name": cls.name,
             "base": "nn.Module",
             "signature": ", ".join(signature),
@@ -205,7 +210,7 @@ class Writer:
             self.used.add("OrderedDict")
             lines = ("    OrderedDict([", *(f"        ({name!r}, {part})," for name, part in parts), "    ])")
         return {
-            "template": cls.template.name,
+            "doc": self.block_doc(cls),
             "class_name": cls.name,
             "base": "nn.Sequential",
             "signature": ", ".join(signature),
@@ -248,6 +253,7 @@ class Writer:
         code = join(pieces)
         return {
             "name": net.name,
+            "doc": self.model_doc(model),
             "class_name": model.name,
             "outputs": model.outputs,
             "input": f"{s.height}x{s.width}x{s.channels}",
@@ -256,6 +262,41 @@ class Writer:
             "init": code.init,
             "forward": code.forward,
         }
+
+    def block_doc(self, cls: BlockClass) -> tuple[str, ...]:
+        """A block class's docstring: the comment above its template in the spec, then which
+        template of which file and the paper the spec cites."""
+        path = cls.template.span.path
+        source = "incdsl's prelude" if path == "<prelude>" else _safe_file_name(path)
+        where = f"Template `{cls.template.name}` of {source}"
+        paper = _paper(self.net.spec)
+        cited = _fill(f"{where}, after {paper}." if paper else f"{where}.")
+        if not cls.template.comment:
+            return docstring(cited)
+        return docstring(f"{cls.template.comment}\n\n{cited}")
+
+    def model_doc(self, model: ModelClass) -> tuple[str, ...]:
+        """The network's docstring: what the spec says it is (its opening line), the paper it cites,
+        its input, parameters and multiply-adds, and what it returns."""
+        net = self.net
+        header = header_comment(net.spec.source).split("\n\n")[0].strip()
+        paper = _paper(net.spec)
+        lines = [header or f"{net.name}."]
+        if paper and paper not in " ".join(header.split()):
+            lines.append(f"\n{_fill(paper)}.")
+        main = sum(s.node.facts.params for s in net.stages)
+        macs = sum(s.node.facts.macs for s in net.stages)
+        total = main + sum(a.node.facts.params for a in net.auxes)
+        s = net.input
+        counts = f"{total:,} parameters" + (f" ({main:,} without the aux heads)" if net.auxes else "")
+        about = f"{s.height}x{s.width}x{s.channels} input; {counts}; {macs:,} multiply-adds per image."
+        if model.auxes:
+            about += (
+                f" In training mode it returns {model.outputs} (the aux heads' logits too); in eval "
+                "mode the logits tensor only."
+            )
+        lines.append(f"\n{_fill(about)}")
+        return docstring("\n".join(lines))
 
     def applied_whole(self, sequence: str, model: ModelClass) -> bool:
         """Whether a sequential group runs as one module (``x = self.layer1(x)``, as torchvision
@@ -652,6 +693,27 @@ class Writer:
 def _position_name(node: Node) -> str:
     """A position's key in its nn.Sequential: ``0``, ``1``, ... or a named row's name."""
     return node.branches[0].container if isinstance(node, Fork) else node.attr
+
+
+def docstring(text: str) -> tuple[str, ...]:
+    """A docstring's lines: the text in triple quotes, the closing ones on a line of their own
+    unless the text is one line."""
+    text = text.replace("\\", "\\\\").replace('"""', '\\"\\"\\"')
+    lines = text.split("\n")
+    if len(lines) == 1 and not text.endswith('"'):
+        return (f'"""{text}"""',)
+    return (f'"""{lines[0]}', *lines[1:], '"""')
+
+
+def _fill(text: str) -> str:
+    """Generated prose wrapped to the file's line length (the docstring is indented 4)."""
+    return textwrap.fill(text, width=96, break_long_words=False, break_on_hyphens=False)
+
+
+def _paper(spec) -> str | None:
+    """The paper a spec's opening comment cites: ``"Title" (Authors, Year)``."""
+    found = PAPER.search(" ".join(header_comment(spec.source).split()))
+    return found.group(0) if found else None
 
 
 def _merge_part(fork: Fork) -> str:
