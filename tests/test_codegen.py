@@ -10,14 +10,14 @@ from incdsl.symbolic import Expr, Sym, apply
 
 torch = pytest.importorskip("torch")
 
-HEADER = '''# A test network, after "A Made-Up Paper on Blocks" (Doe, Roe, 2031).
+HEADER = """# A test network, after "A Made-Up Paper on Blocks" (Doe, Roe, 2031).
 #
 # More about it.
 network Net
 input 16x16x8
 classes 4
 defaults conv: act=none nobias
-'''
+"""
 
 BLOCKS = """
 # torchvision's Bottleneck, small: a projection where the shape changes.
