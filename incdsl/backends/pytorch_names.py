@@ -6,8 +6,10 @@ this module. The list is derived from ``templates/model.py.j2`` itself, every ``
 a helper added to the template is reserved the moment it exists; no list is kept by hand.
 
 >>> names = defined_names()
->>> names["FoldedConv2d"], names["F"], names["build"]
-('a helper class of the generated file', 'import torch.nn.functional as F', "the generated file's build() function")
+>>> names["FoldedConv2d"], names["F"]
+('a helper class of the generated file', 'import torch.nn.functional as F')
+>>> names["build"]
+"the generated file's build() function"
 """
 
 from __future__ import annotations
