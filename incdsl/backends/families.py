@@ -104,12 +104,12 @@ def family_of(net: Network) -> dict[int, Family]:
         groups.setdefault(key, []).append(cls)
     table: dict[int, Family] = {}
     for members in groups.values():
-        for family in _group(members, net.classes):
+        for family in _group(members, net):
             table.update({id(m): family for m in family.members})
     return table
 
 
-def _group(members: list[BlockClass], classes: int | None) -> list[Family]:
+def _group(members: list[BlockClass], net: Network) -> list[Family]:
     """The family of a group of variants, or one family per variant where one class cannot write them."""
     alone = [Family(m, (m,)) for m in members]
     if len(members) == 1:
@@ -122,7 +122,7 @@ def _group(members: list[BlockClass], classes: int | None) -> list[Family]:
     family = Family(base, tuple(members), flags)
     try:
         _conditions(family)
-        if not all(_same(family, member, call, classes) for member in members for call in member.calls):
+        if not all(_same(family, member, call, net) for member in members for call in member.calls):
             return alone
     except (_Unwritable, IncdslError, ArithmeticError_):
         return alone
@@ -255,37 +255,46 @@ def _check_places(family: Family) -> None:
 # is the family's class, called as this call is, the variant the call built? -----------------------
 
 
-def _same(family: Family, member: BlockClass, call: Call, classes: int | None) -> bool:
+def _same(family: Family, member: BlockClass, call: Call, net: Network) -> bool:
     """Whether the base's body, with the parts ``member`` leaves out removed, builds for ``call``
     the layers ``member``'s body builds, with the same arguments and channels."""
-    values = {**{str(k): v for k, v in call.args.items()}, IN_CHANNELS: call.facts.input.channels}
-    values["num_classes"] = classes
-    kept = _signature(family, family.base.body, values, member)
-    own = _signature(None, member.body, values, member)
-    return kept == own
+    values = {**{str(k): v for k, v in call.args.items()}, IN_CHANNELS: net.facts[call].input.channels}
+    values["num_classes"] = net.classes
+    kept = _Signature(net, family, values, member)
+    own = _Signature(net, None, values, member)
+    kept.sign(family.base.body)
+    own.sign(member.body)
+    return kept.out == own.out
 
 
-def _signature(family: Family | None, body: Seq, values: dict, member: BlockClass) -> list:
-    out: list = []
-    _sign(family, body, values, member, out)
-    return out
+class _Signature:
+    """What a body builds for one call, as comparable tuples: each layer's kind, arguments and
+    channels, each call's template and arguments, each merge's options, each named branch."""
+
+    def __init__(self, net: Network, family: Family | None, values: dict, member: BlockClass):
+        self.net, self.family, self.values, self.member = net, family, values, member
+        self.out: list = []
+
+    def sign(self, node: Node) -> None:
+        _sign(self, node, self.values, self.member, self.out)
 
 
-def _sign(family, node: Node, values: dict, member: BlockClass, out: list) -> None:
+def _sign(sig: _Signature, node: Node, values: dict, member: BlockClass, out: list) -> None:
+    family, channels = sig.family, sig.net.channels
     if family is not None and id(node) in family.conditions and not _kept(family, node, member):
         if isinstance(node, Fork):  # a residual left out: its body alone
             body = next(b for i, b in enumerate(node.branches) if i != node.merge["shortcut"])
-            _sign(family, body.body, values, member, out)
+            _sign(sig, body.body, values, member, out)
         return
     if isinstance(node, Layer):
         args = tuple(sorted((k, _value(v, values)) for k, v in node.op.args.items()))
-        ch = node.channels
+        ch = channels[node]
         out.append(("layer", node.op.kind.name, args, _value(ch.input, values), _value(ch.output, values)))
         if not node.attr.isdigit():
             out.append(("attr", node.attr))
     elif isinstance(node, Call):
         args = tuple(_value(node.args[p], values) for p in node.cls.template.params)
-        out.append(("call", node.cls.template.name, args, _value(node.channels.input, values)))
+        out.append(("call", node.cls.template.name, args, _value(channels[node].input, values)))
         if not node.attr.isdigit():  # positions renumber where a part is left out
             out.append(("attr", node.attr))
     elif isinstance(node, Fork):
@@ -296,15 +305,15 @@ def _sign(family, node: Node, values: dict, member: BlockClass, out: list) -> No
         args = tuple(sorted((k, _value(v, values)) for k, v in options.items()))
         out.append(("fork", node.merge.kind.name, args, len(node.branches), node.split))
         for branch in sorted(node.branches, key=lambda b: not b.body.items):
-            _sign(family, branch, values, member, out)
+            _sign(sig, branch, values, member, out)
     elif isinstance(node, Branch):
         if not node.body.items:
             return  # an identity shortcut
         out.append(("branch", "#" if (node.container or "").isdigit() else node.container))
-        _sign(family, node.body, values, member, out)
+        _sign(sig, node.body, values, member, out)
     elif isinstance(node, Seq):
         for item in node.items:
-            _sign(family, item, values, member, out)
+            _sign(sig, item, values, member, out)
 
 
 def _kept(family: Family, node: Node, member: BlockClass) -> bool:

@@ -9,7 +9,7 @@ computes it (checked against each call's concrete shapes); a size that follows n
 >>> import incdsl
 >>> net = incdsl.load("resnet50")
 >>> cls = net.blocks[0]
->>> comments = shape_comments(cls)
+>>> comments = shape_comments(net, cls)
 >>> [comments[id(n)] for n in cls.body.items[0].branches[0].body.items[3:5]]
 ['# (N, w, H/s, W/s)', '# (N, w, H/s, W/s)']
 """
@@ -18,26 +18,26 @@ from __future__ import annotations
 
 import math
 
-from ..ir import BlockClass, Call, Layer, Node, walk
+from ..ir import BlockClass, Call, Layer, Network, Node, walk
 from ..symbolic import Expr, Sym
 
 Divisor = tuple[int, tuple[str, ...]]  # a number times the named arguments
 ONE: Divisor = (1, ())
 
 
-def shape_comments(cls: BlockClass) -> dict[int, str]:
+def shape_comments(net: Network, cls: BlockClass) -> dict[int, str]:
     """Each node of the class body (by id) and the comment saying its output's shape."""
     instances: dict[int, list[tuple]] = {}
     for call in cls.calls:
-        x = call.facts.input
+        x = net.facts[call].input
         for node, twin in zip(walk(cls.body), walk(call.body)):
-            instances.setdefault(id(node), []).append((call, x, twin.facts.output))
+            instances.setdefault(id(node), []).append((call, x, net.facts[twin].output))
     strides = sorted({name for node in walk(cls.body) for name in _stride_names(node)})
     comments = {}
     for node in walk(cls.body):
         seen = instances.get(id(node))
-        if seen and node.channels is not None:
-            comments[id(node)] = _comment(node, seen, _divisor(seen, strides))
+        if seen and node in net.channels:
+            comments[id(node)] = _comment(net.channels[node].output, seen, _divisor(seen, strides))
     return comments
 
 
@@ -45,8 +45,7 @@ def input_comment() -> str:
     return "# (N, in_channels, H, W)"
 
 
-def _comment(node: Node, seen: list[tuple], divisor: Divisor | None) -> str:
-    channels = node.channels.output
+def _comment(channels: Expr, seen: list[tuple], divisor: Divisor | None) -> str:
     if all(out.flat for _, _, out in seen):
         return f"# (N, {channels})"
     h = _side("H", [out.height for _, _, out in seen], divisor)
@@ -100,6 +99,3 @@ def _fits(divisor: Divisor, call: Call, x, out) -> bool:
             return False
         d *= value
     return all(o in (i // d, math.ceil(i / d)) for i, o in ((x.height, out.height), (x.width, out.width)))
-
-
-__all__ = ["Expr", "input_comment", "shape_comments"]
