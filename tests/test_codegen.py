@@ -164,3 +164,14 @@ def test_a_templates_comment_is_kept_with_its_span_and_parses_the_same():
 def test_a_multiple_of_a_floor_division_prints_as_python_computes_it():
     e = Expr.of(apply("//", Sym("c"), 2)) * 2
     assert str(e) == "2 * (c // 2)" and eval(str(e), {"c": 5}) == 4  # 2 * c // 2 would give 5
+
+
+def test_no_shipped_spec_runs_a_sequential_group_position_by_position():
+    """Every shipped spec's forward calls its sequential groups whole (x = self.layer1(x)): none
+    reads inside one with an aux head or flattens in it."""
+    import re
+    from pathlib import Path
+
+    for path in sorted(Path(__file__).parent.parent.joinpath("specs").glob("*.inc")):
+        source = incdsl.compile_source(incdsl.load(str(path)), formatted=False)
+        assert not re.findall(r"self\.\w+\[\d+\]\(", source), path.name
