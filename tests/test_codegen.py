@@ -175,3 +175,17 @@ def test_no_shipped_spec_runs_a_sequential_group_position_by_position():
     for path in sorted(Path(__file__).parent.parent.joinpath("specs").glob("*.inc")):
         source = incdsl.compile_source(incdsl.load(str(path)), formatted=False)
         assert not re.findall(r"self\.\w+\[\d+\]\(", source), path.name
+
+
+def test_the_inference_build_of_the_one_class_loads_the_plain_builds_weights():
+    net = load()
+    plain = incdsl.build_module(net).eval()
+    with torch.no_grad():  # BatchNorm statistics that are not the identity, so folding shows
+        for name, tensor in plain.state_dict().items():
+            if name.endswith(("running_mean", "running_var")):
+                tensor.uniform_(0.5, 1.5)
+    fast = incdsl.build_module(net, optimize=True)
+    fast.load_state_dict(plain.state_dict(), strict=True)
+    x = torch.randn(2, 8, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(fast(x), plain(x), atol=1e-4)

@@ -235,13 +235,18 @@ def _check_places(family: Family) -> None:
     """Each conditional part stands where the writer can test it: a module at an attribute of the
     class, a position of a named branch's nn.Sequential, a residual or gate, a named shortcut."""
     allowed: set[int] = set()
+    parallel: set[int] = set()  # the branches of a concatenation (walked before their Fork's children)
     containers = {id(b.body) for b in walk(family.base.body) if isinstance(b, Branch) and b.container}
     if family.base.template.sequential:
         containers.add(id(family.base.body))
     for node in walk(family.base.body):
         if isinstance(node, Seq) and id(node) not in containers:  # its layers are attributes
             allowed |= {id(i) for i in node.items if isinstance(i, (Layer, Call)) and i.attr}
+        if isinstance(node, Fork) and node.merge.kind.name == "concat" and len(node.branches) > 1:
+            parallel |= {id(b) for b in node.branches}  # the inference build may index their positions
         if isinstance(node, Branch) and node.container is not None and not is_lone(node):
+            if id(node) in parallel:
+                continue
             positions = node.body.items
             if all(_position_name(i).isdigit() for i in positions):
                 allowed |= {id(i) for i in positions if isinstance(i, (Layer, Call))}
