@@ -189,3 +189,11 @@ def test_the_inference_build_of_the_one_class_loads_the_plain_builds_weights():
     x = torch.randn(2, 8, 16, 16)
     with torch.no_grad():
         assert torch.allclose(fast(x), plain(x), atol=1e-4)
+
+
+def test_a_comment_is_a_docstring_whatever_it_holds():
+    comment = '# quotes """ and \\ a backslash, a tab\there, a form feed \x0c, "at the end"\n'
+    source = incdsl.compile_source(load(HEADER + comment + "template b { conv 1x1 4 }\nx: b\n"))
+    compile(source, "model.py", "exec")  # valid Python
+    model = incdsl.build_module(load(HEADER + comment + "template b { conv 1x1 4 }\nx: b\n"))
+    assert type(model.x).__doc__.startswith('quotes """ and \\ a backslash, a tab\there, a form feed \x0c')

@@ -709,6 +709,7 @@ def docstring(text: str) -> tuple[str, ...]:
     """A docstring's lines: the text in triple quotes, the closing ones on a line of their own
     unless the text is one line."""
     text = text.replace("\\", "\\\\").replace('"""', '\\"\\"\\"')
+    text = "".join(c if c.isprintable() or c == "\n" else c.encode("unicode_escape").decode() for c in text)
     lines = text.split("\n")
     if len(lines) == 1 and not text.endswith('"'):
         return (f'"""{text}"""',)
