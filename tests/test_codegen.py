@@ -197,3 +197,15 @@ def test_a_comment_is_a_docstring_whatever_it_holds():
     compile(source, "model.py", "exec")  # valid Python
     model = incdsl.build_module(load(HEADER + comment + "template b { conv 1x1 4 }\nx: b\n"))
     assert type(model.x).__doc__.startswith('quotes """ and \\ a backslash, a tab\there, a form feed \x0c')
+
+
+def test_a_flag_before_other_parameters_is_passed_by_keyword_after_them():
+    text = HEADER + "template b(f, z, c) {\n    residual relu=f { conv 1x1 c }\n}\nx1: b 1 0 8\nx2: b 0 0 8\n"
+    source = incdsl.compile_source(load(text))
+    # z, 0 in every call and used nowhere, is fixed (no argument); f comes last, by keyword
+    assert "self.x1 = B(8, 8, f=True)" in source and "self.x2 = B(8, 8, f=False)" in source
+    assert (
+        "class B(nn.Module)" in source and "def __init__(self, in_channels: int, c: int, f: bool)" in source
+    )
+    model = incdsl.build_module(load(text))
+    assert (model.x1.f, model.x2.f) == (True, False)

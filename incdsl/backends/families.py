@@ -67,11 +67,9 @@ class Family:
 
     @property
     def params(self) -> tuple[tuple[str, str], ...]:
-        """The constructor's arguments after ``in_channels``: the template's order, flags as bools."""
-        own = dict(self.base.params)
-        return tuple(
-            (p, own.get(p, "bool")) for p in self.base.template.params if p in own or p in self.flags
-        )
+        """The constructor's arguments after ``in_channels``: the template's order, then the flags
+        (bools, passed by keyword)."""
+        return (*self.base.params, *((p, "bool") for p in self.flags))
 
 
 def families(net: Network) -> list[Family]:
@@ -145,17 +143,15 @@ def _liftable(template: ast.Template) -> set[str]:
     """The parameters read only by ``when=`` conditions and as merge flags (``relu=relu``): a call's
     value for them decides parts, not sizes, so one class can take them as arguments."""
     used_elsewhere: set[str] = set()
-    in_conditions: set[str] = set()
+    deciding: set[str] = set()
     for item in _items(template.body):
         for arg in getattr(item, "args", ()):
             refs = _refs(arg.value)
-            if arg.key == "when":
-                in_conditions |= refs
-            elif isinstance(item, ast.Residual) and arg.key in MERGES[item.merge].flags():
-                continue
+            if arg.key == "when" or isinstance(item, ast.Residual) and arg.key in MERGES[item.merge].flags():
+                deciding |= refs
             else:
                 used_elsewhere |= refs
-    return {p for p in template.params if p not in used_elsewhere}
+    return {p for p in template.params if p in deciding and p not in used_elsewhere}
 
 
 def _refs(value) -> set[str]:
