@@ -332,10 +332,7 @@ RIGHT = ("params", "ops", "epochs")
 
 def table(runs: list[Run]) -> Table:
     """The table of ``incdsl runs``: one row per run directory (its path whole, however long)."""
-    columns = tuple(
-        Column(h, "right" if h in RIGHT else "left", PRIORITIES.get(h, 0), wrap=h == "best top-1")
-        for h in HEADERS
-    )
+    columns = tuple(Column(h, "right" if h in RIGHT else "left", PRIORITIES.get(h, 0)) for h in HEADERS)
     return Table("runs", columns, tuple(tuple(cells(run)) for run in runs))
 
 
