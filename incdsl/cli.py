@@ -25,6 +25,13 @@ FORMAT_HELP = (
 
 TRAINING = ("train", "eval", "predict", "export")
 
+DESCRIPTION = (
+    "Describe a convolutional network the way its paper does, as a table (a .inc spec), and get from it "
+    "exact per-layer parameters and multiply-adds, a compute-budget check, a standalone PyTorch model "
+    "file (or ONNX), Graphviz drawings, and a trainer."
+)
+EPILOG = "Start with: incdsl specs; incdsl stats googlenet. Each command has its own --help."
+
 
 def main(argv: list[str] | None = None) -> int:
     try:
@@ -63,7 +70,7 @@ def _parse_arguments(parser: argparse.ArgumentParser, argv: list[str]) -> argpar
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="incdsl", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="incdsl", description=DESCRIPTION, epilog=EPILOG)
     parser.add_argument("--version", action="version", version=f"incdsl {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     spec_help = "a .inc file, or the name of a shipped spec (see `incdsl specs`)"
@@ -104,7 +111,13 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("draw", help="draw the network with Graphviz (.svg, .png or .dot)")
     p.add_argument("spec", help=spec_help)
     p.add_argument("-o", "--output", required=True, help="out.svg, out.png or out.dot")
-    p.add_argument("--level", choices=("network", "block"), default="network")
+    p.add_argument(
+        "--level",
+        choices=("network", "block"),
+        default="network",
+        help="network: one box per stage, labelled as Table 1's row (default); block: each template call "
+        "a cluster of its layers, its branches side by side",
+    )
     p.set_defaults(func=cmd_draw)
 
     p = sub.add_parser(
