@@ -376,12 +376,15 @@ PRIORITIES = {"optimized / plain": 2, "compiled / plain": 2, "compile s": 1}
 
 
 def _columns(headers) -> tuple[Column, ...]:
-    return tuple(
-        Column(
-            h, "left" if h in ("mode", "spec") else "right", PRIORITIES.get(h, 0), wrap=h.endswith("plain")
-        )
-        for h in headers
-    )
+    """Figures, but for the mode (and spec) and the ratios, which wrap before their spread."""
+
+    def column(header: str) -> Column:
+        if header in ("mode", "spec"):
+            return Column(header)
+        kind = "text" if header.endswith("plain") else "figure"
+        return Column(header, kind, PRIORITIES.get(header, 0), align="right")
+
+    return tuple(map(column, headers))
 
 
 def table(result: BenchResult) -> Table:

@@ -179,18 +179,13 @@ def _ratio(new: int, old: int) -> str:
 # How readily a column leaves a narrow terminal (0: never; larger: sooner).
 PRIORITIES = {"type": 2, "output size": 3, "columns changed": 0, "params": 1, "Δ params": 0, "ops": 1}
 STYLES = {"added": "green", "removed": "red", "same": "dim"}
+KINDS = {"stage": "name", "": "name", "type": "text", "output size": "shape", "columns changed": "text"}
 
 
 def table(diff: Diff, names: tuple[str, str] = ("A", "B")) -> Table:
     """The table of ``incdsl diff``, in the style of ``incdsl stats``'s, both totals under it; in a
     terminal, added stages green, removed red, unchanged dim."""
-    right = {"params", "Δ params", "ops", "Δ ops"}
-    columns = tuple(
-        Column(
-            h, "right" if h in right else "left", PRIORITIES.get(h, 0), wrap=h in ("type", "columns changed")
-        )
-        for h in HEADERS
-    )
+    columns = tuple(Column(h, KINDS.get(h, "figure"), PRIORITIES.get(h, 0)) for h in HEADERS)
     rows = tuple(tuple(cells(stage, titles(diff))) for stage in diff.stages)
     styles = tuple(STYLES.get(stage.status) for stage in diff.stages)
     title = f"{names[0]} ({diff.a.network}) → {names[1]} ({diff.b.network})"

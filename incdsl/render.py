@@ -9,19 +9,20 @@ that is too wide, columns are dropped, the least important first (:attr:`Column.
 line under the table names them and how to see them. A cell is never cut: a name or a shape stays
 whole even when the table is wider than the terminal.
 
->>> table = Table("sizes", (Column("name"), Column("count", align="right", priority=1)),
+>>> table = Table("sizes", (Column("name"), Column("count", "figure", priority=1)),
 ...               (("conv1", "9"), ("inception3a", "160")))
 >>> print(to_text(table))
 sizes
 name         count
 conv1            9
 inception3a    160
->>> print(to_text(table, width=12))
+>>> print(to_text(table, width=14).split("(not shown")[0], end="")
 sizes
 name
 conv1
 inception3a
-(not shown at 12 columns: count; a wider terminal or --format markdown shows every column)
+>>> fit(table, 14).dropped
+('count',)
 """
 
 from __future__ import annotations
@@ -55,16 +56,31 @@ class Styled:
 Cell = str | Styled
 
 
+# A column's kind: what its cells are, so how they may be laid out. A name (a stage, a path), a shape
+# and a figure are never broken; text wraps at spaces. Figures align right, the others left.
+KINDS = ("name", "shape", "figure", "text")
+
+
 @dataclass(frozen=True)
 class Column:
-    """A column: its title, how its cells align, and how readily it is dropped from a narrow terminal
-    (``priority`` 0: never; a larger number goes sooner). ``wrap``: whether its cells may wrap at
-    spaces (a name or a shape never does)."""
+    """A column: its title, its kind (see ``KINDS``), and how readily it is dropped from a narrow
+    terminal (``priority`` 0: never; a larger number goes sooner). ``align``: "left" or "right",
+    by default right for a figure and left otherwise."""
 
     title: str
-    align: str = "left"  # "left" or "right"
+    kind: str = "name"
     priority: int = 0
-    wrap: bool = False
+    align: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"a column's kind is one of {', '.join(KINDS)}, not {self.kind!r}")
+        if not self.align:
+            object.__setattr__(self, "align", "right" if self.kind == "figure" else "left")
+
+    @property
+    def wraps(self) -> bool:
+        return self.kind == "text"
 
 
 @dataclass(frozen=True)
@@ -116,7 +132,7 @@ def _widths(table: Table, column: int) -> tuple[int, int]:
     least = max(
         [
             _longest_word(title),
-            *(len(c) if not table.columns[column].wrap else _longest_word(c) for c in cells),
+            *(_longest_word(c) if table.columns[column].wraps else len(c) for c in cells),
         ]
     )
     return least, widest

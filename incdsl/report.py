@@ -19,7 +19,7 @@ gains ``"memory": {"output", "saved", "peak"}`` and the dict a top-level ``"memo
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 
 from . import layers as L
 from . import render
@@ -399,17 +399,14 @@ def table(stats: Stats, matches=None) -> Table:
     """The table of ``incdsl stats``: the paper's columns, the templates' (``#1x1``...), params and ops,
     memory with a batch size; with ``matches`` (:mod:`incdsl.reference`), the paper's printed figures
     beside the computed ones, disagreeing ones marked, and a line per disagreement under it."""
-    right = {"depth", "params", "ops", *stats.titles.values(), *memory_headers(stats)}
-    columns = [
-        Column(h, "right" if h in right else "left", _priority(h, stats), wrap=h == "type")
-        for h in headers(stats)
-    ]
+    kinds = {"type": "text", "patch size/stride": "shape", "input size": "shape", "output size": "shape"}
+    columns = [Column(h, kinds.get(h, "figure"), _priority(h, stats)) for h in headers(stats)]
     rows = [cells(r, stats.titles, m) for r, m in zip(stats.rows, stats.row_memory())]
     footer = summary(stats).splitlines()
     if matches is not None:
         from . import reference
 
-        columns += [Column("paper params", "right", 1), Column("paper ops", "right", 1)]
+        columns += [Column("paper params", "figure", 1), Column("paper ops", "figure", 1)]
         printed = reference.printed_cells(matches)
         rows = [[*shown, *printed.get(r.name, ("", ""))] for shown, r in zip(rows, stats.rows)]
         footer += reference.disagreement_lines(matches)
@@ -432,11 +429,6 @@ def document(stats: Stats, matches=None) -> Document:
         data["reference"] = reference.to_dict(matches)
     conventions = "conventions: " + "; ".join(f"{k}: {v}" for k, v in CONVENTIONS.items())
     return Document((table(stats, matches),), data, (conventions,), csv_table(stats))
-
-
-def to_text(stats: Stats, width: int | None = None) -> str:
-    """The table as plain aligned columns (linear time: networks of thousands of rows)."""
-    return render.to_text(replace(table(stats), footer=()), width)
 
 
 def _csv_memory_headers(stats: Stats) -> list[str]:

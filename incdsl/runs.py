@@ -327,12 +327,12 @@ def _duration(seconds: float | None) -> str:
 
 # How readily a column leaves a narrow terminal (0: never; larger: sooner), by header.
 PRIORITIES = {"spec": 1, "recipe": 3, "params": 2, "ops": 2, "epochs": 4, "top-5": 5, "train time": 3}
-RIGHT = ("params", "ops", "epochs")
+FIGURES = ("params", "ops", "epochs")  # right-aligned; the others (best top-1 too) left
 
 
 def table(runs: list[Run]) -> Table:
     """The table of ``incdsl runs``: one row per run directory (its path whole, however long)."""
-    columns = tuple(Column(h, "right" if h in RIGHT else "left", PRIORITIES.get(h, 0)) for h in HEADERS)
+    columns = tuple(Column(h, "figure" if h in FIGURES else "name", PRIORITIES.get(h, 0)) for h in HEADERS)
     return Table("runs", columns, tuple(tuple(cells(run)) for run in runs))
 
 

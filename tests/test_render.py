@@ -18,7 +18,12 @@ from incdsl.render import Column, Document, Styled, Table
 
 TABLE = Table(
     "t",
-    (Column("name"), Column("kind", wrap=True), Column("size", "right", 2), Column("extra", priority=1)),
+    (
+        Column("name"),
+        Column("kind", "text"),
+        Column("size", "shape", 2, align="right"),
+        Column("extra", priority=1),
+    ),
     (("inception3a", "local response norm", "28x28x256", "x"), ("fc", "linear", "1x1x1000", "yy")),
     ("total: 2",),
 )
@@ -74,9 +79,15 @@ def test_markdown_csv_json_show_every_column():
         render.to_json(float("nan"))
 
 
-def test_a_row_of_the_wrong_length_is_refused():
+def test_a_row_of_the_wrong_length_and_an_unknown_kind_are_refused():
     with pytest.raises(ValueError, match="2 cells in a table of 1 columns"):
         Table("t", (Column("a"),), (("x", "y"),))
+    with pytest.raises(ValueError, match="not 'number'"):
+        Column("a", "number")
+
+
+def test_figures_align_right_and_the_rest_left():
+    assert [Column("a", kind).align for kind in render.KINDS] == ["left", "left", "right", "left"]
 
 
 def test_stats_fits_80_columns_and_names_what_it_left_out():
