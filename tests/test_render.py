@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -149,3 +150,30 @@ def test_diff_rows_are_styled_by_status():
     table = diff.table(d)
     assert set(table.styles) >= {"red", "dim"} and len(table.styles) == len(table.rows)
     assert table.footer[-1].startswith("stages: ") or "aux head" in table.footer[-1]
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_emit_in_a_terminal_is_rich_fitted_to_its_width(monkeypatch):
+    pytest.importorskip("rich")
+    monkeypatch.setenv("COLUMNS", "80")
+    stream = Terminal()
+    render.emit(report.document(incdsl.stats("googlenet")), "table", stream)
+    out = re.sub(r"\x1b\[[0-9;]*m", "", stream.getvalue())  # without rich's colours
+    assert "inception (3a)" in out and "─" in out  # rich's rule under the header
+    assert max(len(line.rstrip()) for line in out.splitlines()) <= 80
+    assert "(not shown at 80 columns:" in out and "conventions: " in out and "…" not in out
+
+
+def test_emit_json_is_the_documents_data_and_a_pipe_gets_every_column(monkeypatch):
+    monkeypatch.delenv("COLUMNS", raising=False)
+    doc = report.document(incdsl.stats("googlenet"))
+    stream = io.StringIO()
+    render.emit(doc, "json", stream)
+    assert json.loads(stream.getvalue()) == report.to_dict(incdsl.stats("googlenet"))
+    stream = io.StringIO()
+    render.emit(doc, "table", stream)
+    assert "pool proj" in stream.getvalue() and "not shown" not in stream.getvalue()
