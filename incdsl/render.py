@@ -123,19 +123,16 @@ def _longest_word(value: str) -> int:
     return max((len(word) for word in value.split()), default=0)
 
 
-def _widths(table: Table, column: int) -> tuple[int, int]:
-    """The least width a column can take (its longest word; a whole cell when it does not wrap) and
-    the width it takes on one line."""
+def _widths(table: Table, column: int) -> tuple[int, int, int]:
+    """The least width a column can take (its longest word; a whole cell when it does not wrap), the
+    width its cells take on one line, and the width it takes with its title on one line too."""
     cells = [text(row[column]) for row in table.rows]
-    title = table.columns[column].title
-    widest = max([len(title), *map(len, cells)])
+    wraps = table.columns[column].wraps
     least = max(
-        [
-            _longest_word(title),
-            *(_longest_word(c) if table.columns[column].wraps else len(c) for c in cells),
-        ]
+        [_longest_word(table.columns[column].title), *(_longest_word(c) if wraps else len(c) for c in cells)]
     )
-    return least, widest
+    one_line = max([least, *map(len, cells)])
+    return least, one_line, max(one_line, len(table.columns[column].title))
 
 
 @dataclass(frozen=True)
@@ -165,14 +162,15 @@ def fit(table: Table, width: int | None, gap: int = 2, edges: int = 0) -> Layout
             if needed(shown, 0) <= width:
                 break
             shown.remove(column)
-    widths = [sizes[i][1] for i in shown]
-    if width is not None and needed(shown, 1) > width:  # wrap: each column its least, the rest shared
-        widths = [sizes[i][0] for i in shown]
+    widths = [sizes[i][2] for i in shown]
+    if width is not None and needed(shown, 2) > width:  # wrap: each column its least, the rest shared,
+        widths = [sizes[i][0] for i in shown]  # first to put cells on one line, then titles
         spare = width - needed(shown, 0)
-        for k, i in enumerate(shown):
-            grow = max(0, min(spare, sizes[i][1] - widths[k]))
-            widths[k] += grow
-            spare -= grow
+        for which in (1, 2):
+            for k, i in enumerate(shown):
+                grow = max(0, min(spare, sizes[i][which] - widths[k]))
+                widths[k] += grow
+                spare -= grow
     dropped = tuple(table.columns[i].title for i in range(len(table.columns)) if i not in shown)
     return Layout(tuple(shown), tuple(widths), dropped)
 
