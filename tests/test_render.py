@@ -177,3 +177,22 @@ def test_emit_json_is_the_documents_data_and_a_pipe_gets_every_column(monkeypatc
     stream = io.StringIO()
     render.emit(doc, "table", stream)
     assert "pool proj" in stream.getvalue() and "not shown" not in stream.getvalue()
+
+
+def test_bench_fits_80_columns_ratios_wrapped_before_their_spread():
+    from incdsl import bench
+
+    M = bench.Measurement
+    measured = (
+        M("eval", 32, "plain", (1234.5, 1200.0), (1.0, 1.0)),
+        M("eval", 32, "optimized", (2469.0, 2600.0), (2.0, 2.1667)),
+        M("eval", 32, "compiled", (3000.0, 3100.0), (2.43, 2.58), compile_seconds=41.0),
+    )
+    result = bench.BenchResult("googlenet_tv", "GoogLeNet", (3, 224, 224), 6_624_904, 1_498_000_000, measured,
+                               bench.Spread(0.5, 0.4, 0.6), 2, 1.0, 0, 1, False, "2.13", "a machine",
+                               (1.0, 1.0, 1.0), (1.0, 1.0, 1.0), "2026-01-01T00:00:00+00:00")  # fmt: skip
+    text = render.to_text(bench.table(result), width=80)
+    lines = table_lines(text)
+    assert all(len(line) <= 80 for line in lines) and "not shown" not in text
+    assert "2.08x" in text and "(2.00-2.17)" in text and "1,217.2" in text  # wrapped, whole
+    assert render.to_markdown(bench.table(result)).count("2.08x (2.00-2.17)") == 1
