@@ -1,7 +1,8 @@
 """A run directory's layout: the files the trainer writes and ``incdsl runs`` reads, and ``run.json``.
 
 Both :mod:`incdsl.train` (which writes runs) and :mod:`incdsl.runs` (which reads them) import this
-module, and neither imports the other at import time. It imports neither torch nor the trainer.
+module, so the trainer never imports ``runs`` (which loads the trainer's checkpoint reader only for a
+run from before ``run.json``). It imports neither torch nor the trainer.
 ``run.json`` is described in :mod:`incdsl.runs`.
 """
 
