@@ -13,6 +13,10 @@ the variants are timed in interleaved rounds on the same batch (median ms per ba
 
     python benchmarks/bench_int8.py                          # trains both models (minutes)
     python benchmarks/bench_int8.py --digits-run runs/digits --shapes-run runs/shapes --work /tmp/b
+    python benchmarks/bench_int8.py --speed googlenet_tv --batch 8    # time only: untrained weights
+
+With ``--speed SPEC...`` the specs' untrained models (``torch.manual_seed(0)``) are timed alone, each
+calibrated on 64 random inputs: speed only, for networks larger than the trained ones (no top-1).
 """
 
 from __future__ import annotations
@@ -187,20 +191,46 @@ def measure(label: str, target: str, checkpoint: Path, data: str, work: Path, ar
         example = torch.randn(batch, *bundle.input_shape, generator=torch.Generator().manual_seed(0))
         variants = calls(bundle.module, x86, open_session(fp32_onnx), open_session(int8), example)
         times = timings(variants, args.rounds, args.min_time)
-        base = statistics.median(times["torch fp32"])
-        lines.append(f"\n{label}, batch {batch}, 1 thread, load average {load()}")
-        lines.append(f"  {'variant':<15} {'ms/batch':>9} {'spread':>15} {'x torch fp32':>13} {'top-1':>7}")
-        for name, values in times.items():
-            median = statistics.median(values)
-            spread = f"{min(values):.1f}-{max(values):.1f}"
-            figure = f"{top1[name]:.4f}" if name in top1 else "-"
-            lines.append(f"  {name:<15} {median:>9.2f} {spread:>15} {base / median:>12.2f}x {figure:>7}")
-        int8_ratio = statistics.median(times["ORT fp32"]) / statistics.median(times["ORT int8"])
-        lines.append(f"  ORT int8 / ORT fp32 speed-up {int8_ratio:.2f}x")
-        print("\n".join(lines[-(len(times) + 3) :]), flush=True)
+        lines += table(label, batch, times, top1)
     drop = (top1["torch fp32"] - top1["ORT int8"]) * 100
     lines.append(f"  top-1 fp32 - int8: {drop:+.2f} points")
     print(lines[-1], flush=True)
+    return lines
+
+
+def measure_speed(spec: str, work: Path, args) -> None:
+    """The four variants' times on ``spec``'s untrained model, calibrated on random inputs."""
+    from incdsl.train.models import load_model
+    from incdsl.train.quantize import _quantize_onnx, open_session
+
+    torch.manual_seed(0)
+    bundle = load_model(spec)
+    bundle.module.eval()
+    batches = [torch.randn(16, *bundle.input_shape) for _ in range(4)]
+    folder = work / f"speed-{spec}"
+    folder.mkdir(parents=True, exist_ok=True)
+    int8 = _quantize_onnx(bundle, folder, batches)  # writes fp32.onnx beside it
+    x86 = torch_x86_int8(bundle.module, batches)
+    for batch in args.batch:
+        example = torch.randn(batch, *bundle.input_shape, generator=torch.Generator().manual_seed(0))
+        sessions = open_session(folder / "fp32.onnx"), open_session(int8)
+        times = timings(calls(bundle.module, x86, *sessions, example), args.rounds, args.min_time)
+        table(f"{spec} (untrained, speed only)", batch, times, {})
+
+
+def table(label: str, batch: int, times: dict[str, list[float]], top1: dict[str, float]) -> list[str]:
+    """The variants' medians, spreads, ratios and top-1, printed and returned."""
+    base = statistics.median(times["torch fp32"])
+    lines = [f"\n{label}, batch {batch}, 1 thread, load average {load()}"]
+    lines.append(f"  {'variant':<15} {'ms/batch':>9} {'spread':>15} {'x torch fp32':>13} {'top-1':>7}")
+    for name, values in times.items():
+        median = statistics.median(values)
+        spread = f"{min(values):.1f}-{max(values):.1f}"
+        figure = f"{top1[name]:.4f}" if name in top1 else "-"
+        lines.append(f"  {name:<15} {median:>9.2f} {spread:>15} {base / median:>12.2f}x {figure:>7}")
+    int8_ratio = statistics.median(times["ORT fp32"]) / statistics.median(times["ORT int8"])
+    lines.append(f"  ORT int8 / ORT fp32 speed-up {int8_ratio:.2f}x")
+    print("\n".join(lines), flush=True)
     return lines
 
 
@@ -219,10 +249,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (5)")
     parser.add_argument("--min-time", type=float, default=0.5, help="seconds per measurement (0.5)")
     parser.add_argument("--only", choices=("digits", "shapes"), help="one of the two models")
+    parser.add_argument("--speed", nargs="+", default=[], metavar="SPEC", help="time these specs alone")
     args = parser.parse_args()
     torch.set_num_threads(1)
     args.work.mkdir(parents=True, exist_ok=True)
     print(f"torch {torch.__version__}, {os.cpu_count()} cores, load average {load()}", flush=True)
+    for spec in args.speed:
+        measure_speed(spec, args.work, args)
+    if args.speed:
+        return
     if args.only != "shapes":
         checkpoint = trained(args.digits_run, "mini_googlenet", "digits", args.epochs, args.work, "digits")
         measure("mini_googlenet on digits", "mini_googlenet", checkpoint, "digits", args.work, args)
