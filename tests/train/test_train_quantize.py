@@ -7,6 +7,8 @@ agrees on at least 95% of them (the README's "int8" measures 99-100% on digits a
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 
 import pytest
@@ -41,33 +43,29 @@ def colour_run(tiny_model, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def int8_build(tiny_model, colour_run, tmp_path_factory):
+def quantized(tiny_model, colour_run, tmp_path_factory):
+    """The int8 build of the colour run's checkpoint, and what incdsl quantize printed."""
     out, root = colour_run
     target = tmp_path_factory.mktemp("int8") / "model.int8.onnx"
     args = ["--checkpoint", str(out / "best.pt"), "--data", str(root), "-o", str(target)]
-    assert main(["quantize", tiny_model, *args, "--calibration-images", "40"]) == 0
-    return target
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        assert main(["quantize", tiny_model, *args, "--calibration-images", "40"]) == 0
+    return target, printed.getvalue()
 
 
-def test_quantize_says_what_it_wrote_and_how_close_it_is(tiny_model, colour_run, tmp_path, capsys):
-    out, root = colour_run
-    target = tmp_path / "m.onnx"
-    args = [
-        "quantize",
-        tiny_model,
-        "--checkpoint",
-        str(out / "best.pt"),
-        "--data",
-        str(root),
-        "-o",
-        str(target),
-    ]
-    assert main([*args, "--calibration-images", "40"]) == 0
-    first, second = capsys.readouterr().out.splitlines()
+@pytest.fixture(scope="module")
+def int8_build(quantized):
+    return quantized[0]
+
+
+def test_quantize_says_what_it_wrote_and_how_close_it_is(tiny_model, colour_run, quantized):
+    _, root = colour_run
+    target, printed = quantized
+    first, second = printed.splitlines()
     assert first.startswith(f"wrote {target} (int8, calibrated on 40 training images); top class as")
     assert float(first.split("on ")[2].split("%")[0]) >= AGREEMENT * 100
     assert second == f"score it: incdsl eval {tiny_model} --checkpoint {target} --data {root}"
-    assert [path.name for path in tmp_path.iterdir()] == ["m.onnx"]  # no temporary left beside it
+    assert [path.name for path in target.parent.iterdir()] == [target.name]  # no temporary beside it
 
 
 def test_the_build_is_int8_and_carries_what_eval_needs(int8_build):
