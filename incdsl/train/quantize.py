@@ -191,7 +191,12 @@ def _metadata(bundle, state: dict, data: str, val_split: float, batches, checkpo
         "config": {key: config[key] for key in ("data", "val_split", "input_size") if key in config},
         "input": list(bundle.input_shape),
         "input_scaling": INPUT_NOTE,
-        "calibration": {"data": data, "images": sum(len(batch) for batch in batches), "method": "minmax"},
+        "calibration": {
+            "data": data,
+            "val_split": val_split,
+            "images": sum(len(batch) for batch in batches),
+            "method": "minmax",
+        },
         "checkpoint": Path(checkpoint).name,
     }
 
