@@ -370,7 +370,14 @@ def run_quantize(args: argparse.Namespace) -> int:
 
     images = args.calibration_images or CALIBRATION_IMAGES
     done = quantize(
-        args.target, args.checkpoint, args.data, args.output, images, args.skip_unreadable, args.val_split
+        args.target,
+        args.checkpoint,
+        args.data,
+        args.output,
+        images,
+        args.skip_unreadable,
+        args.val_split,
+        progress=lambda line: print(f"{line} ...", file=sys.stderr, flush=True),
     )
     skipped = f", {done.skipped} unreadable skipped" if done.skipped else ""
     print(

@@ -24,6 +24,7 @@ import logging
 import random
 import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,9 +81,11 @@ def quantize(
     images: int = CALIBRATION_IMAGES,
     skip_unreadable: bool = False,
     val_split: float | None = None,
+    progress: Callable[[str], None] = lambda line: None,
 ) -> Quantized:
     """Write ``checkpoint``'s model as int8 ONNX to ``output``, calibrated on up to ``images`` training
-    images of ``data``; nothing is written when the data cannot be read or the quantization fails."""
+    images of ``data``; nothing is written when the data cannot be read or the quantization fails.
+    ``progress`` is told each step as it starts (the export of a large network takes a while)."""
     from incdsl.files import check_output
 
     require_onnxruntime()
@@ -93,11 +96,14 @@ def quantize(
     bundle, state = trained_model(target, checkpoint, torch.device("cpu"))
     split = val_split if val_split is not None else saved_val_split(state, data)
     batches, skipped = calibration_batches(data, bundle.input_shape, state, images, skip_unreadable, split)
+    count = sum(len(batch) for batch in batches)
+    progress(f"exporting {bundle.name} to ONNX, then calibrating on {count} images and quantizing")
     with tempfile.TemporaryDirectory(prefix="incdsl-int8-") as work:
         quantized = _quantize_onnx(bundle, Path(work), batches)
         _write_with_metadata(quantized, output, _metadata(bundle, state, data, split, batches, checkpoint))
+    progress(f"comparing {output.name} with the checkpoint's model on the calibration images")
     agreement, difference = compare(bundle.module, open_session(output), batches)
-    return Quantized(output, sum(len(batch) for batch in batches), skipped, agreement, difference)
+    return Quantized(output, count, skipped, agreement, difference)
 
 
 def calibration_batches(
