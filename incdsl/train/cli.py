@@ -161,7 +161,12 @@ def add_predict_parser(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument("target", metavar="SPEC", help="the spec or model.py the checkpoint was trained from")
     parser.add_argument("images", nargs="+", metavar="IMAGE|DIR", help="image files or folders of them")
-    parser.add_argument("--checkpoint", required=True, type=Path, help="checkpoint.pt or best.pt of a run")
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        type=Path,
+        help="checkpoint.pt or best.pt of a run, or an int8 build of incdsl quantize (.onnx)",
+    )
     parser.add_argument("--top", type=top_count, default=5, metavar="K", help="classes per image (5)")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
     parser.add_argument("--json", action="store_true", help="print the predictions as JSON")

@@ -119,6 +119,17 @@ def test_eval_scores_the_int8_build_as_it_scores_the_checkpoint(tiny_model, colo
     assert capsys.readouterr().out.startswith("top-1 ")  # multi-crop views go through it too
 
 
+def test_predict_with_the_int8_build_names_the_classes_fp32_names(tiny_model, colour_run, int8_build, capsys):
+    out, root = colour_run
+    tables = []
+    for model in (out / "best.pt", int8_build):
+        assert main(["predict", tiny_model, "--checkpoint", str(model), str(root / "val"), "--json"]) == 0
+        tables.append(json.loads(capsys.readouterr().out))
+    fp32, int8 = ([entry["top"][0]["class"] for entry in table] for table in tables)
+    assert len(int8) == 32
+    assert sum(a == b for a, b in zip(fp32, int8)) >= AGREEMENT * 32
+
+
 @pytest.mark.parametrize(
     "data, message",
     [
