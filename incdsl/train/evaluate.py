@@ -208,7 +208,8 @@ def evaluate_checkpoints(
     picks the same held-out images as the training run did. ``crops`` chooses the views (views.py):
     1, 10, 144 or a list like "center,corners,mirror".
 
-    Each checkpoint contributes its averaged (EMA) weights when its recipe kept them. The views follow
+    Each checkpoint contributes its averaged (EMA) weights when its recipe kept them; an int8 build of
+    ``incdsl quantize`` (a .onnx file, run by onnxruntime) may stand in for a checkpoint. The views follow
     the recipe the checkpoints were trained with: framed as its evaluation crop, and (for 10 and 144)
     mirrored only when it trained with flips. Multi-crop figures come with the 1-crop ones.
 
