@@ -12,7 +12,7 @@ import sys
 from dataclasses import dataclass
 
 from . import __version__, load, locate, render, report
-from .activations import DTYPES, OPTIMIZER_SLOTS, Setting
+from .activations import DTYPES, OPTIMIZERS, Setting
 from .errors import BudgetExceeded, IncdslError
 from .files import check_output, write_atomic
 from .numbers import MAX_BUDGET, MAX_INT, NumberError, read_float, read_int, read_quantity
@@ -23,7 +23,7 @@ FORMAT_HELP = (
 )
 
 
-TRAINING = ("train", "eval", "predict", "export")
+TRAINING = ("train", "eval", "predict", "export", "quantize")
 
 DESCRIPTION = (
     "Describe a convolutional network the way its paper does, as a table (a .inc spec), and get from it "
@@ -86,7 +86,7 @@ def _parser() -> argparse.ArgumentParser:
         help="with --batch: a training step (saved for backward, gradients, optimizer state) and its peak",
     )
     p.add_argument("--dtype", choices=DTYPES, help="with --batch: fp32 (default) or bf16 (autocast)")
-    p.add_argument("--optimizer", choices=OPTIMIZER_SLOTS, help="with --train: whose state to count (adamw)")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, help="with --train: whose state to count (adamw)")
     p.set_defaults(func=cmd_stats)
 
     p = sub.add_parser("check", help="exit 0 if the spec is valid and within its budget")
@@ -189,6 +189,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("eval", help="evaluate checkpoints (incdsl eval --help)")
     sub.add_parser("predict", help="classify images with a checkpoint (incdsl predict --help)")
     sub.add_parser("export", help="a checkpoint as TorchScript, ONNX or safetensors (incdsl export --help)")
+    sub.add_parser("quantize", help="a checkpoint's int8 ONNX build, calibrated (incdsl quantize --help)")
     return parser
 
 
@@ -464,8 +465,14 @@ def cmd_lsp(args) -> int:
 
 
 def training(argv: list[str]) -> int:
-    """``train``, ``eval``, ``predict`` and ``export`` live in incdsl.train, which imports torch: loaded
-    only when asked for."""
+    """``train``, ``eval``, ``predict``, ``export`` and ``quantize`` live in incdsl.train, which
+    imports torch: loaded only when asked for."""
+    args = _parse_arguments(training_parser(), argv)
+    return args.func(args) if isinstance(args, argparse.Namespace) else args
+
+
+def training_parser() -> argparse.ArgumentParser:
+    """The parser of the training commands (``incdsl train ...``), incdsl.train's."""
     from .train import cli as train_cli
 
     parser = argparse.ArgumentParser(prog="incdsl")
@@ -474,8 +481,8 @@ def training(argv: list[str]) -> int:
     train_cli.add_eval_parser(sub)
     train_cli.add_predict_parser(sub)
     train_cli.add_export_parser(sub)
-    args = _parse_arguments(parser, argv)
-    return args.func(args) if isinstance(args, argparse.Namespace) else args
+    train_cli.add_quantize_parser(sub)
+    return parser
 
 
 if __name__ == "__main__":

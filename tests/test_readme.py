@@ -17,7 +17,6 @@ import pytest
 from conftest import ROOT
 
 from incdsl import cli
-from incdsl.train import cli as train_cli
 
 README = ROOT / "README.md"
 OUTPUT_OPTIONS = ("-o", "--output", "--out")
@@ -50,17 +49,8 @@ def expected_status(command: str) -> int:
     return int(match.group(1)) if match else 0
 
 
-def training_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="incdsl")
-    sub = parser.add_subparsers(dest="command", required=True)
-    for add in (train_cli.add_train_parser, train_cli.add_eval_parser, train_cli.add_predict_parser):
-        add(sub)
-    train_cli.add_export_parser(sub)
-    return parser
-
-
 def parse(argv: list[str]) -> argparse.Namespace:
-    parser = training_parser() if argv[0] in cli.TRAINING else cli._parser()
+    parser = cli.training_parser() if argv[0] in cli.TRAINING else cli._parser()
     try:
         return parser.parse_args(argv)
     except SystemExit:
@@ -151,7 +141,7 @@ def walk(parser: argparse.ArgumentParser, path: str):
 def test_every_verb_and_option_has_help_text():
     missing = [
         where
-        for parser in (cli._parser(), training_parser())
+        for parser in (cli._parser(), cli.training_parser())
         for where, text in walk(parser, "incdsl")
         if not text or text == argparse.SUPPRESS
     ]
