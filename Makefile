@@ -11,7 +11,7 @@ STAMP = .install.stamp
 install: $(STAMP)
 
 $(STAMP): pyproject.toml constraints/cpu.txt
-	$(PIP) install --quiet --constraint constraints/cpu.txt -e ".[train,onnx,lsp,plot,dev]"
+	$(PIP) install --quiet --constraint constraints/cpu.txt -e ".[train,onnx,deploy,lsp,plot,dev]"
 	touch $(STAMP)
 
 graphviz:
