@@ -103,7 +103,9 @@ def main() -> None:
         print(f"round {round_ + 1} of {args.rounds} done", file=sys.stderr, flush=True)
     torch.set_num_threads(default)
 
-    print(f"{os.cpu_count()} CPUs; torch {torch.__version__}, default {default} threads; {args.rounds} rounds")
+    print(
+        f"{os.cpu_count()} CPUs; torch {torch.__version__}, default {default} threads; {args.rounds} rounds"
+    )  # noqa: E501
     print(f"load average before {'/'.join(f'{x:.1f}' for x in load_before)}, after "
           f"{'/'.join(f'{x:.1f}' for x in os.getloadavg())}")  # fmt: skip
     print("\n| workload | machine | " + " | ".join(f"{n} ({t})" for n, t in settings.items()) + " |")
