@@ -12,7 +12,7 @@ import os
 import sys
 
 from . import __version__, load, locate, report, threads
-from .activations import DTYPES, OPTIMIZER_SLOTS, Setting
+from .activations import DTYPES, OPTIMIZERS, Setting
 from .errors import BudgetExceeded, IncdslError, OutputError
 from .files import check_output, write_atomic
 from .numbers import MAX_BUDGET, MAX_INT, NumberError, read_float, read_int, read_quantity
@@ -20,7 +20,7 @@ from .numbers import MAX_BUDGET, MAX_INT, NumberError, read_float, read_int, rea
 FORMATS = ("table", "markdown", "csv", "json")
 
 
-TRAINING = ("train", "eval", "predict", "export")
+TRAINING = ("train", "eval", "predict", "export", "quantize")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,7 +76,7 @@ def _parser() -> argparse.ArgumentParser:
         help="with --batch: a training step (saved for backward, gradients, optimizer state) and its peak",
     )
     p.add_argument("--dtype", choices=DTYPES, help="with --batch: fp32 (default) or bf16 (autocast)")
-    p.add_argument("--optimizer", choices=OPTIMIZER_SLOTS, help="with --train: whose state to count (adamw)")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, help="with --train: whose state to count (adamw)")
     p.set_defaults(func=cmd_stats)
 
     p = sub.add_parser("check", help="exit 0 if the spec is valid and within its budget")
@@ -190,6 +190,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("eval", help="evaluate checkpoints (incdsl eval --help)")
     sub.add_parser("predict", help="classify images with a checkpoint (incdsl predict --help)")
     sub.add_parser("export", help="a checkpoint as TorchScript, ONNX or safetensors (incdsl export --help)")
+    sub.add_parser("quantize", help="a checkpoint's int8 ONNX build, calibrated (incdsl quantize --help)")
     return parser
 
 
@@ -591,6 +592,7 @@ def training(argv: list[str]) -> int:
     train_cli.add_eval_parser(sub)
     train_cli.add_predict_parser(sub)
     train_cli.add_export_parser(sub)
+    train_cli.add_quantize_parser(sub)
     args = _parse_arguments(parser, argv)
     return args.func(args) if isinstance(args, argparse.Namespace) else args
 
