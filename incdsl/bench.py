@@ -385,9 +385,10 @@ def _variant_cells(m: Measurement | None, variant: str) -> list[str]:
 
 
 def fastest(result: BenchResult, batch: int) -> Measurement | None:
-    """The eval variant with the highest median rate at ``batch`` (None when none was timed)."""
+    """The eval variant with the highest median ratio to the plain build at ``batch`` (each ratio is
+    taken within a round, so a shared machine's drifts cancel; None when none was timed)."""
     timed = [m for m in result.measurements if (m.mode, m.batch) == ("eval", batch) and m.rates]
-    return max(timed, key=lambda m: m.img_per_s, default=None)
+    return max(timed, key=lambda m: m.ratio.median, default=None)
 
 
 def verdicts(result: BenchResult) -> list[str]:

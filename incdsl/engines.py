@@ -34,7 +34,7 @@ import contextlib
 import importlib
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,9 +100,9 @@ def write(
     fp16: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> list[Path]:
-    """Write the engine's artefact for ``net`` (its plain build, ``torch.manual_seed``-free: the weights
-    the generated module starts with) to ``path``; the files written. ``fp16``: OpenVINO's weights
-    stored as fp16 (OpenVINO only)."""
+    """Write the engine's artefact for ``net`` (its plain build, with the weights a fresh build starts
+    with; :func:`write_model` for trained ones) to ``path``; the files written. ``fp16``: OpenVINO's
+    weights stored as fp16 (OpenVINO only)."""
     from . import build_module
     from . import load as load_spec
 
@@ -218,7 +218,7 @@ def _openvino_runner(path, threads: int) -> Callable:
 
 
 @contextlib.contextmanager
-def exported(model, input_shape) -> Path:
+def exported(model, input_shape) -> Iterator[Path]:
     """A temporary ONNX export of ``model``, deleted afterwards (what ``incdsl bench`` runs)."""
     from .backends import onnx
 
