@@ -64,8 +64,7 @@ def variants(spec: str, batch: int, threads: int, compile: bool):
     found = [("plain", plain), ("optimized", fast)]
     compile_seconds = None
     if compile:
-        compiled = module.build(compile=True)
-        compiled._orig_mod.load_state_dict(plain.state_dict())  # before the first call: weights freeze then
+        compiled = module.build(compile=True, state_dict=plain.state_dict())
         start = time.perf_counter()
         with torch.inference_mode():
             compiled(x)
