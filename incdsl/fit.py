@@ -18,12 +18,15 @@ True
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 
 from . import ast
 from .errors import IncdslError
 from .formatter import format_spec
+from .ir import template_table
+from .layers import Shape
 
 MIN_MULTIPLIER, MAX_MULTIPLIER = 1 / 64, 64.0
 BISECTIONS = 30
@@ -73,22 +76,19 @@ def fit(
         raise IncdslError(f"--multiple must be at least 1, not {multiple}")
     if per_stage and depth:
         raise IncdslError("fit scales per stage or with depth, not both", hint="drop --per-stage or --depth")
-    original = _measure(spec)
-    if original is None:
-        import incdsl
-
-        incdsl.from_text(spec.source, spec.path)  # raises the spec's error, with its place in the text
-        raise IncdslError(f"{spec.path} does not compile; run `incdsl check {spec.path}` to see why")
+    measure = Meter()
+    original = measure(spec, strict=True)  # the spec's own error, with its place in the text
     scaler = _Scaler(spec, _templates(spec), multiple)
     if per_stage:
-        scaling, multiplier = _fit_per_stage(scaler, spec, budget, original.macs)
+        scaling, multiplier = _fit_per_stage(scaler, spec, budget, original.macs, measure)
     else:
-        multiplier = _largest(lambda m: _fits(scaler.apply(_uniform(spec, m, depth)), budget), budget)
+        fits = lambda m: _fits(measure, scaler.apply(_uniform(spec, m, depth)), budget)  # noqa: E731
+        multiplier = _largest(fits, budget)
         if multiplier is None:
             raise _too_small(budget)
         scaling = _uniform(spec, multiplier, depth)
     scaled = replace(scaler.apply(scaling), budget=budget)
-    result = _measure(scaled)
+    result = measure(scaled)
     header = _header(
         spec, command, scaling, multiplier, multiple, per_stage, result.macs, budget, original.macs
     )
@@ -102,14 +102,10 @@ def fit(
 
 
 def _templates(spec: ast.Spec) -> dict[str, ast.Template]:
-    """The templates a spec can call: the prelude's, shadowed by its own."""
-    from . import parse
-    from .resources import prelude_path
+    """The templates a spec can call: the prelude's, shadowed by its own (the IR's table)."""
+    from .parser import prelude
 
-    path = prelude_path()
-    table = {t.name: t for t in parse(path.read_text(), str(path)).templates}
-    table.update({t.name: t for t in spec.templates})
-    return table
+    return template_table(spec, prelude())
 
 
 def channel_params(templates: dict[str, ast.Template]) -> dict[str, frozenset[str]]:
@@ -230,13 +226,21 @@ class _Scaler:
             for item in items
         )
 
-    def apply(self, scaling: Scaling) -> ast.Spec:
+    def apply(self, scaling: Scaling, part: slice | None = None) -> ast.Spec:
+        """The spec scaled; with ``part``, only those top-level rows are (the rest, and the aux heads,
+        as written: a measurement of those rows is then the same whatever the others' scaling)."""
         spec = self.spec
-        rows = tuple(self.row(r, m, scaling.depth) for r, m in zip(spec.rows, scaling.stages))
+        kept = range(len(spec.rows))[part] if part is not None else range(len(spec.rows))
+        rows = tuple(
+            self.row(r, m, scaling.depth) if i in kept else r
+            for i, (r, m) in enumerate(zip(spec.rows, scaling.stages))
+        )
         templates = tuple(
             replace(t, body=self.items(t.body, scaling.templates.get(t.name, 1.0))) for t in spec.templates
         )
-        auxes = tuple(replace(a, head=self.row(a.head, scaling.aux)) for a in spec.auxes)
+        auxes = spec.auxes
+        if part is None:
+            auxes = tuple(replace(a, head=self.row(a.head, scaling.aux)) for a in spec.auxes)
         return replace(spec, rows=rows, templates=templates, auxes=auxes)
 
 
@@ -259,31 +263,51 @@ def _uniform(spec: ast.Spec, m: float, depth: bool) -> Scaling:
 class _Cost:
     macs: int
     params: int
-    stage_macs: tuple[int, ...]  # per top-level row of the AST (a repeated row's stages summed)
+    stage_macs: Mapping[int, int]  # per top-level row of the AST built (a repeated row's stages summed)
+    outputs: Mapping[int, Shape] = field(default_factory=dict)  # per top-level row: its last stage's
 
 
-def _measure(spec: ast.Spec) -> _Cost | None:
-    """The spec's cost, or None when it does not compile (a scaled width can break a constraint)."""
-    import incdsl
+class Meter:
+    """Measures scaled copies of a spec: each builds its IR from the AST (no text, no parsing), and
+    each distinct copy is built once (a search asks for the same rounded widths many times).
+    ``builds`` and ``measurements`` count what it did."""
 
-    try:
-        stats = incdsl.stats(incdsl.from_text(format_spec(spec), spec.path))
-    except IncdslError:
-        return None
-    return _Cost(stats.macs, stats.params, _stage_macs(spec, stats))
+    def __init__(self):
+        self.costs: dict[tuple, _Cost | None] = {}
+        self.builds = self.measurements = 0
+
+    def __call__(
+        self, spec: ast.Spec, rows: slice | None = None, input: ast.Size | None = None, strict: bool = False
+    ) -> _Cost | None:
+        """The cost of ``spec`` (of its top-level ``rows`` only, the first taking ``input``), or None
+        when it does not compile (a scaled width can break a constraint); ``strict``: raise its error."""
+        self.measurements += 1
+        key = (spec, None if rows is None else (rows.start, rows.stop), input)
+        if key not in self.costs or strict and self.costs[key] is None:
+            self.costs[key] = self._build(spec, rows, input, strict)
+        return self.costs[key]
+
+    def _build(self, spec: ast.Spec, rows: slice | None, input, strict: bool) -> _Cost | None:
+        import incdsl
+
+        self.builds += 1
+        try:
+            net = incdsl.network(spec, rows=rows, input=input)
+        except IncdslError:
+            if strict:
+                raise
+            return None
+        stats = incdsl.stats(net)
+        stage_macs: dict[int, int] = {}
+        outputs: dict[int, Shape] = {}
+        for stage, row in zip(net.stages, stats.rows, strict=True):
+            stage_macs[stage.group] = stage_macs.get(stage.group, 0) + row.macs
+            outputs[stage.group] = stage.node.facts.output
+        return _Cost(stats.macs, stats.params, MappingProxyType(stage_macs), MappingProxyType(outputs))
 
 
-def _stage_macs(spec: ast.Spec, stats) -> tuple[int, ...]:
-    """IR glue: the k-th AST row with repeat N covers the next N rows of ``incdsl.stats``."""
-    sums, start = [], 0
-    for row in spec.rows:
-        sums.append(sum(r.macs for r in stats.rows[start : start + row.repeat]))
-        start += row.repeat
-    return tuple(sums)
-
-
-def _fits(spec: ast.Spec, budget: int) -> bool:
-    cost = _measure(spec)
+def _fits(measure: Meter, spec: ast.Spec, budget: int) -> bool:
+    cost = measure(spec)
     return cost is not None and cost.macs <= budget
 
 
@@ -314,22 +338,26 @@ def _too_small(budget: int) -> IncdslError:
     )
 
 
-def _fit_per_stage(scaler: _Scaler, spec: ast.Spec, budget: int, original: int) -> tuple[Scaling, float]:
+def _fit_per_stage(
+    scaler: _Scaler, spec: ast.Spec, budget: int, original: int, measure: Meter
+) -> tuple[Scaling, float]:
     """One multiplier per stage (stages sharing a template with fixed widths share one), each the
     largest that keeps the stage within ``ratio`` x its original multiply-adds; ``ratio`` is the largest
     for which the whole network fits."""
     groups = _stage_groups(spec, scaler)
-    base = _measure(spec).stage_macs
+    base = measure(spec).stage_macs
 
     def scaling_for(ratio: float) -> Scaling:
         stages = [1.0] * len(spec.rows)
         templates: dict[str, float] = {}
-        for group, names in groups:
+        done, x = 0, None  # the rows before row `done` are final; x: their output (None: the input)
+        for k, (group, names) in enumerate(groups):
             target = ratio * sum(base[i] for i in group)
+            rows = slice(done, max(group) + 1)  # a group's rows and those before it not yet final
 
-            def fits(m, group=group, names=names, target=target):
+            def fits(m, group=group, names=names, target=target, rows=rows, x=x):
                 trial = _with(stages, templates, group, names, m, ratio)
-                cost = _measure(_truncated(scaler.apply(trial), max(group) + 1))
+                cost = measure(scaler.apply(trial, rows), rows, x)
                 return cost is not None and sum(cost.stage_macs[i] for i in group) <= target
 
             m = _largest(fits, budget, STAGE_BISECTIONS) if target else 1.0
@@ -337,13 +365,17 @@ def _fit_per_stage(scaler: _Scaler, spec: ast.Spec, budget: int, original: int) 
             for i in group:
                 stages[i] = m
             templates.update(dict.fromkeys(names, m))
+            final = min([rows.stop, *(min(later) for later, _ in groups[k + 1 :])])
+            done, x = _advance(
+                measure, scaler.apply(_with(stages, templates, [], [], 1.0, ratio), rows), rows, x, final
+            )
         scaling = _with(stages, templates, [], [], 1.0, ratio)
         return replace(scaling, grouped=tuple(i in scaled for i in range(len(spec.rows))))
 
     scaled = {i for group, _ in groups for i in group}
 
     def fits(ratio: float) -> bool:
-        return _fits(scaler.apply(scaling_for(ratio)), budget)
+        return _fits(measure, scaler.apply(scaling_for(ratio)), budget)
 
     lo = budget / original
     while not fits(lo):  # stages that cannot shrink (a classifier) take more than their share
@@ -357,14 +389,22 @@ def _fit_per_stage(scaler: _Scaler, spec: ast.Spec, budget: int, original: int) 
     return scaling_for(lo), lo
 
 
+def _advance(measure: Meter, spec: ast.Spec, rows: slice, x, final: int) -> tuple[int, ast.Size | None]:
+    """Where the next group's measurements start: after the rows now final (those before ``final``)
+    and their output as the next rows' input, taken from measuring ``rows`` of ``spec``. They stay
+    where they were when that output is not a plain feature map (flattened, channels-last) or the
+    rows do not build."""
+    cost = measure(spec, rows, x)
+    output = cost.outputs.get(final - 1) if cost is not None and final > rows.start else None
+    if output is None or output.flat or output.last:
+        return rows.start, x
+    return final, ast.Size((output.height, output.width, output.channels))
+
+
 def _with(stages, templates, group, names, m, ratio) -> Scaling:
     stages = [m if i in group else s for i, s in enumerate(stages)]
     templates = {**templates, **dict.fromkeys(names, m)}
     return Scaling(tuple(stages), templates, aux=math.sqrt(ratio))
-
-
-def _truncated(spec: ast.Spec, rows: int) -> ast.Spec:
-    return replace(spec, rows=spec.rows[:rows], auxes=(), budget=None)
 
 
 def _stage_groups(spec: ast.Spec, scaler: _Scaler) -> list[tuple[list[int], list[str]]]:
