@@ -26,7 +26,7 @@ from . import ast
 from .errors import IncdslError
 from .formatter import format_spec
 from .ir import template_table
-from .layers import Shape
+from .layers import KINDS, Shape, width_argument
 
 MIN_MULTIPLIER, MAX_MULTIPLIER = 1 / 64, 64.0
 BISECTIONS = 30
@@ -56,6 +56,7 @@ class Fitted:
     budget: int
     original_macs: int
     multiplier: float  # the uniform multiplier, or the MAC ratio each stage was fitted to (per stage)
+    measurements: int = 0  # the costs the search asked for (each distinct trial built once)
 
 
 def fit(
@@ -94,7 +95,7 @@ def fit(
     )
     return Fitted(
         scaled, header + format_spec(scaled), scaling, result.macs, result.params, budget,
-        original.macs, multiplier,
+        original.macs, multiplier, measure.measurements,
     )  # fmt: skip
 
 
@@ -161,31 +162,23 @@ def _channel_values(row: ast.Row, templates, params: dict[str, frozenset[str]]) 
 
 
 def _channel_positions(row: ast.Row, templates, params: dict[str, frozenset[str]]) -> list[int]:
-    """Indices into ``row.args`` of the channel counts: a conv's or linear's output argument, or a
-    template call's arguments bound to channel parameters."""
+    """Indices into ``row.args`` of the channel counts: a layer's width (a conv's or linear layer's
+    output channels: the kinds whose table entry has a ``width``), or a template call's arguments
+    bound to channel parameters."""
     template = templates.get(row.kind)
     if template is not None:
         positional = [i for i, a in enumerate(row.args) if a.key is None]
         bound = dict(zip(template.params, positional))
         bound.update({a.key: i for i, a in enumerate(row.args) if a.key is not None})
         return sorted(i for name, i in bound.items() if name in params.get(template.name, ()))
-    if row.kind in ("conv", "linear"):  # conv KxK OUT, linear OUT: the first number after any size
-        for i, arg in enumerate(row.args):
-            value = arg.value
-            if arg.key is None and not isinstance(value, ast.Size | float) and not _is_flag(value):
-                if not (isinstance(value, ast.Binary) and isinstance(value.left, ast.Size)):  # 3x3/s
-                    return [i]
-    return []
+    width = width_argument(row)  # a layer's output channels, as the layer table names them
+    return [] if width is None else [width]
 
 
-def _is_flag(value: ast.Value) -> bool:
-    """A bare word that is an option (relu, nobias, bn), not a name standing for a number."""
-    from .layers import KINDS
-
-    if not isinstance(value, ast.Ref):
-        return False
-    flags = {k for kind in ("conv", "linear") for k in KINDS[kind].options}
-    return value.name in flags or (value.name.startswith("no") and value.name[2:] in flags)
+def _dense(row: ast.Row) -> bool:
+    """A row of a kind with a width that flattens its input: a fully connected layer (a classifier)."""
+    kind = KINDS.get(row.kind)
+    return kind is not None and kind.width is not None and kind.flattens
 
 
 # applying multipliers to the AST ---------------------------------------------------------------
@@ -203,7 +196,7 @@ class _Scaler:
         return max(self.multiple, math.floor(value * m / self.multiple + 0.5) * self.multiple)
 
     def row(self, row: ast.Row, m: float, depth: float = 1.0) -> ast.Row:
-        if id(row) in self.classifiers or (row.kind == "linear" and self._is_classes(row)):
+        if id(row) in self.classifiers or (_dense(row) and self._is_classes(row)):
             return row
         args = list(row.args)
         for i in _channel_positions(row, self.templates, self.params):
@@ -245,8 +238,9 @@ class _Scaler:
 
 
 def _classifier_rows(spec: ast.Spec) -> set[int]:
-    """The main network's last linear row: the logits, never scaled even when written as a number."""
-    linears = [row for row in spec.rows if row.kind == "linear"]
+    """The main network's last fully connected row: the logits, never scaled even when written as a
+    number."""
+    linears = [row for row in spec.rows if _dense(row)]
     return {id(linears[-1])} if linears else set()
 
 
