@@ -38,7 +38,8 @@ def main() -> int:
     args = parser.parse_args()
 
     import incdsl
-    from incdsl import cli, ir, parser as spec_parser
+    from incdsl import cli, ir
+    from incdsl import parser as spec_parser
 
     counts = {"build": 0, "parse": 0}
     counted(ir, "build", counts)

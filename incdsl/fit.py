@@ -5,9 +5,13 @@ call is multiplied by ``m`` and rounded to a multiple of ``multiple`` (at least 
 largest ``m`` whose network fits the budget is found by bracketing and bisection. Table 1's columns
 stay consistent because they are the inception template's arguments, all six of them channel counts.
 
-What is a channel count is read from the AST: a conv's (or linear layer's) output argument, and a
-template parameter used as one inside its template (through nested template calls too). The classifier
+What is a channel count is read from the AST and the layer table: a layer's width (the argument its
+kind's ``width`` names: a conv's or linear layer's output), and a template parameter used as one
+inside its template (through nested template calls too). The classifier
 (``linear classes``, or a linear as wide as the classes), kernel sizes, dropout rates and options stay.
+
+Each trial is measured by building the IR from the scaled AST (no text: :class:`Meter`), each distinct
+trial once; a per-stage search builds only the rows it has not fixed yet, from their input.
 
 >>> import incdsl
 >>> result = fit(incdsl.parse(*incdsl.read("googlenet")), 1_500_000_000)
