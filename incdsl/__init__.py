@@ -24,8 +24,8 @@ from .ir import Network
 from .resources import shipped_specs
 
 __all__ = [
-    "IncdslError", "Network", "load", "parse", "stats", "compile_source", "build_module", "interpret",
-    "to_dot",
+    "IncdslError", "Network", "load", "parse", "network", "stats", "compile_source", "build_module",
+    "interpret", "to_dot",
 ]  # fmt: skip
 __version__ = "0.1.0"
 
