@@ -195,11 +195,18 @@ class _Scaler:
         self.spec, self.templates, self.multiple = spec, templates, multiple
         self.params = channel_params(templates)
         self.classifiers = _classifier_rows(spec)
+        self.scaled: dict[tuple, object] = {}  # a row or template at a multiplier: searches ask again
 
     def width(self, value: int, m: float) -> int:
         return max(self.multiple, math.floor(value * m / self.multiple + 0.5) * self.multiple)
 
     def row(self, row: ast.Row, m: float, depth: float = 1.0) -> ast.Row:
+        key = (id(row), m, depth)
+        if key not in self.scaled:
+            self.scaled[key] = self._row(row, m, depth)
+        return self.scaled[key]
+
+    def _row(self, row: ast.Row, m: float, depth: float) -> ast.Row:
         if id(row) in self.classifiers or (_dense(row) and self._is_classes(row)):
             return row
         args = list(row.args)
@@ -223,6 +230,12 @@ class _Scaler:
             for item in items
         )
 
+    def template(self, template: ast.Template, m: float) -> ast.Template:
+        key = (id(template), m)
+        if key not in self.scaled:
+            self.scaled[key] = replace(template, body=self.items(template.body, m))
+        return self.scaled[key]
+
     def apply(self, scaling: Scaling, part: slice | None = None) -> ast.Spec:
         """The spec scaled; with ``part``, only those top-level rows are (the rest, and the aux heads,
         as written: a measurement of those rows is then the same whatever the others' scaling)."""
@@ -232,9 +245,7 @@ class _Scaler:
             self.row(r, m, scaling.depth) if i in kept else r
             for i, (r, m) in enumerate(zip(spec.rows, scaling.stages))
         )
-        templates = tuple(
-            replace(t, body=self.items(t.body, scaling.templates.get(t.name, 1.0))) for t in spec.templates
-        )
+        templates = tuple(self.template(t, scaling.templates.get(t.name, 1.0)) for t in spec.templates)
         auxes = spec.auxes
         if part is None:
             auxes = tuple(replace(a, head=self.row(a.head, scaling.aux)) for a in spec.auxes)
@@ -280,7 +291,7 @@ class Meter:
         """The cost of ``spec`` (of its top-level ``rows`` only, the first taking ``input``), or None
         when it does not compile (a scaled width can break a constraint); ``strict``: raise its error."""
         self.measurements += 1
-        key = (spec, None if rows is None else (rows.start, rows.stop), input)
+        key = _key(spec, rows, input)
         if key not in self.costs or strict and self.costs[key] is None:
             self.costs[key] = self._build(spec, rows, input, strict)
         return self.costs[key]
@@ -302,6 +313,15 @@ class Meter:
             stage_macs[stage.group] = stage_macs.get(stage.group, 0) + row.macs
             outputs[stage.group] = stage.node.facts.output
         return _Cost(stats.macs, stats.params, MappingProxyType(stage_macs), MappingProxyType(outputs))
+
+
+def _key(spec: ast.Spec, rows: slice | None, input: ast.Size | None) -> tuple:
+    """What a measurement depends on: the whole spec, or for some rows only those rows and what they
+    read (the templates, defaults and header values a build of them uses)."""
+    if rows is None:
+        return (spec, input)
+    header = (spec.path, spec.network, spec.input, spec.classes, spec.defaults, spec.templates)
+    return (spec.rows[rows], header, rows.start, rows.stop, input)
 
 
 def _fits(measure: Meter, spec: ast.Spec, budget: int) -> bool:
