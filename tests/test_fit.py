@@ -158,3 +158,12 @@ def test_per_stage_finds_what_measuring_whole_prefixes_finds(monkeypatch):
     monkeypatch.setattr(fitting, "_advance", lambda measure, spec, rows, x, final: (0, None))
     slow = fit(spec, budget, per_stage=True)
     assert fast.scaling == slow.scaling and fast.text == slow.text
+
+
+def test_a_layers_width_is_found_after_a_kernel_written_with_names():
+    """``conv kxk/s c``: the layer table says the width is the argument after the kernel, whatever
+    the kernel is written as (MobileNetV2's ``cna`` template: its stem and last conv scale too)."""
+    spec = incdsl.parse(*incdsl.read("mobilenet_v2"))
+    params = channel_params({t.name: t for t in spec.templates})
+    assert params["cna"] == {"c"}
+    assert params["inverted_residual"] == {"c"}
