@@ -32,7 +32,7 @@ from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 from . import layers as L
-from .ir import Branch, Call, Fork, Layer, Network, Node, Seq, walk
+from .ir import Branch, Call, Fork, Layer, Network, Seq, Visitor, walk
 from .memory import FLOAT32_BYTES, human_bytes
 
 __all__ = [
@@ -47,8 +47,13 @@ DEVICES = ("cpu", "cuda")
 # Optimizer state per parameter, in float32 copies of the parameters, as the shipped recipes configure
 # the optimizers (incdsl/train/recipes.py): AdamW keeps two moments, SGD its momentum (0.9), RMSProp
 # its square average (no momentum). The default recipe (fast) uses AdamW.
-OPTIMIZER_SLOTS = {"adamw": 2, "sgd": 1, "rmsprop": 1}
-OPTIMIZERS = {"adamw": "AdamW", "sgd": "SGD with momentum", "rmsprop": "RMSProp"}
+OPTIMIZERS = {"adamw": "AdamW", "sgd": "SGD", "rmsprop": "RMSProp"}
+
+
+def optimizer_slots(optimizer: str, momentum: bool = True) -> int:
+    """Tensors of a parameter's size that PyTorch's optimizer keeps per parameter: AdamW's two moments;
+    SGD's momentum buffer; RMSProp's square average and its momentum buffer."""
+    return {"adamw": 2, "sgd": int(momentum), "rmsprop": 1 + int(momentum)}[optimizer]
 
 
 @dataclass(frozen=True)
@@ -63,20 +68,25 @@ class Setting:
     device: str = "cpu"
     optimizer: str = "adamw"
     averaged: bool = False  # the trainer keeps an averaged copy of the weights (EMA)
+    momentum: bool = True  # the optimizer keeps a momentum buffer (SGD, RMSProp)
 
     def __post_init__(self):
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype {self.dtype!r}: one of {', '.join(DTYPES)}")
         if self.device not in DEVICES:
             raise ValueError(f"device {self.device!r}: one of {', '.join(DEVICES)}")
-        if self.optimizer not in OPTIMIZER_SLOTS:
-            raise ValueError(f"optimizer {self.optimizer!r}: one of {', '.join(OPTIMIZER_SLOTS)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer {self.optimizer!r}: one of {', '.join(OPTIMIZERS)}")
         if self.batch < 1:
             raise ValueError(f"batch {self.batch}: at least 1")
 
     @property
     def autocast(self) -> bool:
         return self.dtype != "fp32"
+
+    @property
+    def slots(self) -> int:
+        return optimizer_slots(self.optimizer, self.momentum)
 
     @property
     def width(self) -> int:
@@ -383,7 +393,7 @@ class Estimate:
     def optimizer(self) -> int:
         if not self.setting.training:
             return 0
-        return OPTIMIZER_SLOTS[self.setting.optimizer] * self.params * FLOAT32_BYTES
+        return self.setting.slots * self.params * FLOAT32_BYTES
 
     @property
     def averaged(self) -> int:
@@ -473,7 +483,7 @@ class _Value:
         return self.entry.width
 
 
-class _Walk:
+class _Walk(Visitor):
     """The one walk: each node gives its output and the most bytes it has alive at once (``work``),
     beyond its input, which its caller holds while it runs (``x = self.stage(x)``)."""
 
@@ -527,17 +537,20 @@ class _Walk:
 
     # nodes: each returns its output, the most bytes it has alive at once beyond its input, and the
     # bytes it leaves alive until its class's forward returns (its branches' outputs, held in locals)
-    def visit(self, node: Node, x: _Value) -> tuple[_Value, int, int]:
-        if isinstance(node, Layer):
-            return self.layer(node, x)
-        if isinstance(node, Seq):
-            return self.seq(node.items, x)
-        if isinstance(node, Fork):
-            return self.fork(node, x)
-        if isinstance(node, Call):
-            out, work, _ = self.visit(node.body, x)  # its forward returns: its locals are dropped
-            return out, work, 0
-        assert isinstance(node, Branch)
+    def visit_Layer(self, node: Layer, x: _Value) -> tuple[_Value, int, int]:
+        return self.layer(node, x)
+
+    def visit_Seq(self, node: Seq, x: _Value) -> tuple[_Value, int, int]:
+        return self.seq(node.items, x)
+
+    def visit_Fork(self, node: Fork, x: _Value) -> tuple[_Value, int, int]:
+        return self.fork(node, x)
+
+    def visit_Call(self, node: Call, x: _Value) -> tuple[_Value, int, int]:
+        out, work, _ = self.visit(node.body, x)  # its forward returns: its locals are dropped
+        return out, work, 0
+
+    def visit_Branch(self, node: Branch, x: _Value) -> tuple[_Value, int, int]:
         return self.visit(node.body, x)
 
     def seq(self, items, x: _Value) -> tuple[_Value, int, int]:
@@ -551,7 +564,7 @@ class _Walk:
         return current, work, pinned
 
     def layer(self, layer: Layer, x: _Value) -> tuple[_Value, int]:
-        op, facts = layer.op, layer.facts
+        op, facts = layer.op, self.net.facts[layer]
         saves = rule(op.kind)(op, facts.input, facts.output, Context(self.setting, x.width))
         if saves.alias:
             return x, 0, 0
@@ -584,10 +597,11 @@ class _Walk:
             work = max(work, held + inner)
             held += pinned + (out.bytes if out is not x else 0)
             outs.append(out)
-        shapes = [b.facts.output for b in fork.branches]
+        facts = self.net.facts
+        shapes = [facts[b].output for b in fork.branches]
         context = Context(self.setting, outs[0].width)
-        saves = rule(fork.merge.kind)(fork.merge, shapes, fork.facts.output, context)
-        entry = self._entry(fork.key, fork.merge.kind.name, fork.facts.output, max(o.width for o in outs))
+        saves = rule(fork.merge.kind)(fork.merge, shapes, facts[fork].output, context)
+        entry = self._entry(fork.key, fork.merge.kind.name, facts[fork].output, max(o.width for o in outs))
         entry.kept = self.setting.training and saves.output
         for out in outs if self.setting.training and saves.input else ():
             out.entry.kept = True
@@ -595,16 +609,16 @@ class _Walk:
         return _Value(entry), max(work, held + entry.output + saves.work), held
 
     # parameters ------------------------------------------------------------------------------
-    def _layers(self, heads) -> list[Layer]:
-        nodes = [n for stage in self.net.stages for n in walk(stage.node)]
-        nodes += [n for aux in heads for n in walk(aux.node)]
-        return [n for n in nodes if isinstance(n, Layer)]
+    def _tensors(self, heads) -> list[L.Tensor]:
+        roots = [stage.node for stage in self.net.stages] + [aux.node for aux in heads]
+        layers = [n for root in roots for n in walk(root) if isinstance(n, Layer)]
+        return [t for layer in layers for t in self.net.facts[layer].state]
 
     def _weights(self, heads) -> int:
-        return sum(_state_bytes(t) for layer in self._layers(heads) for t in layer.facts.state)
+        return sum(_state_bytes(t) for t in self._tensors(heads))
 
     def _params(self, heads) -> int:
-        tensors = [t for layer in self._layers(heads) for t in layer.facts.state]
+        tensors = self._tensors(heads)
         return sum(t.numel for t in tensors if t.role in L.TRAINABLE)
 
 
@@ -623,7 +637,7 @@ def describe(est: Estimate) -> list[str]:
             f"{b(est.activations)}, at most {b(est.live)} of activations alive at once (in {where})",
             f"  peak {b(est.peak)} = weights {b(est.weights)} + live activations {b(est.live)}",
         ]
-    slots = OPTIMIZER_SLOTS[s.optimizer]
+    slots = s.slots
     averaged = f" + averaged weights {b(est.averaged)}" if s.averaged else ""
     return [
         f"memory at batch {s.batch} ({mode}, {OPTIMIZERS[s.optimizer]}, aux heads included):",

@@ -12,7 +12,7 @@ import os
 import sys
 
 from . import __version__, load, locate, report
-from .activations import DTYPES, OPTIMIZER_SLOTS, Setting
+from .activations import DTYPES, OPTIMIZERS, Setting
 from .errors import BudgetExceeded, IncdslError
 from .files import check_output, write_atomic
 from .numbers import MAX_BUDGET, MAX_INT, NumberError, read_float, read_int, read_quantity
@@ -76,7 +76,7 @@ def _parser() -> argparse.ArgumentParser:
         help="with --batch: a training step (saved for backward, gradients, optimizer state) and its peak",
     )
     p.add_argument("--dtype", choices=DTYPES, help="with --batch: fp32 (default) or bf16 (autocast)")
-    p.add_argument("--optimizer", choices=OPTIMIZER_SLOTS, help="with --train: whose state to count (adamw)")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, help="with --train: whose state to count (adamw)")
     p.set_defaults(func=cmd_stats)
 
     p = sub.add_parser("check", help="exit 0 if the spec is valid and within its budget")

@@ -311,7 +311,7 @@ class Meter:
         outputs: dict[int, Shape] = {}
         for stage, row in zip(net.stages, stats.rows, strict=True):
             stage_macs[stage.group] = stage_macs.get(stage.group, 0) + row.macs
-            outputs[stage.group] = stage.node.facts.output
+            outputs[stage.group] = net.facts[stage.node].output
         return _Cost(stats.macs, stats.params, MappingProxyType(stage_macs), MappingProxyType(outputs))
 
 

@@ -22,13 +22,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import layers as L
-from .ir import Branch, Call, Fork, Layer, Network, Node, Seq
+from .ir import Fork, Layer, Network, Node, Visitor
 from .layers import BATCHES, BIAS, NORM_BIAS, NORM_WEIGHT, RUNNING_MEAN, RUNNING_VAR, WEIGHT
 
 BN_MOMENTUM = 0.1  # nn.BatchNorm2d's default
 
 
-class Interpreter:
+class Interpreter(Visitor):
     """A network's IR, executable: ``Interpreter(net)(x)``. ``state`` maps state_dict keys to the
     tensors (parameters with ``requires_grad``, and buffers); give it a module's ``state_dict()`` to
     run the same weights."""
@@ -59,23 +59,23 @@ class Interpreter:
                     aux_outputs[aux.name] = self.visit(aux.node, x)
         return (x, *(aux_outputs[aux.name] for aux in heads)) if heads else x
 
-    def visit(self, node: Node, x: Tensor) -> Tensor:
-        if isinstance(node, Layer):
-            return self.layer(node, x)
-        if isinstance(node, Seq):
-            for item in node.items:
-                x = self.visit(item, x)
-            return x
-        if isinstance(node, Fork):
-            parts = x.chunk(len(node.branches), 1) if node.split else [x] * len(node.branches)
-            outputs = [self.visit(branch, part) for branch, part in zip(node.branches, parts)]
-            return _MERGES[type(node.merge.kind)](node.merge, outputs)
-        assert isinstance(node, (Branch, Call))
-        return self.visit(node.body, x)
+    def visit_Layer(self, node: Layer, x: Tensor) -> Tensor:
+        return self.layer(node, x)
+
+    def visit_Fork(self, node: Fork, x: Tensor) -> Tensor:
+        parts = x.chunk(len(node.branches), 1) if node.split else [x] * len(node.branches)
+        outputs = [self.visit(branch, part) for branch, part in zip(node.branches, parts)]
+        return _MERGES[type(node.merge.kind)](node.merge, outputs)
+
+    def generic_visit(self, node: Node, x: Tensor) -> Tensor:  # a sequence, a branch, a call
+        for child in node.children():
+            x = self.visit(child, x)
+        return x
 
     def layer(self, layer: Layer, x: Tensor) -> Tensor:
-        tensors = {t.role: self.state[layer.state_key(t)] for t in layer.facts.state}
-        if isinstance(layer.op.kind, L.Linear) and layer.facts.input.last:  # at every position
+        facts = self.net.facts[layer]
+        tensors = {t.role: self.state[layer.state_key(t)] for t in facts.state}
+        if isinstance(layer.op.kind, L.Linear) and facts.input.last:  # at every position
             return activate(layer.op["act"], F.linear(x, tensors[WEIGHT], tensors.get(BIAS)))
         for cls in type(layer.op.kind).__mro__:
             if cls in _OPS:
@@ -89,8 +89,9 @@ def initial_state(net: Network, seed: int = 0) -> dict[str, Tensor]:
     generator = torch.Generator().manual_seed(seed)
     state = {}
     for node in net.layers():
-        fan_in = next((math.prod(t.shape[1:]) for t in node.facts.state if t.role == WEIGHT), 1)
-        for t in node.facts.state:
+        tensors = net.facts[node].state
+        fan_in = next((math.prod(t.shape[1:]) for t in tensors if t.role == WEIGHT), 1)
+        for t in tensors:
             state[node.state_key(t)] = _initial(t, fan_in, generator)
     return state
 

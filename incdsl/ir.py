@@ -13,12 +13,15 @@
            |  Fork(branches, merge)           parallel Branch(body)es, combined by a typed Merge
            |  Call(cls, args, body)           a template call: which class, with which arguments
 
-Every node of the network is *concrete* (numbers everywhere), and passes (:mod:`incdsl.passes`)
-attach its :class:`Facts`: input and output shape, params, MACs. Each :class:`BlockClass` (and the
-:class:`ModelClass`) also has a *symbolic* body: the same tree built once with the template's
-parameters as names (:class:`~incdsl.symbolic.Sym`), from which a backend writes one class whose
-constructor takes them; its layers know their concrete ``instances``. Both bodies come from one
-naming plan (:mod:`incdsl.naming`), so they line up node for node.
+Nodes are frozen and compared by identity; each has ``children()``, and :class:`Visitor` and
+:class:`Transformer` walk them (``visit_Layer``, ``visit_Fork``...). Every node of the network is
+*concrete* (numbers everywhere); the passes (:mod:`incdsl.passes`) compute side tables keyed by node,
+which the annotated Network carries: ``net.facts[node]`` (:class:`Facts`: input and output shape,
+params, MACs). Each :class:`BlockClass` (and the :class:`ModelClass`) also has a *symbolic* body: the
+same tree built once with the template's parameters as names (:class:`~incdsl.symbolic.Sym`), from
+which a backend writes one class whose constructor takes them; ``net.twins[layer]`` gives a body
+layer's concrete twins and ``net.channels[node]`` its channels as expressions. Both bodies come from
+one naming plan (:mod:`incdsl.naming`), so they line up node for node.
 
 Names: ``attr`` is a layer's attribute in its module, ``local`` its path in its class, ``key`` its
 path in the network, which prefixes its state_dict keys (``inception3a.branch2.0``). Every name the
@@ -30,7 +33,7 @@ A dataflow graph (networkx; for drawing and for order) is derived from the tree 
 
     >>> import incdsl
     >>> net = incdsl.load("googlenet")
-    >>> [(s.attr, s.node.facts.output.channels) for s in net.stages][7:9]
+    >>> [(s.attr, net.facts[s.node].output.channels) for s in net.stages][7:9]
     [('inception3a', 256), ('inception3b', 480)]
     >>> call = net.stages[7].node
     >>> call.cls.name, dict(call.args)["n1x1"], [b.container for b in call.body.items[0].branches]
@@ -103,32 +106,38 @@ class Channels:
     spatial: tuple[int, int] = (1, 1)
 
 
-@dataclass(eq=False)
+@dataclass(frozen=True, eq=False)
 class Node:
+    """A node of the IR: frozen, compared by identity (a side table keys it), with its children."""
+
     span: Span
-    facts: Facts | None = field(default=None, init=False, repr=False)
-    channels: Channels | None = field(default=None, init=False, repr=False)
+
+    def children(self) -> tuple[Node, ...]:
+        """The nodes directly under this one, in execution order."""
+        return ()
 
 
-@dataclass(eq=False)
+@dataclass(frozen=True, eq=False)
 class Layer(Node):
     op: Op
     attr: str  # its attribute in its module ('' when it is its named branch itself)
     local: str  # its path in its class
     key: str  # its path in the network: state_dict keys start with it
-    instances: list[Layer] = field(default_factory=list, repr=False)  # a class body's: concrete twins
 
     def state_key(self, tensor: Tensor) -> str:
         """A tensor's state_dict key: under the layer's key, or the key itself (a layer scale)."""
         return f"{self.key}.{tensor.key}" if tensor.key else self.key
 
 
-@dataclass(eq=False)
+@dataclass(frozen=True, eq=False)
 class Seq(Node):
     items: tuple[Node, ...]
 
+    def children(self) -> tuple[Node, ...]:
+        return self.items
 
-@dataclass(eq=False)
+
+@dataclass(frozen=True, eq=False)
 class Branch(Node):
     body: Seq
     container: str | None  # the attribute holding its layers (a named branch), None when flattened
@@ -136,18 +145,25 @@ class Branch(Node):
     var: str = ""  # the forward's local variable for its output (allocated in a class body)
     var_hint: str = field(default="", repr=False)
 
+    def children(self) -> tuple[Node, ...]:
+        return (self.body,)
 
-@dataclass(eq=False)
+
+@dataclass(frozen=True, eq=False)
 class Fork(Node):
     branches: tuple[Branch, ...]
     merge: Op  # merge.kind is a MergeKind (concat, add); merge.args its options
     key: str  # an id for the merge point (``inception3a.concat@9:5``), not an attribute
-    stored: dict[str, str] = field(default_factory=dict)  # a class body's: option -> attribute holding it
+    # a class body's: option -> attribute holding it (a residual's ``scale`` given by an argument)
+    stored: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     split: bool = False  # each branch takes an equal part of the input's channels (x.chunk)
     inputs: tuple[str, ...] = ()  # a class body's split: the forward's variables for the parts
 
+    def children(self) -> tuple[Node, ...]:
+        return self.branches
 
-@dataclass(eq=False)
+
+@dataclass(frozen=True, eq=False)
 class Call(Node):
     cls: BlockClass
     args: Mapping[str, Num]
@@ -155,6 +171,50 @@ class Call(Node):
     attr: str
     local: str
     key: str
+
+    def children(self) -> tuple[Node, ...]:
+        return (self.body,)
+
+
+class Visitor:
+    """Walks an IR tree, dispatching on the node's class (pycparser's ``NodeVisitor``):
+    ``visit_Layer``, ``visit_Seq``, ``visit_Fork``, ``visit_Branch``, ``visit_Call``; a class without its
+    method gets :meth:`generic_visit`, which visits the children and returns None.
+
+    >>> import incdsl
+    >>> class Convs(Visitor):
+    ...     def __init__(self):
+    ...         self.n = 0
+    ...     def visit_Layer(self, layer):
+    ...         self.n += layer.op.kind.name == "conv"
+    >>> v = Convs(); v.visit(incdsl.load("googlenet").stages[7].node); v.n
+    6
+    """
+
+    def visit(self, node: Node, *args):
+        """Dispatch on the node's class; extra arguments (an input tensor, a context) pass through."""
+        return getattr(self, "visit_" + type(node).__name__, self.generic_visit)(node, *args)
+
+    def generic_visit(self, node: Node, *args):
+        for child in node.children():
+            self.visit(child, *args)
+
+
+class Transformer(Visitor):
+    """A visitor that returns a new tree (sqlglot's ``transform``): :meth:`generic_visit` rebuilds a node
+    around its transformed children, and keeps the node itself when none changed."""
+
+    def generic_visit(self, node: Node) -> Node:
+        if isinstance(node, Seq):
+            items = tuple(self.visit(item) for item in node.items)
+            return node if items == node.items else replace(node, items=items)
+        if isinstance(node, Fork):
+            branches = tuple(self.visit(b) for b in node.branches)
+            return node if branches == node.branches else replace(node, branches=branches)
+        if isinstance(node, (Branch, Call)):
+            body = self.visit(node.body)
+            return node if body is node.body else replace(node, body=body)
+        return node
 
 
 @dataclass(eq=False)
@@ -230,9 +290,14 @@ class ModelClass:
     locals: Scope | None = field(default=None, repr=False)  # its forward's variables (the aux heads')
 
 
-@dataclass(eq=False)
+EMPTY: Mapping = MappingProxyType({})
+
+
+@dataclass(frozen=True, eq=False)
 class Network:
-    """The IR of one spec; see the module docstring."""
+    """The IR of one spec; see the module docstring. The side tables are filled by who owns them:
+    ``twins`` by :func:`build`, ``facts``, ``channels`` and ``outs`` by :func:`incdsl.passes.run`, which
+    returns a new Network (empty tables mean the passes have not run)."""
 
     name: str
     input: Shape
@@ -244,7 +309,13 @@ class Network:
     model: ModelClass
     defaults: Mapping[str, tuple[ast.Arg, ...]] = field(repr=False)
     spec: ast.Spec = field(repr=False)  # the spec built (its header overridden, its rows those built)
-    templates: Mapping[str, ast.Template] = field(default_factory=dict, repr=False)  # by name
+    templates: Mapping[str, ast.Template] = field(default_factory=lambda: EMPTY, repr=False)  # by name
+    # Side tables. A class body's (or the model's) layer -> the same layer in each concrete call; each
+    # concrete node's facts; each class-body node's channels; each class's output channels.
+    twins: Mapping[Layer, tuple[Layer, ...]] = field(default_factory=lambda: EMPTY, repr=False)
+    facts: Mapping[Node, Facts] = field(default_factory=lambda: EMPTY, repr=False)
+    channels: Mapping[Node, Channels] = field(default_factory=lambda: EMPTY, repr=False)
+    outs: Mapping[BlockClass, Expr] = field(default_factory=lambda: EMPTY, repr=False)
 
     @cached_property
     def row_stages(self) -> Mapping[int, tuple[Stage, ...]]:
@@ -266,12 +337,15 @@ class Network:
         """The dataflow graph (a networkx DiGraph), derived from the tree: see :func:`dataflow`."""
         return dataflow(self)
 
+    def roots(self) -> Iterator[Node]:
+        """The concrete trees: each stage's, then each aux head's."""
+        yield from (stage.node for stage in self.stages)
+        yield from (aux.node for aux in self.auxes)
+
     def walk(self) -> Iterator[Node]:
         """Every concrete node, in execution order (aux heads after the stages)."""
-        for stage in self.stages:
-            yield from walk(stage.node)
-        for aux in self.auxes:
-            yield from walk(aux.node)
+        for root in self.roots():
+            yield from walk(root)
 
     def layers(self) -> Iterator[Layer]:
         """Every concrete layer, in execution order (aux heads' after the stages')."""
@@ -280,15 +354,11 @@ class Network:
 
 def walk(node: Node) -> Iterator[Node]:
     """``node`` and everything under it, in execution order (a node before its children)."""
-    yield node
-    if isinstance(node, (Seq,)):
-        for item in node.items:
-            yield from walk(item)
-    elif isinstance(node, Fork):
-        for branch in node.branches:
-            yield from walk(branch)
-    elif isinstance(node, (Branch, Call)):
-        yield from walk(node.body)
+    stack = [node]
+    while stack:
+        node = stack.pop()
+        yield node
+        stack.extend(reversed(node.children()))
 
 
 def layers(node: Node) -> Iterator[Layer]:
@@ -311,29 +381,40 @@ def dataflow(net: Network):
     g.add_node(INPUT, node=None, stage=None, aux=None)
     source = INPUT
     for stage in net.stages:
-        source = g.graph["outputs"][stage.attr] = _flow(g, stage.node, source, stage.attr, None)
+        source = g.graph["outputs"][stage.attr] = _Flow(g, source, stage.attr, None).visit(stage.node)
     for aux in net.auxes:
         start = g.graph["outputs"][aux.after.attr]
-        g.graph["outputs"][aux.name] = _flow(g, aux.node, start, aux.name, aux.name)
+        g.graph["outputs"][aux.name] = _Flow(g, start, aux.name, aux.name).visit(aux.node)
     return g
 
 
-def _flow(g, node: Node, source: str, stage: str, aux: str | None) -> str:
-    if isinstance(node, Layer):
-        g.add_node(node.key, node=node, stage=stage, aux=aux)
-        g.add_edge(source, node.key)
+class _Flow(Visitor):
+    """Adds a tree's layers and merges to the graph; each visit returns the id of the node giving the
+    visited node's output."""
+
+    def __init__(self, g, source: str, stage: str, aux: str | None):
+        self.g, self.source, self.where = g, source, {"stage": stage, "aux": aux}
+
+    def visit_Layer(self, node: Layer) -> str:
+        self.g.add_node(node.key, node=node, **self.where)
+        self.g.add_edge(self.source, node.key)
+        self.source = node.key
         return node.key
-    if isinstance(node, Seq):
-        for item in node.items:
-            source = _flow(g, item, source, stage, aux)
-        return source
-    if isinstance(node, Fork):
-        outputs = [_flow(g, branch, source, stage, aux) for branch in node.branches]
-        g.add_node(node.key, node=node, stage=stage, aux=aux)
+
+    def visit_Fork(self, node: Fork) -> str:
+        start, outputs = self.source, []
+        for branch in node.branches:
+            self.source = start
+            outputs.append(self.visit(branch))
+        self.g.add_node(node.key, node=node, **self.where)
         for i, output in enumerate(outputs):  # a residual's or a gate's input, or its projection
-            g.add_edge(output, node.key, shortcut=i == node.merge.args.get("shortcut"))
+            self.g.add_edge(output, node.key, shortcut=i == node.merge.args.get("shortcut"))
+        self.source = node.key
         return node.key
-    return _flow(g, node.body, source, stage, aux)
+
+    def generic_visit(self, node: Node) -> str:  # a sequence, a branch, a call: through its children
+        super().generic_visit(node)
+        return self.source
 
 
 # building ------------------------------------------------------------------------------------
@@ -455,6 +536,7 @@ class _Builder:
         self.owners: list[BlockClass | None] = [None]  # the class whose body is being built (None: the model)
         self.decided: dict[tuple, dict] = {}  # (owner, place in it) -> a call's when= decisions
         self.checking = False  # building uncalled templates: when= undecided keeps every part
+        self.facts: dict[Node, Facts] = {}  # the shapes of what is built so far (a call's in_channels)
 
     def network(self) -> Network:
         spec = self.spec
@@ -471,11 +553,11 @@ class _Builder:
         model.attrs = attrs
         self._check_uncalled_templates()
         blocks = _callees_first([c for c in self.classes.values() if c.calls])
-        _link_instances(blocks, model, stages, auxes)
         _Names(name, name_span, blocks, model).allocate()
         return Network(
             name, shape, spec.classes, spec.budget, stages, auxes, tuple(blocks), model,
             MappingProxyType(self.defaults), spec, MappingProxyType(self.templates),
+            _twins(blocks, model, stages, auxes),
         )  # fmt: skip
 
     def _stages(self, members: tuple[Member, ...], frame: _Frame) -> tuple[Stage, ...]:
@@ -489,7 +571,7 @@ class _Builder:
                 )  # fmt: skip
             _refuse_when(member.row, "a top-level row")
             node = self._row(member.row, member.attr, replace(frame, shape=x))
-            x = _shape_of(node, x)
+            x = self._shape_of(node, x)
             group = groups[member.row.span]
             stages.append(Stage(member.attr, node, member.row, group, stage_name(member), member.sequence))
         return tuple(stages)
@@ -498,7 +580,8 @@ class _Builder:
         attrs.claim(aux.name.text, f"aux head '{aux.name.text}'", aux.name.span, "aux head name")
         after = _find_stage(aux.after, stages)
         _refuse_when(aux.head, "an aux head")
-        node = self._row(aux.head, aux.name.text, _Frame(env, {}, "", "", False, after.node.facts.output))
+        frame = _Frame(env, {}, "", "", False, self.facts[after.node].output)
+        node = self._row(aux.head, aux.name.text, frame)
         return AuxHead(aux.name.text, after, _aux_weight(aux), node, aux)
 
     def _model(self, name, members, stages, auxes) -> ModelClass:
@@ -510,7 +593,8 @@ class _Builder:
         for stage in stages:
             node = self._row(stage.row, stage.attr, frame)
             if len(dropouts) == 1 and stage is dropouts[0]:
-                node.op = replace(node.op, args=MappingProxyType({**node.op.args, "p": DROPOUT}))
+                args = MappingProxyType({**node.op.args, "p": DROPOUT})  # the constructor's dropout
+                node = replace(node, op=replace(node.op, args=args))
             twins.append(replace(stage, node=node))
         twin_stages = tuple(twins)
         by_attr = {s.attr: s for s in twin_stages}
@@ -522,6 +606,15 @@ class _Builder:
         dropout = dropouts[0].node.op["p"] if len(dropouts) == 1 else None
         return ModelClass(class_name(name), outputs, twin_stages, twin_auxes, dropout)
 
+    def _shape_of(self, node: Node, x: Shape | None) -> Shape | None:
+        """A concrete node's output, computed now (a call's in_channels needs it); None where shapes
+        are not tracked (a class body)."""
+        if x is None:
+            return None
+        from .passes import shape  # passes imports this module
+
+        return shape(node, x, self.facts)
+
     # rows, groups, calls --------------------------------------------------------------------
     def _seq(self, members: tuple[Member, ...], frame: _Frame, span: Span) -> Seq:
         """Members one after another, those a ``when=`` leaves out dropped (the positions of an
@@ -532,7 +625,7 @@ class _Builder:
         items, x = [], frame.shape
         for member in kept:
             node = self._member(member, replace(frame, shape=x))
-            x = _shape_of(node, x)
+            x = self._shape_of(node, x)
             items.append(node)
         return Seq(span, tuple(items))
 
@@ -970,22 +1063,19 @@ def _callees_first(classes: list[BlockClass]) -> list[BlockClass]:
     return done
 
 
-def _link_instances(blocks, model: ModelClass, stages, auxes) -> None:
-    """Give each layer of a class body its concrete twins, the same layer in every call."""
-    for cls in blocks:
-        for call in cls.calls:
-            _link(cls.body, call.body)
-    for twin, stage in zip(model.stages, stages):
-        _link(twin.node, stage.node)
-    for twin, aux in zip(model.auxes, auxes):
-        _link(twin.node, aux.node)
-
-
-def _link(symbolic: Node, concrete: Node) -> None:
-    for a, b in zip(walk(symbolic), walk(concrete), strict=True):
-        assert type(a) is type(b), (a, b)
-        if isinstance(a, Layer):
-            a.instances.append(b)
+def _twins(blocks, model: ModelClass, stages, auxes) -> Mapping[Layer, tuple[Layer, ...]]:
+    """Each layer of a class body (and of the model's twin) with its concrete twins: the same layer
+    in every call."""
+    pairs = [(cls.body, call.body) for cls in blocks for call in cls.calls]
+    pairs += [(twin.node, stage.node) for twin, stage in zip(model.stages, stages)]
+    pairs += [(twin.node, aux.node) for twin, aux in zip(model.auxes, auxes)]
+    twins: dict[Layer, list[Layer]] = {}
+    for symbolic_root, concrete_root in pairs:
+        for a, b in zip(walk(symbolic_root), walk(concrete_root), strict=True):
+            assert type(a) is type(b), (a, b)
+            if isinstance(a, Layer):
+                twins.setdefault(a, []).append(b)
+    return MappingProxyType({layer: tuple(found) for layer, found in twins.items()})
 
 
 class _Names:
@@ -1007,8 +1097,7 @@ class _Names:
         for cls in self.blocks:
             self._parameters(cls)
             cls.locals = locals_scope()
-            _locals(cls.body, cls.locals)
-            _stored(cls.body, cls.attrs)
+            cls.body = _Locals(cls.locals, cls.attrs).visit(cls.body)
         self._auxes()
 
     def _parameters(self, cls: BlockClass) -> None:
@@ -1033,21 +1122,26 @@ class _Names:
         self.model.auxes = tuple(auxes)
 
 
-def _locals(body: Node, scope: Scope) -> None:
-    for node in walk(body):
-        if isinstance(node, Branch):
-            node.var = scope.fresh(node.var_hint)
-        if isinstance(node, Fork) and node.split:
-            node.inputs = tuple(scope.fresh(f"x{i}") for i in range(1, len(node.branches) + 1))
+class _Locals(Transformer):
+    """A class body with its forward's variables allocated (a branch's output, a split's parts) and
+    the attributes that keep a merge option given by a class argument (a residual's ``scale``)."""
 
+    def __init__(self, scope: Scope, attrs: Scope):
+        self.scope, self.attrs = scope, attrs
 
-def _stored(body: Node, attrs: Scope) -> None:
-    """A merge option given by a class argument (a residual's ``scale``) is kept as an attribute."""
-    for node in walk(body):
-        if isinstance(node, Fork):
-            for key, value in node.merge.args.items():
-                if symbolic(value):
-                    node.stored[key] = attrs.fresh(key, f"the stored {key} of a {node.merge.kind.name}")
+    def visit_Branch(self, node: Branch) -> Branch:
+        var = self.scope.fresh(node.var_hint)  # allocated before the branch's own (reading order)
+        return replace(self.generic_visit(node), var=var)
+
+    def visit_Fork(self, node: Fork) -> Fork:
+        parts = range(1, len(node.branches) + 1) if node.split else ()
+        inputs = tuple(self.scope.fresh(f"x{i}") for i in parts)
+        stored = {
+            key: self.attrs.fresh(key, f"the stored {key} of a {node.merge.kind.name}")
+            for key, value in node.merge.args.items()
+            if symbolic(value)
+        }
+        return replace(self.generic_visit(node), inputs=inputs, stored=MappingProxyType(stored))
 
 
 def _class_stem(cls: BlockClass, blocks) -> str:
@@ -1146,16 +1240,6 @@ def _at_position(member: Member, i: int) -> Member:
     if member.row is not None:
         return replace(member, attr=str(i))
     return replace(member, group=(replace(member.group[0], attr=str(i)),))
-
-
-def _shape_of(node: Node, x: Shape | None) -> Shape | None:
-    """A concrete node's output (its facts, computed now: a call's in_channels needs them); None where
-    shapes are not tracked (a class body)."""
-    if x is None:
-        return None
-    from .passes import shape  # passes imports this module
-
-    return shape(node, x)
 
 
 def _items(items) -> Iterator:

@@ -1,12 +1,15 @@
-"""Passes over the IR, run in order: each reads what earlier ones attached and adds its own records.
+"""Passes over the IR, run in order: each reads the tables earlier ones returned and returns its own.
 
-Like sqlglot's optimizer RULES or torch.fx's ShapeProp: plain functions, an ordered tuple, each a walk
-of the tree (linear in the network's size).
+Like sqlglot's optimizer RULES or torch.fx's ShapeProp: plain functions of the network, an ordered
+tuple, each a walk of the tree (linear in the network's size). The IR's nodes are frozen; what a pass
+finds goes into a side table keyed by node, which :func:`run` puts on the Network it returns, so a
+consumer can only read a fact that has been computed:
 
 - :func:`infer_shapes`: every concrete node's input and output :class:`~incdsl.layers.Shape`;
 - :func:`count`: every concrete node's tensors, params and MACs (a composite node's are its sums);
-- :func:`infer_channels`: every class body's channels as expressions of the class's arguments, and
-  the facts a class needs from its calls (the feature-map size a linear layer flattens);
+- :func:`infer_channels`: every class body's channels as expressions of the class's arguments, each
+  class's output channels, and the facts a class needs from its calls (the feature-map size a linear
+  layer flattens);
 - :func:`check_heads`: each aux head ends in logits the trainer can use.
 
 A spec these passes accept compiles: nothing a backend needs is decided later.
@@ -15,47 +18,57 @@ A spec these passes accept compiles: nothing a backend needs is decided later.
 from __future__ import annotations
 
 from dataclasses import replace
+from types import MappingProxyType
 
 from .errors import IncdslError, ShapeError, SpecArgumentError
-from .ir import IN_CHANNELS, BlockClass, Branch, Call, Channels, Facts, Fork, Layer, Network, Node, Seq, walk
+from .ir import (
+    IN_CHANNELS,
+    BlockClass,
+    Branch,
+    Call,
+    Channels,
+    Facts,
+    Fork,
+    Layer,
+    Network,
+    Node,
+    Seq,
+    Visitor,
+    walk,
+)
 from .layers import TRAINABLE, Shape, Source
 from .symbolic import Expr, apply, simplest
 
 
-def infer_shapes(net: Network) -> None:
-    """Attach input and output shapes to every concrete node, in data-flow order."""
+def infer_shapes(net: Network) -> dict:
+    """Every concrete node's input and output shapes, in data-flow order."""
+    facts: dict[Node, Facts] = {}
     x = net.input
     for stage in net.stages:
-        x = _shape(stage.node, x)
+        x = shape(stage.node, x, facts)
     for aux in net.auxes:
-        _shape(aux.node, aux.after.node.facts.output)
+        shape(aux.node, facts[aux.after.node].output, facts)
+    return {"facts": facts}
 
 
-def shape(node: Node, x: Shape) -> Shape:
-    """A concrete node's output for input ``x``, its facts (and its children's) attached."""
-    return _shape(node, x)
-
-
-def _shape(node: Node, x: Shape) -> Shape:
-    if node.facts is not None and node.facts.input == x:
-        return node.facts.output  # shaped already (as the builder went: a call's in_channels)
+def shape(node: Node, x: Shape, facts: dict[Node, Facts]) -> Shape:
+    """A concrete node's output for input ``x``; its facts (and its children's) go into ``facts``."""
+    known = facts.get(node)
+    if known is not None and known.input == x:
+        return known.output  # shaped already (as the builder went: a call's in_channels)
     if isinstance(node, Layer):
         y = node.op.kind.out_shape(node.op, x)
-    elif isinstance(node, Seq):
-        y = x
-        for item in node.items:
-            y = _shape(item, y)
     elif isinstance(node, Fork):
         part = _part(node, x) if node.split else x
-        shapes = [_shape(b, part) for b in node.branches]
+        shapes = [shape(b, part, facts) for b in node.branches]
         sources = [_source(b, i == node.merge.args.get("shortcut")) for i, b in enumerate(node.branches)]
         y = node.merge.kind.out_shape(node.merge, shapes, node.span, sources)
-    elif isinstance(node, Call):
+    else:  # a sequence, a branch, a call: its children one after another
+        y = x
         with _in_call(node):
-            y = _shape(node.body, x)
-    else:  # Branch
-        y = _shape(node.body, x)
-    node.facts = Facts(x, y)
+            for child in node.children():
+                y = shape(child, y, facts)
+    facts[node] = Facts(x, y)
     return y
 
 
@@ -108,91 +121,105 @@ def _text(x: Shape) -> str:
 class _in_call:
     """Errors inside a call say which call, as the builder's do."""
 
-    def __init__(self, call: Call):
-        self.call = call
+    def __init__(self, node: Node):
+        self.call = node if isinstance(node, Call) else None
 
     def __enter__(self):
         return self
 
     def __exit__(self, kind, exc, tb):
-        if isinstance(exc, IncdslError):
+        if self.call is not None and isinstance(exc, IncdslError):
             exc.notes.append(f"in template '{self.call.cls.template.name}', called at {self.call.span}")
         return False
 
 
-def count(net: Network) -> None:
-    """Attach tensors, params and MACs to every concrete node."""
-    for stage in net.stages:
-        _count(stage.node)
-    for aux in net.auxes:
-        _count(aux.node)
+def count(net: Network, facts: dict[Node, Facts]) -> dict:
+    """Every concrete node's facts with its tensors, params and MACs (a composite's are its sums)."""
+    counted: dict[Node, Facts] = {}
+    for root in net.roots():
+        _count(root, facts, counted)
+    return {"facts": counted}
 
 
-def _count(node: Node) -> tuple[int, int]:
-    facts = node.facts
+def _count(node: Node, facts, counted) -> Facts:
+    own = facts[node]
     if isinstance(node, Layer):
         kind, op = node.op.kind, node.op
-        state = kind.state(op, facts.input, facts.output)
+        state = kind.state(op, own.input, own.output)
         params = sum(t.numel for t in state if t.role in TRAINABLE)
-        node.facts = replace(facts, params=params, macs=kind.macs(op, facts.input, facts.output), state=state)
-        return node.facts.params, node.facts.macs
-    sums = [_count(child) for child in _children(node)]
-    params, macs = sum(p for p, _ in sums), sum(m for _, m in sums)
-    node.facts = replace(facts, params=params, macs=macs)
-    return params, macs
+        counted[node] = replace(own, params=params, macs=kind.macs(op, own.input, own.output), state=state)
+    else:
+        sums = [_count(child, facts, counted) for child in node.children()]
+        counted[node] = replace(own, params=sum(f.params for f in sums), macs=sum(f.macs for f in sums))
+    return counted[node]
 
 
-def _children(node: Node) -> tuple[Node, ...]:
-    if isinstance(node, Seq):
-        return node.items
-    if isinstance(node, Fork):
-        return node.branches
-    return (node.body,)
-
-
-def infer_channels(net: Network) -> None:
+def infer_channels(net: Network, facts: dict[Node, Facts]) -> dict:
     """Channels of every class body as expressions of its arguments (callees first, so a call's
     output is its class's, in the caller's terms)."""
+    pass_ = _Channels(net, facts)
     for cls in net.blocks:
-        cls.out = _channels(cls.body, Expr.of(IN_CHANNELS), cls)
+        pass_.cls = cls
+        pass_.outs[cls] = pass_.run(cls.body, Expr.of(IN_CHANNELS))
+    pass_.cls = None
     x = Expr.of(net.input.channels)
     for stage in net.model.stages:
-        x = _channels(stage.node, x)
+        x = pass_.run(stage.node, x)
     for aux in net.model.auxes:
-        _channels(aux.node, aux.after.node.channels.output)
+        pass_.run(aux.node, pass_.channels[aux.after.node].output)
+    return {"channels": pass_.channels, "outs": pass_.outs}
 
 
-def _channels(node: Node, c: Expr, cls: BlockClass | None = None) -> Expr:
-    if isinstance(node, Layer):
-        flat_input, spatial = _flattened(node, cls)
-        out = Expr.of(node.op.kind.out_channels(node.op, c, spatial))
-        node.channels = Channels(c, out, flat_input, spatial)
+class _Channels(Visitor):
+    """Each visit takes the node's input channels (``self.c``) and returns its output channels."""
+
+    def __init__(self, net: Network, facts):
+        self.twins, self.facts = net.twins, facts
+        self.channels: dict[Node, Channels] = {}
+        self.outs: dict[BlockClass, Expr] = {}
+        self.cls: BlockClass | None = None
+        self.c = Expr.of(0)
+
+    def run(self, node: Node, c: Expr) -> Expr:
+        self.c = c
+        out = self.visit(node)
+        self.channels.setdefault(node, Channels(c, out))
         return out
-    if isinstance(node, Seq):
-        out = c
+
+    def visit_Layer(self, node: Layer) -> Expr:
+        flat_input, spatial = _flattened(node, self.cls, [self.facts[t].input for t in self.twins[node]])
+        out = Expr.of(node.op.kind.out_channels(node.op, self.c, spatial))
+        self.channels[node] = Channels(self.c, out, flat_input, spatial)
+        return out
+
+    def visit_Seq(self, node: Seq) -> Expr:
+        out = self.c
         for item in node.items:
-            out = _channels(item, out, cls)
-    elif isinstance(node, Fork):
+            out = self.run(item, out)
+        return out
+
+    def visit_Fork(self, node: Fork) -> Expr:
+        c = self.c
         part = Expr.of(apply("//", simplest(c), len(node.branches))) if node.split else c
-        outs = [_channels(b, part, cls) for b in node.branches]
-        out = Expr.of(node.merge.kind.out_channels(node.merge, outs))
-    elif isinstance(node, Branch):
-        out = _channels(node.body, c, cls)
-        _check_container(node)
-    else:  # a Call: its class's output, in the caller's terms
-        values = {IN_CHANNELS: c}
+        outs = [self.run(b, part) for b in node.branches]
+        return Expr.of(node.merge.kind.out_channels(node.merge, outs))
+
+    def visit_Branch(self, node: Branch) -> Expr:
+        out = self.run(node.body, self.c)
+        _check_container(node, self.channels)
+        return out
+
+    def visit_Call(self, node: Call) -> Expr:  # its class's output, in the caller's terms
+        values = {IN_CHANNELS: self.c}
         values.update({p: Expr.of(v) for p, v in node.args.items() if not isinstance(v, float)})
-        out = node.cls.out.substitute(values)
-    node.channels = Channels(c, out)
-    return out
+        return self.outs[node.cls].substitute(values)
 
 
-def _flattened(layer: Layer, cls: BlockClass | None) -> tuple[bool, tuple[int, int]]:
-    """Whether a flattening layer's input is already flat, and the feature map it flattens, which
-    must be one size in every call of its class (the class has one nn.Linear)."""
+def _flattened(layer: Layer, cls: BlockClass | None, inputs: list[Shape]) -> tuple[bool, tuple[int, int]]:
+    """Whether a flattening layer's input (``inputs``: its twins') is already flat, and the feature map
+    it flattens, which must be one size in every call of its class (the class has one nn.Linear)."""
     if not layer.op.kind.flattens:
         return False, (1, 1)
-    inputs = [twin.facts.input for twin in layer.instances]
     if all(s.last for s in inputs):
         return True, (1, 1)  # a linear layer on each position of a channels-last map: nothing to flatten
     flat = all(s.flat for s in inputs)
@@ -208,12 +235,12 @@ def _flattened(layer: Layer, cls: BlockClass | None) -> tuple[bool, tuple[int, i
     return flat, sizes[0] if sizes else (1, 1)
 
 
-def _check_container(branch: Branch) -> None:
+def _check_container(branch: Branch, channels: dict[Node, Channels]) -> None:
     """An nn.Sequential cannot flatten a feature map before its linear layer."""
     if branch.container is None or is_lone(branch):
         return
     for item in branch.body.items:
-        if isinstance(item, Layer) and item.op.kind.flattens and not item.channels.flat_input:
+        if isinstance(item, Layer) and item.op.kind.flattens and not channels[item].flat_input:
             raise SpecArgumentError(
                 f"a {item.op.kind.name} layer on a feature map cannot sit in a named branch of several "
                 "layers (an nn.Sequential, which cannot flatten)",
@@ -229,10 +256,10 @@ def is_lone(branch: Branch) -> bool:
     return len(items) == 1 and isinstance(items[0], (Layer, Call)) and items[0].attr == ""
 
 
-def check_heads(net: Network) -> None:
+def check_heads(net: Network, facts: dict[Node, Facts]) -> dict:
     """An aux head's output is logits: flat, one per class."""
     for aux in net.auxes:
-        out = aux.node.facts.output
+        out = facts[aux.node].output
         if not out.flat:
             raise ShapeError(
                 f"aux head '{aux.name}' gives a {out} feature map; an aux head ends in logits",
@@ -245,12 +272,17 @@ def check_heads(net: Network) -> None:
                 aux.node.span,
                 "end the head with: linear classes",
             )
+    return {}
 
 
 PASSES = (infer_shapes, count, infer_channels, check_heads)
 
 
 def run(net: Network) -> Network:
+    """The network with every pass's tables: each pass gets the tables it names as parameters (those
+    the passes before it returned) and returns the tables it owns."""
+    tables: dict = {}
     for fn in PASSES:
-        fn(net)
-    return net
+        wanted = fn.__code__.co_varnames[1 : fn.__code__.co_argcount]
+        tables.update(fn(net, *(tables[name] for name in wanted)))
+    return replace(net, **{name: MappingProxyType(table) for name, table in tables.items()})

@@ -169,7 +169,8 @@ def our_entries(net: Network, aux: bool = True) -> list[Entry]:
     entries = []
     for node in nodes:
         for layer in layers(node):
-            entries += [Entry(layer.state_key(t), t.role, t.shape, layer.key) for t in layer.facts.state]
+            tensors = net.facts[layer].state
+            entries += [Entry(layer.state_key(t), t.role, t.shape, layer.key) for t in tensors]
     return entries
 
 

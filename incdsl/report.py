@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 
 from . import layers as L
 from .activations import Estimate, Setting, StageMemory, describe, estimate
-from .ir import Branch, Call, Fork, Layer, Network, Node, Seq, Stage
+from .ir import Call, Facts, Fork, Layer, Network, Node, Stage, Visitor
 from .memory import human_bytes
 
 # A residual row's scale (Inception-ResNet's 0.17, 0.10, 0.20) is a column of its own.
@@ -139,16 +139,16 @@ def compute(net: Network, memory: Setting | None = None) -> Stats:
     """Stats of a network whose passes have run (one walk of the tree); with ``memory``, its activation
     memory at that batch size too (:func:`incdsl.activations.estimate`)."""
     titles: dict[str, str] = {}
-    rows = tuple(_row(stage, titles) for stage in net.stages)
+    rows = tuple(_row(stage, net.facts[stage.node], titles) for stage in net.stages)
     aux = tuple(
         AuxRow(
             a.name,
             a.after.attr,
             a.weight,
             _kind(a.node) if isinstance(a.node, Call) else _title(a.node),
-            a.node.facts.output.as_list(),
-            a.node.facts.params,
-            a.node.facts.macs,
+            net.facts[a.node].output.as_list(),
+            net.facts[a.node].params,
+            net.facts[a.node].macs,
         )  # fmt: skip
         for a in net.auxes
     )
@@ -159,8 +159,8 @@ def compute(net: Network, memory: Setting | None = None) -> Stats:
     )  # fmt: skip
 
 
-def _row(stage: Stage, titles: dict[str, str]) -> Row:
-    node, facts = stage.node, stage.node.facts
+def _row(stage: Stage, facts: Facts, titles: dict[str, str]) -> Row:
+    node = stage.node
     columns = _columns(node, titles)
     return Row(
         stage.name, stage.label, _kind(node), _stage_type(stage), _patch(node), depth(node),
@@ -195,9 +195,7 @@ def _scale(node: Node) -> float | None:
     """The scale of the first residual in a block's own body (not in the blocks it calls)."""
     if isinstance(node, Fork) and isinstance(node.merge.kind, L.Add):
         return node.merge["scale"] if node.merge["scale"] != 1 else None
-    children = node.items if isinstance(node, Seq) else node.branches if isinstance(node, Fork) else ()
-    if isinstance(node, Branch):
-        children = (node.body,)
+    children = () if isinstance(node, Call) else node.children()
     return next((s for s in map(_scale, children) if s is not None), None)
 
 
@@ -232,14 +230,18 @@ def _patch(node: Layer | Call) -> str:
 
 def depth(node: Node) -> int:
     """Longest chain of layers with weights through a node (the paper's "depth" column)."""
-    if isinstance(node, Layer):
+    return _Depth().visit(node)
+
+
+class _Depth(Visitor):
+    def visit_Layer(self, node: Layer) -> int:
         return node.op.kind.depth(node.op)
-    if isinstance(node, Seq):
-        return sum(depth(item) for item in node.items)
-    if isinstance(node, Fork):
-        return max((depth(b) for b in node.branches), default=0)
-    assert isinstance(node, (Branch, Call))
-    return depth(node.body)
+
+    def visit_Fork(self, node: Fork) -> int:
+        return max((self.visit(b) for b in node.branches), default=0)
+
+    def generic_visit(self, node: Node) -> int:  # a sequence, a branch, a call: its children in a chain
+        return sum(self.visit(child) for child in node.children())
 
 
 # renderings ---------------------------------------------------------------------------------

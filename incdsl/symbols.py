@@ -41,21 +41,6 @@ MODULE_ATTRIBUTES = frozenset(
     state_dict to to_empty train training type xpu zero_grad""".split()
 )
 
-# What the generated file defines or imports at module level, whether or not one file uses it all.
-FILE_NAMES = {
-    "torch": "import torch",
-    "F": "import torch.nn.functional as F",
-    "nn": "from torch import nn",
-    "Tensor": "from torch import Tensor",
-    "OrderedDict": "from collections import OrderedDict",
-    "NamedTuple": "from typing import NamedTuple",
-    "Optional": "from typing import Optional",
-    "SPEC": "the file's SPEC dict",
-    "build": "the file's build() function",
-    "BasicConv2d": "a helper class",
-    "ConvBN": "a helper class",
-    "ConvReLU": "a helper class",
-}
 _BUILTINS = {name: "a Python builtin" for name in dir(builtins) if not name.startswith("_")}
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -138,8 +123,16 @@ def check_identifier(name: str, span: Span | None = None, noun: str = "name") ->
 
 
 def file_scope() -> Scope:
-    """Module-level names: classes, imports, helpers, ``SPEC``, ``build``, builtins."""
-    return Scope("the names of the generated file", {**_BUILTINS, **FILE_NAMES})
+    """Module-level names: classes, and what the generated file defines or imports whether or not one
+    file uses it all (imports, helpers, ``SPEC``, ``build``), builtins."""
+    return Scope("the names of the generated file", {**_BUILTINS, **_file_names()})
+
+
+def _file_names() -> dict[str, str]:
+    """Read from the PyTorch backend's template, so a helper it gains is reserved at once."""
+    from .backends.pytorch_names import defined_names
+
+    return defined_names()
 
 
 def attributes_scope(extra: dict[str, str] | None = None) -> Scope:
@@ -157,7 +150,7 @@ def parameters_scope(file: Scope) -> Scope:
 
 def locals_scope() -> Scope:
     """A forward's local variables; renamed on clash, never an error."""
-    reserved = {**FILE_NAMES, **_BUILTINS, "self": "self", "x": "the forward's input"}
+    reserved = {**_file_names(), **_BUILTINS, "self": "self", "x": "the forward's input"}
     return Scope("forward locals", reserved, renames=True)
 
 

@@ -10,7 +10,6 @@ import pytest
 import incdsl
 from incdsl import cli
 from incdsl.activations import (
-    OPTIMIZER_SLOTS,
     SAVES,
     Setting,
     describe,
@@ -153,14 +152,27 @@ def test_a_bad_setting_is_refused(field, value):
         Setting(**{"batch": 1, field: value})
 
 
-def test_the_recipes_optimizer_state_is_the_trainers():
-    torch = pytest.importorskip("torch")  # noqa: F841
-    from incdsl.train.loop import training_copies
-    from incdsl.train.recipes import RECIPES
+def test_the_optimizer_state_counted_is_what_the_trainers_optimizer_keeps():
+    """For each recipe (and its optimizer without momentum), the slots the estimate counts equal the
+    tensors of a parameter's size that the trainer's own optimizer holds after a step."""
+    torch = pytest.importorskip("torch")
+    from dataclasses import replace
 
-    for recipe in RECIPES.values():
-        copies = 2 + OPTIMIZER_SLOTS[recipe.optimizer] + bool(recipe.ema_decay)
-        assert copies == training_copies(recipe), recipe.name
+    from incdsl.train.loop import training_copies
+    from incdsl.train.recipes import RECIPES, build_optimizer
+
+    recipes = list(RECIPES.values())
+    recipes += [replace(r, momentum=0.0) for r in recipes if r.optimizer != "adamw"]
+    for recipe in recipes:
+        model = torch.nn.Linear(5, 3, bias=False)
+        optimizer = build_optimizer(recipe, model, 0.1)
+        model(torch.ones(2, 5)).sum().backward()
+        optimizer.step()
+        weight = model.weight
+        kept = [t for t in optimizer.state[weight].values() if torch.is_tensor(t) and t.shape == weight.shape]
+        setting = Setting(1, training=True, optimizer=recipe.optimizer, momentum=bool(recipe.momentum))
+        assert setting.slots == len(kept), (recipe.name, recipe.momentum)
+        assert training_copies(recipe) == 2 + len(kept) + bool(recipe.ema_decay), recipe.name
 
 
 def test_describe_names_every_term():

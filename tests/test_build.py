@@ -61,16 +61,14 @@ def test_rows_built_from_a_given_input_cost_what_they_cost_in_the_whole_network(
     spec = spec_of(name)
     whole = incdsl.network(spec)
     for cut in range(1, len(spec.rows), 3):
-        before = whole.row_stages[cut - 1][-1].node.facts.output
+        before = whole.facts[whole.row_stages[cut - 1][-1].node].output
         if before.flat or before.last:
             continue
         size = ast.Size((before.height, before.width, before.channels))
         part = incdsl.network(spec, rows=slice(cut, None), input=size)
         expected = [s for s in whole.stages if s.group >= cut]
         assert [s.group for s in part.stages] == [s.group for s in expected]  # the written rows' indices
-        assert [(s.node.facts.output, s.node.facts.macs, s.node.facts.params) for s in part.stages] == [
-            (s.node.facts.output, s.node.facts.macs, s.node.facts.params) for s in expected
-        ]
+        assert [part.facts[s.node] for s in part.stages] == [whole.facts[s.node] for s in expected]
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -93,7 +91,7 @@ def test_the_template_table_is_the_preludes_shadowed_by_the_specs_own():
     prelude = {t.name for t in parser.prelude()}
     assert set(net.templates) == prelude | {"mine"}
     assert net.templates["inception"] is own.templates[0]  # the spec's own, not the prelude's
-    assert net.stages[0].node.facts.output.channels == 16
+    assert net.facts[net.stages[0].node].output.channels == 16
 
 
 def replace_rows(spec: ast.Spec, row_text: str) -> ast.Spec:

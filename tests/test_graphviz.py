@@ -195,7 +195,7 @@ def test_network_level_folds_a_repeated_row():
     total = f"{kilo(sum(r.params for r in rows))} params, {mega(sum(r.macs for r in rows))} ops"
     assert total in nodes["inception4b"][1]
     attrs = edge_attrs(edges)
-    last = str(net.graph.nodes["inception4d.concat@10:5"]["node"].facts.output)
+    last = str(net.facts[net.graph.nodes["inception4d.concat@10:5"]["node"]].output)
     assert f'label="{last}"' in attrs["inception4b", "conv1"]
     assert ("inception3a", "inception4b") in attrs
     assert 'style="dashed"' in attrs["inception4b", "side"]  # side hangs off 4c, folded into 4b
@@ -210,7 +210,7 @@ def test_block_level_shows_the_first_instance_of_a_repeated_row():
     assert 'subgraph "cluster_inception4b" {\n    graph [label=<<B>inception (4b-4d) x3</B>' in text
     assert "<B>conv 1x1/1 x2</B>" in nodes["conv1"][1]
     attrs = edge_attrs(edges)
-    last = str(net.graph.nodes["inception4d.concat@10:5"]["node"].facts.output)
+    last = str(net.facts[net.graph.nodes["inception4d.concat@10:5"]["node"]].output)
     assert f'label="{last}"' in attrs["inception4b.concat@10:5", "conv1"]
     assert 'style="dashed"' in attrs["inception4b.concat@10:5", "side"]
     assert all(t != h for t, h, _ in edges)

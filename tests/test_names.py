@@ -202,3 +202,76 @@ def test_a_chain_of_template_calls_is_bounded():
     chain = "".join(f"template t{i} {{ t{i + 1} }}\n" for i in range(200)) + "template t200 { conv 1x1 2 }\n"
     with pytest.raises(IncdslError, match="nests deeper than 64 levels"):
         incdsl.from_text(HEADER + chain + "t0\n", "n.inc")
+
+
+# Every name the generated file can define or import --------------------------------------------
+# The reserved list is read from the template (incdsl/backends/pytorch_names.py); these tests hold it to
+# what generated files really bind, and a spec that names its classes with each of those names either
+# is refused at check time or compiles, in both builds, to a module that runs.
+
+RICH_SPECS = ["googlenet_tv", "inception_v3", "inception_resnet_v2", "convnext_tiny", "mobilenet_v3_large"]
+
+
+def _module_level_names(source: str) -> set[str]:
+    import ast
+
+    names = set()
+    for node in ast.parse(source).body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names |= {(a.asname or a.name).split(".")[0] for a in node.names}
+        elif isinstance(node, (ast.ClassDef, ast.FunctionDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign):
+            names |= {t.id for t in node.targets if isinstance(t, ast.Name)}
+    return names
+
+
+@pytest.mark.parametrize("spec", RICH_SPECS)
+def test_the_reserved_names_cover_what_generated_files_bind(spec):
+    from incdsl.backends.pytorch_names import defined_names
+
+    net = incdsl.load(spec)
+    claimed = {cls.name for cls in net.blocks} | {net.model.name, net.model.outputs}
+    for optimize in (False, True):
+        bound = _module_level_names(incdsl.compile_source(net, formatted=False, optimize=optimize))
+        assert bound - claimed <= set(defined_names()), (spec, optimize)
+
+
+def _spellings(name: str) -> set[str]:
+    """Template names whose class is ``name``: itself, and its snake_case spelling."""
+    import re
+
+    return {name, re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()}
+
+
+def _every_file_name():
+    from incdsl.backends.pytorch_names import defined_names
+
+    return sorted({s for name in defined_names() for s in _spellings(name)})
+
+
+AUX_SPEC = (
+    "network Net\ninput 16x16x3\nclasses 4\n"
+    "template {name} {{ conv 3x3 4 bn\nbatchnorm }}\n"
+    "conv 3x3 4 relu\nb: {name}\nglobal_avgpool\nlinear classes\n"
+    "aux side after b weight=0.3: linear classes\n"
+)
+
+
+@pytest.mark.parametrize("name", _every_file_name())
+def test_a_template_named_like_any_name_the_file_binds(name):
+    """Refused with a clear error naming the clash, or compiled: plain and optimized builds both run."""
+    from incdsl.backends.pytorch import instantiate
+    from incdsl.errors import SpecNameError
+    from incdsl.symbols import class_name
+
+    try:
+        net = incdsl.from_text(AUX_SPEC.format(name=name), "n.inc")
+    except SpecNameError as exc:  # a clear refusal naming the clash (a reserved name, a layer kind)
+        assert name in exc.message or class_name(name) in exc.message, exc.message
+        return
+    x = torch.zeros(2, 3, 16, 16)
+    for optimize in (False, True):
+        model = instantiate(incdsl.compile_source(net, formatted=False, optimize=optimize)).eval()
+        with torch.no_grad():
+            assert model(x).shape == (2, 4), (name, optimize)

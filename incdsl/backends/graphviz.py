@@ -21,14 +21,14 @@ import html
 import os
 import shutil
 import subprocess
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import MappingProxyType
 
 from .. import layers as L
 from ..errors import OutputError, did_you_mean
 from ..files import write_atomic
-from ..ir import INPUT, Call, Fork, Layer, Network, Node, Seq, Stage
+from ..ir import INPUT, Call, Facts, Fork, Layer, Network, Node, Seq, Stage, Visitor
 from ..layers import Shape
 from ..passes import is_lone
 from ..report import PATCHES, AuxRow, Row, Stats, _cell, compute, kilo, mega, size, spell
@@ -120,12 +120,12 @@ def _network_level(net: Network, stats: Stats) -> list[str]:
     lines += [_aux_node(row) for row in stats.aux]
     lines.append(_node(OUTPUT, label=Html("<B>output</B>"), shape="ellipse", group="main"))
     tails = [INPUT, *(group[0].attr for group in groups)]
-    shapes = [net.input, *(group[-1].node.facts.output for group in groups)]
+    shapes = [net.input, *(net.facts[group[-1].node].output for group in groups)]
     heads = [*tails[1:], OUTPUT]
     lines += [_edge(tail, head, label=str(shape)) for tail, head, shape in zip(tails, heads, shapes)]
     owner = {stage.attr: group[0].attr for group in groups for stage in group}
     for aux in net.auxes:
-        shape = aux.after.node.facts.output
+        shape = net.facts[aux.after.node].output
         lines.append(_edge(owner[aux.after.attr], aux.name, label=str(shape), style="dashed"))
     return lines
 
@@ -189,10 +189,11 @@ def _block_level(net: Network, stats: Stats) -> list[str]:
     rows = _rows_by_stage(net, stats)
     groups = fold(net.stages)
     lines = [_node(INPUT, label=Html("<B>input</B>"), shape="ellipse")]
+    blocks = _Blocks(net.facts)
     for group in groups:
-        lines += _stage_block(group, [rows[s.attr] for s in group])
+        lines += blocks.stage(group, [rows[s.attr] for s in group])
     for aux, row in zip(net.auxes, stats.aux):
-        lines += _aux_block(aux.node, row)
+        lines += blocks.aux(aux.node, row)
     lines.append(_node(OUTPUT, label=Html("<B>output</B>"), shape="ellipse"))
     g = net.graph
     outputs = g.graph["outputs"]
@@ -228,50 +229,61 @@ def _block_edges(net: Network, drawn: set[str], stand_ins: dict[str, str]) -> li
     return lines
 
 
-def _stage_block(group: tuple[Stage, ...], rows: list[Row]) -> list[str]:
-    stage = group[0]
-    times = f" x{len(group)}" if len(group) > 1 else ""
-    if isinstance(stage.node, Layer):
-        return [_layer_node(stage.node, times)]
-    title = (_fold_title(group, rows) if times else rows[0].type) + times
-    params, macs = sum(r.params for r in rows), sum(r.macs for r in rows)
-    label = _lines(title, _counts(params, macs))
-    style = 'style="rounded,filled", fillcolor="#f1f8ee"'
-    body = stage.node.body if isinstance(stage.node, Call) else stage.node.branches[0].body  # a nested group
-    return _cluster(stage.attr, label, style, _inside(body))
+class _Blocks(Visitor):
+    """Draws blocks as clusters of their layers; each visit returns a node's DOT lines: a layer or
+    merge each, a named branch or an inner template call each a nested cluster, in the order the
+    spec writes them."""
 
+    def __init__(self, facts: Mapping[Node, Facts]):
+        self.facts = facts
 
-def _aux_block(node: Layer | Call, row: AuxRow) -> list[str]:
-    weight = f"loss weight {row.weight:g}"
-    if isinstance(node, Layer):
-        label = _lines(f"{row.name} ({_layer_title(node)})", weight, f"{node.facts.output.channels} channels")
-        return [
-            _node(
-                node.key, label=label, tooltip=node.key, fillcolor=_fill(node), style="rounded,filled,dashed"
-            )
-        ]
-    label = _lines(f"{row.name} ({row.type})", weight, _counts(row.params, row.macs))
-    return _cluster(node.key, label, 'style="rounded,dashed"', _inside(node.body))
+    def stage(self, group: tuple[Stage, ...], rows: list[Row]) -> list[str]:
+        stage = group[0]
+        times = f" x{len(group)}" if len(group) > 1 else ""
+        if isinstance(stage.node, Layer):
+            return [self.layer(stage.node, times)]
+        title = (_fold_title(group, rows) if times else rows[0].type) + times
+        params, macs = sum(r.params for r in rows), sum(r.macs for r in rows)
+        label = _lines(title, _counts(params, macs))
+        style = 'style="rounded,filled", fillcolor="#f1f8ee"'
+        node = stage.node
+        body = node.body if isinstance(node, Call) else node.branches[0].body  # a nested group
+        return _cluster(stage.attr, label, style, self.visit(body))
 
+    def aux(self, node: Layer | Call, row: AuxRow) -> list[str]:
+        weight = f"loss weight {row.weight:g}"
+        if isinstance(node, Layer):
+            channels = f"{self.facts[node].output.channels} channels"
+            label = _lines(f"{row.name} ({_layer_title(node)})", weight, channels)
+            style = "rounded,filled,dashed"
+            return [_node(node.key, label=label, tooltip=node.key, fillcolor=_fill(node), style=style)]
+        label = _lines(f"{row.name} ({row.type})", weight, _counts(row.params, row.macs))
+        return _cluster(node.key, label, 'style="rounded,dashed"', self.visit(node.body))
 
-def _inside(node: Node) -> list[str]:
-    """The nodes of a block's body: a layer or merge each, a named branch or an inner template
-    call each a nested cluster, in the order the spec writes them."""
-    if isinstance(node, Layer):
-        return [_layer_node(node)]
-    if isinstance(node, Seq):
-        return [line for item in node.items for line in _inside(item)]
-    if isinstance(node, Fork):
+    def layer(self, layer: Layer, times: str = "") -> str:
+        """A layer drawn as its kind, patch and output channels (``conv 3x3/1``, ``128 channels``)."""
+        label = _lines(_layer_title(layer) + times, f"{self.facts[layer].output.channels} channels")
+        return _node(layer.key, label=label, tooltip=layer.key, fillcolor=_fill(layer))
+
+    def visit_Layer(self, node: Layer) -> list[str]:
+        return [self.layer(node)]
+
+    def visit_Seq(self, node: Seq) -> list[str]:
+        return [line for item in node.items for line in self.visit(item)]
+
+    def visit_Fork(self, node: Fork) -> list[str]:
         lines = []
         for branch in node.branches:
-            inner = _inside(branch.body)
+            inner = self.visit(branch.body)
             if branch.container is not None and not is_lone(branch):
                 inner = _cluster(branch.key, Html(_esc(branch.container)), _NESTED, inner)
             lines += inner
         title = ("split, " if node.split else "") + _merge_title(node.merge)
-        label = _lines(title, f"{node.facts.output.channels} channels")
+        label = _lines(title, f"{self.facts[node].output.channels} channels")
         return [*lines, _node(node.key, label=label, tooltip=node.key, fillcolor=_fill(node))]
-    return _cluster(node.key, Html(_esc(node.attr)), _NESTED, _inside(node.body))
+
+    def visit_Call(self, node: Call) -> list[str]:
+        return _cluster(node.key, Html(_esc(node.attr)), _NESTED, self.visit(node.body))
 
 
 _NESTED = 'style="rounded,dotted", fontsize=9'
@@ -287,12 +299,6 @@ def _merge_title(merge) -> str:
 
 # A residual's shortcut: the edge from its input (or its projection) straight into the add.
 SHORTCUT_STYLE = {"color": "#2a7f62", "penwidth": "1.6", "xlabel": "shortcut"}
-
-
-def _layer_node(layer: Layer, times: str = "", **attrs: str) -> str:
-    """A layer drawn as its kind, patch and output channels (``conv 3x3/1``, ``128 channels``)."""
-    label = _lines(_layer_title(layer) + times, f"{layer.facts.output.channels} channels")
-    return _node(layer.key, label=label, tooltip=layer.key, fillcolor=_fill(layer), **attrs)
 
 
 def _layer_title(layer: Layer) -> str:
@@ -365,7 +371,7 @@ def _counts(params: int, macs: int) -> str:
 
 def _shape(net: Network, node_id: str) -> Shape:
     node = net.graph.nodes[node_id]["node"]
-    return net.input if node is None else node.facts.output
+    return net.input if node is None else net.facts[node].output
 
 
 def _fill(node: Node) -> str:

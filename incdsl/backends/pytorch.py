@@ -18,6 +18,7 @@ import re
 import sys
 import types
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -25,7 +26,20 @@ from pathlib import Path
 import jinja2
 
 from .. import layers as L
-from ..ir import BlockClass, Branch, Call, Fork, Layer, ModelClass, Network, Node, Seq, walk
+from ..ir import (
+    BlockClass,
+    Branch,
+    Call,
+    Channels,
+    Fork,
+    Layer,
+    ModelClass,
+    Network,
+    Node,
+    Seq,
+    Visitor,
+    walk,
+)
 from ..layers import Conv, Op
 from ..passes import is_lone
 from ..symbolic import Atom, Expr, Sym
@@ -154,7 +168,7 @@ def conv_arguments(op: Op) -> list[str]:
 CONV_HELPERS = {(True, True): "BasicConv2d", (True, False): "ConvBN", (False, True): "ConvReLU"}
 
 
-class Writer:
+class Writer(Visitor):
     """Writes the classes of one file; records the imports and helper classes the pieces use."""
 
     def __init__(self, net: Network):
@@ -229,7 +243,7 @@ class Writer:
                 code = self.whole_group(twin.sequence, group)
             else:
                 code = self.position(twin, model.stages)
-            shape = () if _identity(twin.node) else (_shape_comment(stage.node.facts.output),)
+            shape = () if _identity(twin.node) else (_shape_comment(net.facts[stage.node].output),)
             pieces.append(code + Code(forward=shape))
             pieces += [self.aux_head(aux) for aux in model.auxes if aux.after is twin]
         pieces.append(self.returns(model))
@@ -299,9 +313,6 @@ class Writer:
         )
 
     # nodes: each returns its Code and the variable holding its output -------------------------
-    def visit(self, node: Node, src: str, dst: str) -> tuple[Code, str]:
-        return getattr(self, f"visit_{type(node).__name__}")(node, src, dst)
-
     def visit_Seq(self, seq: Seq, src: str, dst: str) -> tuple[Code, str]:
         pieces, current = [], src
         for item in seq.items:
@@ -374,12 +385,11 @@ class Writer:
         forward.append(f"{dst} = {self.call(node, module, src)}")
         return tuple(forward)
 
-    @staticmethod
-    def flattens(node: Layer | Call) -> bool:
+    def flattens(self, node: Layer | Call) -> bool:
         """Whether the node's input is flattened before it (a linear layer on a feature map)."""
         if not isinstance(node, Layer) or isinstance(node.op.kind, L.Flatten):
             return False
-        return node.op.kind.flattens and not node.channels.flat_input
+        return node.op.kind.flattens and not self.net.channels[node].flat_input
 
     def call(self, node: Layer | Call, module: str, source: str) -> str:
         """The forward expression applying ``module`` to ``source``."""
@@ -395,11 +405,11 @@ class Writer:
     def module(self, node: Layer | Call) -> str:
         """Source constructing the node's module."""
         if isinstance(node, Call):
-            args = [str(node.channels.input), *(literal(node.args[p]) for p, _ in node.cls.params)]
+            args = [str(self.net.channels[node].input), *(literal(node.args[p]) for p, _ in node.cls.params)]
             if node.cls.uses_classes:
                 args.append("num_classes")
             return f"{node.cls.name}({', '.join(args)})"
-        channels = node.channels
+        channels = self.net.channels[node]
         cin = channels.input.times(*channels.spatial) if node.op.kind.flattens else str(channels.input)
         return self._spelling("module", node.op)(node.op, cin)
 
@@ -565,20 +575,18 @@ def _split(fork: Fork, outputs: list[str]) -> tuple[str, str]:
 
 def _calls_make_divisible(net: Network) -> bool:
     """Whether a class's expressions call make_divisible (the file then defines it)."""
-    values = (v for cls in net.blocks for node in walk(cls.body) for v in _values(node))
+    values = (v for cls in net.blocks for node in walk(cls.body) for v in _values(node, net.channels))
     return any("make_divisible" in str(v) for v in values if isinstance(v, (Atom, Expr)))
 
 
-def _values(node: Node):
+def _values(node: Node, channels: Mapping[Node, Channels]):
     if isinstance(node, Layer):
         yield from node.op.args.values()
         yield from (v for value in node.op.args.values() if isinstance(value, tuple) for v in value)
-        if node.channels is not None:
-            yield node.channels.input
     elif isinstance(node, Call):
         yield from node.args.values()
-        if node.channels is not None:
-            yield node.channels.input
+    if node in channels:
+        yield channels[node].input
 
 
 def _identity(node: Node) -> bool:
@@ -645,10 +653,10 @@ class OptimizedWriter(Writer):
             return self.folded_conv(node)
         if isinstance(node, Layer) and node in self.plan.folds_next:
             self.used |= {"ConvFoldingBN", "F", "torch"}
-            return self.module_Conv(node.op, str(node.channels.input), bare="ConvFoldingBN")
+            return self.module_Conv(node.op, str(self.net.channels[node].input), bare="ConvFoldingBN")
         if isinstance(node, Layer) and node in self.plan.folded_norms:
             self.used.add("FoldedBatchNorm2d")
-            return self.module_BatchNorm(node.op, str(node.channels.input), cls="FoldedBatchNorm2d")
+            return self.module_BatchNorm(node.op, str(self.net.channels[node].input), cls="FoldedBatchNorm2d")
         return super().module(node)
 
     def folded_conv(self, layer: Layer) -> str:
@@ -664,7 +672,7 @@ class OptimizedWriter(Writer):
             kw.append(f"eps={literal(op['eps'])}")
         if op["act"] != "relu":
             kw.append("relu=False")
-        return f"FoldedConv2d({layer.channels.input}, {literal(op['out'])}, {', '.join(kw)})"
+        return f"FoldedConv2d({self.net.channels[layer].input}, {literal(op['out'])}, {', '.join(kw)})"
 
     def visit_Fork(self, fork: Fork, src: str, dst: str) -> tuple[Code, str]:
         groups = self.plan.fused.get(fork)

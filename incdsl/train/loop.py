@@ -390,9 +390,10 @@ def file_id(path: Path) -> tuple[int, int] | None:
 
 def training_copies(recipe: Recipe) -> int:
     """How many float tensors of the model's size training keeps: the weights, their gradients, the
-    optimizer's state per weight (AdamW 2, SGD and RMSProp with momentum 1 or 2) and the EMA copy."""
-    slots = {"adamw": 2, "sgd": 1 if recipe.momentum else 0, "rmsprop": 1 + bool(recipe.momentum)}
-    return 2 + slots.get(recipe.optimizer, 2) + (1 if recipe.ema_decay else 0)
+    optimizer's state per weight and the EMA copy."""
+    from incdsl.activations import optimizer_slots
+
+    return 2 + optimizer_slots(recipe.optimizer, bool(recipe.momentum)) + (1 if recipe.ema_decay else 0)
 
 
 def step_setting(config: TrainConfig, recipe: Recipe, processes: Processes):
@@ -409,6 +410,7 @@ def step_setting(config: TrainConfig, recipe: Recipe, processes: Processes):
         device=kind,
         optimizer=recipe.optimizer,
         averaged=bool(recipe.ema_decay),
+        momentum=bool(recipe.momentum),
     )
 
 
