@@ -20,7 +20,7 @@ from .numbers import MAX_BUDGET, MAX_INT, NumberError, read_float, read_int, rea
 FORMATS = ("table", "markdown", "csv", "json")
 
 
-TRAINING = ("train", "eval", "predict", "export")
+TRAINING = ("train", "eval", "predict", "export", "quantize")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -173,6 +173,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("eval", help="evaluate checkpoints (incdsl eval --help)")
     sub.add_parser("predict", help="classify images with a checkpoint (incdsl predict --help)")
     sub.add_parser("export", help="a checkpoint as TorchScript, ONNX or safetensors (incdsl export --help)")
+    sub.add_parser("quantize", help="a checkpoint's int8 ONNX build, calibrated (incdsl quantize --help)")
     return parser
 
 
@@ -511,6 +512,7 @@ def training(argv: list[str]) -> int:
     train_cli.add_eval_parser(sub)
     train_cli.add_predict_parser(sub)
     train_cli.add_export_parser(sub)
+    train_cli.add_quantize_parser(sub)
     args = _parse_arguments(parser, argv)
     return args.func(args) if isinstance(args, argparse.Namespace) else args
 

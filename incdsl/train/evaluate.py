@@ -208,7 +208,8 @@ def evaluate_checkpoints(
     picks the same held-out images as the training run did. ``crops`` chooses the views (views.py):
     1, 10, 144 or a list like "center,corners,mirror".
 
-    Each checkpoint contributes its averaged (EMA) weights when its recipe kept them. The views follow
+    Each checkpoint contributes its averaged (EMA) weights when its recipe kept them; an int8 build of
+    ``incdsl quantize`` (a .onnx file, run by onnxruntime) may stand in for a checkpoint. The views follow
     the recipe the checkpoints were trained with: framed as its evaluation crop, and (for 10 and 144)
     mirrored only when it trained with flips. Multi-crop figures come with the 1-crop ones.
 
@@ -221,30 +222,22 @@ def evaluate_checkpoints(
     except ViewsError as error:
         raise TrainError(f"--views {crops}: {error}") from None
     processes = start_processes(device)
-    states = [load_checkpoint(Path(path)) for path in checkpoints]
-    for state, path in zip(states, checkpoints):
-        check_contents(state, Path(path), FOR_EVALUATION)
+    loaded = evaluation_models(target, [Path(path) for path in checkpoints], processes.device)
+    states = [state for state, _, _ in loaded]
     classes = states[0]["classes"]
-    bundles = [
-        bundle_from_checkpoint(target, state, path, classes, processes.device)
-        for state, path in zip(states, checkpoints)
-    ]
-    shapes = {bundle.input_shape for bundle in bundles}
+    shapes = {shape for _, _, shape in loaded}
     if len(shapes) > 1:
         raise TrainError("the checkpoints were trained at different input sizes: they cannot share views")
-    models = [bundle.module.to(processes.device).eval() for bundle in bundles]
+    models = [model for _, model, _ in loaded]
     augments = [trained_augment(state) for state in states]
     flips = all(augment.flip for augment in augments)
     fraction = augments[0].eval_crop
 
     if val_split is None:
-        saved = states[0].get("config")
-        same_data = isinstance(saved, dict) and saved.get("data") == data
-        val_split = saved.get("val_split", 0.0) if same_data else 0.0
-        val_split = val_split if isinstance(val_split, float) and 0 < val_split < 1 else 0.0
+        val_split = saved_val_split(states[0], data)
 
     def run(chosen: ViewSet) -> EvalResult:
-        shape = bundles[0].input_shape
+        shape = loaded[0][2]
         view = eval_view(chosen, shape[1:], fraction, flips)
         split = open_eval_split(data, shape, view, classes, val_split)
         batch = max(1, EVAL_IMAGES_PER_BATCH // chosen.most(flips))
@@ -258,6 +251,39 @@ def evaluate_checkpoints(
     return EvalReport(
         result, crops, most, views.mirrored(flips), one_crop, tuple(classes), fewest, views.most(flips)
     )
+
+
+def evaluation_models(target: str, paths: Sequence[Path], device) -> list[tuple[dict, nn.Module, tuple]]:
+    """Each checkpoint's (state, model in eval mode on ``device``, input shape); an int8 build of
+    ``incdsl quantize`` (a .onnx file) stands for its checkpoint, its state read from its metadata.
+    A TrainError when they were trained on different classes."""
+    from incdsl.train import quantize
+
+    loaded = []
+    for path in paths:
+        if quantize.is_artefact(path):
+            state, model, shape = quantize.load_artefact(path)
+            if loaded and state["classes"] != loaded[0][0]["classes"]:
+                raise TrainError(
+                    f"{path} was trained on other classes than {', '.join(loaded[0][0]['classes'])}"
+                )
+        else:
+            state = load_checkpoint(path)
+            check_contents(state, path, FOR_EVALUATION)
+            classes = loaded[0][0]["classes"] if loaded else state["classes"]
+            bundle = bundle_from_checkpoint(target, state, path, classes, device)
+            model, shape = bundle.module.to(device).eval(), bundle.input_shape
+        loaded.append((state, model, shape))
+    return loaded
+
+
+def saved_val_split(state: dict, data: str) -> float:
+    """The --val-split the checkpoint's run held out of ``data`` (0 for other data, or none): the same
+    images are held out again, for evaluation, and left out of int8 calibration."""
+    saved = state.get("config")
+    same_data = isinstance(saved, dict) and saved.get("data") == data
+    val_split = saved.get("val_split", 0.0) if same_data else 0.0
+    return val_split if isinstance(val_split, float) and 0 < val_split < 1 else 0.0
 
 
 def trained_augment(state: dict) -> Augment:

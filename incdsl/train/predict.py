@@ -73,16 +73,22 @@ def predict(
     target: str, checkpoint: Path, inputs: Sequence[str], top: int = 5, device: str = "auto"
 ) -> list[Prediction]:
     """The ``top`` most probable classes of each image in ``inputs`` (files or folders)."""
+    from incdsl.train import quantize
+
     chosen = pick_device(device, 0)
-    bundle, state = trained_model(target, checkpoint, chosen)
+    if quantize.is_artefact(checkpoint):  # an int8 build of incdsl quantize
+        state, model, shape = quantize.load_artefact(Path(checkpoint))
+    else:
+        bundle, state = trained_model(target, checkpoint, chosen)
+        model, shape = bundle.module, bundle.input_shape
     classes = state["classes"]
-    view = eval_view(1, bundle.input_shape[1:], trained_augment(state).eval_crop)
+    view = eval_view(1, shape[1:], trained_augment(state).eval_crop)
     paths = image_paths(inputs)
     predictions = []
     for start in range(0, len(paths), PREDICT_BATCH):
         chunk = paths[start : start + PREDICT_BATCH]
-        views = torch.cat([view(decode_image(path, bundle.input_shape[0])) for path in chunk])
-        probabilities = bundle.module(to_input(views.to(chosen))).float().softmax(dim=-1).cpu()
+        views = torch.cat([view(decode_image(path, shape[0])) for path in chunk])
+        probabilities = model(to_input(views.to(chosen))).float().softmax(dim=-1).cpu()
         best = probabilities.topk(min(top, len(classes)), dim=1)
         for path, values, indices in zip(chunk, best.values.tolist(), best.indices.tolist()):
             predictions.append(Prediction(str(path), tuple((classes[i], p) for i, p in zip(indices, values))))
