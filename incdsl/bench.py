@@ -30,9 +30,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from . import render
 from .errors import IncdslError
 from .ir import Network
 from .numbers import NumberError, read_int
+from .render import Column, Document, Table
 
 BATCHES = (1, 8, 32)
 TRAIN_BATCH = 16
@@ -369,34 +371,47 @@ def summary(result: BenchResult) -> str:
     )
 
 
-def to_rich(result: BenchResult):
-    """A rich Table in the style of ``incdsl stats``'s."""
-    from rich.table import Table
+# How readily a column leaves a narrow terminal (0: never; larger: sooner), by header.
+PRIORITIES = {"optimized / plain": 2, "compiled / plain": 2, "compile s": 1}
 
-    table = Table(
-        title=f"{result.network}: images per second, and ratios to the plain build", title_justify="left"
-    )
-    for header in HEADERS:
-        table.add_column(header, justify="left" if header == "mode" else "right")
-    for mode, batch in result.rows():
-        table.add_row(*cells(result, mode, batch))
-    return table
+
+def _columns(headers) -> tuple[Column, ...]:
+    """Figures, but for the mode (and spec) and the ratios, which wrap before their spread."""
+
+    def column(header: str) -> Column:
+        if header in ("mode", "spec"):
+            return Column(header)
+        kind = "text" if header.endswith("plain") else "figure"
+        return Column(header, kind, PRIORITIES.get(header, 0), align="right")
+
+    return tuple(map(column, headers))
+
+
+def table(result: BenchResult) -> Table:
+    """The table of ``incdsl bench``, in the style of ``incdsl stats``'s; the network and how it was
+    measured under it."""
+    rows = tuple(tuple(cells(result, mode, batch)) for mode, batch in result.rows())
+    title = f"{result.network}: images per second, and ratios to the plain build"
+    return Table(title, _columns(HEADERS), rows, (summary(result), "", conditions(result)))
+
+
+def document(result: BenchResult) -> Document:
+    """What ``incdsl bench`` prints, in every format."""
+    return Document((table(result),), to_dict(result))
 
 
 def markdown_table(results: Sequence[BenchResult]) -> str:
     """One markdown table for several specs (a ``spec`` column first): the README's."""
-    lines = ["| spec | " + " | ".join(HEADERS) + " |", "|---" * (len(HEADERS) + 1) + "|"]
-    for result in results:
-        for mode, batch in result.rows():
-            lines.append(f"| {Path(result.spec).stem} | " + " | ".join(cells(result, mode, batch)) + " |")
-    return "\n".join(lines)
+    rows = tuple(
+        (Path(result.spec).stem, *cells(result, mode, batch))
+        for result in results
+        for mode, batch in result.rows()
+    )
+    return render.to_markdown(Table("", _columns(("spec", *HEADERS)), rows)).rstrip("\n")
 
 
 def to_markdown(result: BenchResult) -> str:
-    lines = [f"# {result.network}", "", "| " + " | ".join(HEADERS) + " |", "|---" * len(HEADERS) + "|"]
-    lines += ["| " + " | ".join(cells(result, mode, batch)) + " |" for mode, batch in result.rows()]
-    lines += ["", summary(result), "", conditions(result), ""]
-    return "\n".join(lines)
+    return render.to_markdown(table(result))
 
 
 def to_dict(result: BenchResult) -> dict:

@@ -7,20 +7,30 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import sys
+from dataclasses import dataclass
 
-from . import __version__, load, locate, report
+from . import __version__, load, locate, render, report
 from .activations import DTYPES, OPTIMIZERS, Setting
 from .errors import BudgetExceeded, IncdslError
 from .files import check_output, write_atomic
 from .numbers import MAX_BUDGET, MAX_INT, NumberError, read_float, read_int, read_quantity
 
-FORMATS = ("table", "markdown", "csv", "json")
+FORMAT_HELP = (
+    "table: aligned columns fitted to the terminal (the least important dropped, and named, when it is "
+    "narrow); markdown: every column; {more}json: the data (see the README's Outputs)"
+)
 
 
 TRAINING = ("train", "eval", "predict", "export", "quantize")
+
+DESCRIPTION = (
+    "Describe a convolutional network the way its paper does, as a table (a .inc spec), and get from it "
+    "exact per-layer parameters and multiply-adds, a compute-budget check, a standalone PyTorch model "
+    "file (or ONNX), Graphviz drawings, and a trainer."
+)
+EPILOG = "Start with: incdsl specs; incdsl stats googlenet. Each command has its own --help."
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,14 +70,14 @@ def _parse_arguments(parser: argparse.ArgumentParser, argv: list[str]) -> argpar
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="incdsl", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="incdsl", description=DESCRIPTION, epilog=EPILOG)
     parser.add_argument("--version", action="version", version=f"incdsl {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     spec_help = "a .inc file, or the name of a shipped spec (see `incdsl specs`)"
 
     p = sub.add_parser("stats", help="print the per-layer table: params, multiply-adds, budget")
     p.add_argument("spec", help=spec_help)
-    p.add_argument("--format", choices=FORMATS, default="table")
+    _format_option(p, csv=True)
     p.add_argument("--reference", metavar="TSV", help="a paper's printed table to compare with")
     p.add_argument("--batch", type=_batch, metavar="B", help="add activation memory at batch size B")
     p.add_argument(
@@ -101,7 +111,13 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("draw", help="draw the network with Graphviz (.svg, .png or .dot)")
     p.add_argument("spec", help=spec_help)
     p.add_argument("-o", "--output", required=True, help="out.svg, out.png or out.dot")
-    p.add_argument("--level", choices=("network", "block"), default="network")
+    p.add_argument(
+        "--level",
+        choices=("network", "block"),
+        default="network",
+        help="network: one box per stage, labelled as Table 1's row (default); block: each template call "
+        "a cluster of its layers, its branches side by side",
+    )
     p.set_defaults(func=cmd_draw)
 
     p = sub.add_parser(
@@ -135,12 +151,12 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("diff", help="compare two specs stage by stage")
     p.add_argument("a", help=spec_help)
     p.add_argument("b", help=spec_help)
-    p.add_argument("--format", choices=("table", "markdown", "json"), default="table")
+    _format_option(p)
     p.set_defaults(func=cmd_diff)
 
     p = sub.add_parser("runs", help="a table of training runs: spec, params, MACs, best top-1, time")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="directories written by incdsl train --out")
-    p.add_argument("--format", choices=("table", "markdown", "json"), default="table")
+    _format_option(p)
     p.set_defaults(func=cmd_runs)
 
     p = sub.add_parser("plot", help="draw the training curves of runs (needs matplotlib)")
@@ -162,7 +178,7 @@ def _parser() -> argparse.ArgumentParser:
         "--compile-train", action="store_true", help="also the training step through torch.compile (slower)"
     )
     p.add_argument("--threads", help="torch's intra-op threads (default: torch's, one per core)")
-    p.add_argument("--format", choices=("table", "markdown", "json"), default="table")
+    _format_option(p)
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("lsp", help="run the language server over stdio, for editors (needs pygls)")
@@ -177,6 +193,12 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _format_option(parser: argparse.ArgumentParser, csv: bool = False) -> None:
+    formats = ("table", "markdown", *(["csv"] * csv), "json")
+    more = "csv: exact counts, one row per layer; " if csv else ""
+    parser.add_argument("--format", choices=formats, default="table", help=FORMAT_HELP.format(more=more))
+
+
 def cmd_stats(args) -> int:
     stats = report.compute(load(args.spec), _memory_setting(args))
     matches = None
@@ -184,17 +206,7 @@ def cmd_stats(args) -> int:
         from . import reference
 
         matches = reference.compare(stats, reference.load(args.reference))
-    if args.format == "json":
-        data = report.to_dict(stats)
-        if matches is not None:
-            data["reference"] = reference.to_dict(matches)
-        print(json.dumps(data, indent=2, allow_nan=False))  # JSON has no Infinity or NaN
-    elif args.format == "csv":
-        print(report.to_csv(stats), end="")
-    elif args.format == "markdown":
-        print(report.to_markdown(stats))
-    else:
-        _print_table(stats, matches)
+    render.emit(report.document(stats, matches), args.format)
     return 0
 
 
@@ -218,38 +230,12 @@ def _memory_setting(args) -> Setting | None:
     return Setting(args.batch, args.train, args.dtype or "fp32", optimizer=args.optimizer or "adamw")
 
 
-def _print_table(stats, matches) -> None:
-    from rich.console import Console
-
-    class PipedConsole(Console):
-        def on_broken_pipe(self) -> None:  # rich exits 1 (our "over budget"); main() says 141
-            self.quiet = True
-            raise BrokenPipeError
-
-    console = PipedConsole(width=200 if not sys.stdout.isatty() else None)
-    if len(stats.rows) > report.RICH_ROWS:  # rich lays out about 500 rows a second: print plain columns
-        console.print(report.to_text(stats), highlight=False, markup=False, soft_wrap=True)
-    else:
-        console.print(report.to_rich(stats, matches))
-    console.print(report.summary(stats), highlight=False)
-    console.print(
-        "conventions: " + "; ".join(f"{k}: {v}" for k, v in report.CONVENTIONS.items()), style="dim"
-    )
-    if matches is not None:
-        from .reference import disagreements
-
-        lines = disagreements(matches)
-        console.print(f"{len(lines)} printed figure(s) disagree with the layer shapes:", highlight=False)
-        for line in lines:
-            console.print(f"  ✗ {line}", highlight=False, markup=False)
-
-
 def cmd_check(args) -> int:
     net = load(args.spec)
     stats = report.compute(net)
     budget = args.budget if args.budget is not None else stats.budget
     print(f"{net.name}: {stats.params:,} params, {stats.macs:,} multiply-adds (inference)")
-    print(_memory_line(stats))
+    print(_parameter_memory(stats).line)
     if budget is None:
         print("no budget declared; the spec is valid")
         return 0
@@ -268,8 +254,16 @@ def _budget(text: str) -> int:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
-def _memory_line(stats: report.Stats) -> str:
-    """What the parameters take as float32, with the aux heads (training) when there are any."""
+@dataclass(frozen=True)
+class ParameterMemory:
+    """What the parameters take as float32 (with the aux heads, for training), and whether that is
+    more than this machine's free memory."""
+
+    line: str
+    too_large: bool
+
+
+def _parameter_memory(stats: report.Stats) -> ParameterMemory:
     from .memory import FLOAT32_BYTES, available_ram, human_bytes
 
     total = stats.params + sum(a.params for a in stats.aux)
@@ -277,9 +271,10 @@ def _memory_line(stats: report.Stats) -> str:
     if total != stats.params:
         line += f" ({human_bytes(FLOAT32_BYTES * total)} with the aux heads, for training)"
     free = available_ram()
-    if free is not None and FLOAT32_BYTES * total > free:
+    too_large = free is not None and FLOAT32_BYTES * total > free
+    if too_large:
         line += f"; more than this machine's {human_bytes(free)} of free memory"
-    return line
+    return ParameterMemory(line, too_large)
 
 
 def _output(args) -> None:
@@ -294,9 +289,9 @@ def cmd_compile(args) -> int:
         )
     _output(args)
     net = load(args.spec)
-    memory = _memory_line(report.compute(net))
-    if "more than this machine's" in memory:  # the file can be written; building the model cannot work
-        print(f"warning: {memory}", file=sys.stderr)
+    memory = _parameter_memory(report.compute(net))
+    if memory.too_large:  # the file can be written; building the model cannot work
+        print(f"warning: {memory.line}", file=sys.stderr)
     if (args.format or ("onnx" if args.output.lower().endswith(".onnx") else "python")) == "onnx":
         from .backends import onnx
 
@@ -406,37 +401,15 @@ def cmd_fit(args) -> int:
 def cmd_diff(args) -> int:
     from . import diff
 
-    names = (args.a, args.b)
     result = diff.compare(report.compute(load(args.a)), report.compute(load(args.b)))
-    if args.format == "json":
-        import json
-
-        print(json.dumps(diff.to_dict(result, names), indent=2))
-    elif args.format == "markdown":
-        print(diff.to_markdown(result, names))
-    else:
-        from rich.console import Console
-
-        console = Console(width=200 if not sys.stdout.isatty() else None)
-        console.print(diff.to_rich(result, names))
-        console.print(diff.totals(result, names), highlight=False, markup=False)
+    render.emit(diff.document(result, (args.a, args.b)), args.format)
     return 0
 
 
 def cmd_runs(args) -> int:
     from . import runs
 
-    found = [runs.read_run(path) for path in args.runs]
-    if args.format == "json":
-        import json
-
-        print(json.dumps([runs.to_dict(run) for run in found], indent=2, allow_nan=False))
-    elif args.format == "markdown":
-        print(runs.to_markdown(found), end="")
-    else:
-        from rich.console import Console
-
-        Console(width=200 if not sys.stdout.isatty() else None).print(runs.to_rich(found))
+    render.emit(runs.document([runs.read_run(path) for path in args.runs]), args.format)
     return 0
 
 
@@ -469,17 +442,7 @@ def cmd_bench(args) -> int:
         args.spec, batches, train_batch, rounds, args.compile, min_time,
         train_compile=args.compile_train, threads=threads, progress=say,
     )  # fmt: skip
-    if args.format == "json":
-        print(json.dumps(bench.to_dict(result), indent=2, allow_nan=False))
-    elif args.format == "markdown":
-        print(bench.to_markdown(result), end="")
-    else:
-        from rich.console import Console
-
-        console = Console(width=200 if not sys.stdout.isatty() else None)
-        console.print(bench.to_rich(result))
-        console.print(bench.summary(result), highlight=False, markup=False)
-        console.print(bench.conditions(result), style="dim", highlight=False, markup=False)
+    render.emit(bench.document(result), args.format)
     return 0
 
 
@@ -502,8 +465,14 @@ def cmd_lsp(args) -> int:
 
 
 def training(argv: list[str]) -> int:
-    """``train``, ``eval``, ``predict`` and ``export`` live in incdsl.train, which imports torch: loaded
-    only when asked for."""
+    """``train``, ``eval``, ``predict``, ``export`` and ``quantize`` live in incdsl.train, which
+    imports torch: loaded only when asked for."""
+    args = _parse_arguments(training_parser(), argv)
+    return args.func(args) if isinstance(args, argparse.Namespace) else args
+
+
+def training_parser() -> argparse.ArgumentParser:
+    """The parser of the training commands (``incdsl train ...``), incdsl.train's."""
     from .train import cli as train_cli
 
     parser = argparse.ArgumentParser(prog="incdsl")
@@ -513,8 +482,7 @@ def training(argv: list[str]) -> int:
     train_cli.add_predict_parser(sub)
     train_cli.add_export_parser(sub)
     train_cli.add_quantize_parser(sub)
-    args = _parse_arguments(parser, argv)
-    return args.func(args) if isinstance(args, argparse.Namespace) else args
+    return parser
 
 
 if __name__ == "__main__":

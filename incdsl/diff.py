@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from . import report
+from . import render, report
+from .render import Column, Document, Table
 from .report import Row, Stats
 
 # What is compared, beyond params and MACs, and how each reads in a table.
@@ -175,28 +176,29 @@ def _ratio(new: int, old: int) -> str:
     return f"{new / old - 1:+.1%}" if old else "n/a"
 
 
-def to_rich(diff: Diff, names: tuple[str, str] = ("A", "B")):
-    """A rich Table in the style of ``incdsl stats``'s, changed cells marked."""
-    from rich.table import Table
+# How readily a column leaves a narrow terminal (0: never; larger: sooner).
+PRIORITIES = {"type": 2, "output size": 3, "columns changed": 0, "params": 1, "Δ params": 0, "ops": 1}
+STYLES = {"added": "green", "removed": "red", "same": "dim"}
+KINDS = {"stage": "name", "": "name", "type": "text", "output size": "shape", "columns changed": "text"}
 
+
+def table(diff: Diff, names: tuple[str, str] = ("A", "B")) -> Table:
+    """The table of ``incdsl diff``, in the style of ``incdsl stats``'s, both totals under it; in a
+    terminal, added stages green, removed red, unchanged dim."""
+    columns = tuple(Column(h, KINDS.get(h, "figure"), PRIORITIES.get(h, 0)) for h in HEADERS)
+    rows = tuple(tuple(cells(stage, titles(diff))) for stage in diff.stages)
+    styles = tuple(STYLES.get(stage.status) for stage in diff.stages)
     title = f"{names[0]} ({diff.a.network}) → {names[1]} ({diff.b.network})"
-    table = Table(title=title, title_justify="left")
-    right = {"params", "Δ params", "ops", "Δ ops"}
-    for header in HEADERS:
-        table.add_column(header, justify="right" if header in right else "left")
-    styles = {"added": "green", "removed": "red", "same": "dim"}
-    for stage in diff.stages:
-        table.add_row(*cells(stage, titles(diff)), style=styles.get(stage.status))
-    return table
+    return Table(title, columns, rows, tuple(totals(diff, names).splitlines()), styles)
+
+
+def document(diff: Diff, names: tuple[str, str] = ("A", "B")) -> Document:
+    """What ``incdsl diff`` prints, in every format."""
+    return Document((table(diff, names),), to_dict(diff, names))
 
 
 def to_markdown(diff: Diff, names: tuple[str, str] = ("A", "B")) -> str:
-    lines = [f"# {names[0]} ({diff.a.network}) → {names[1]} ({diff.b.network})", ""]
-    lines.append("| " + " | ".join(HEADERS) + " |")
-    lines.append("|" + "---|" * len(HEADERS))
-    lines += ["| " + " | ".join(cells(s, titles(diff))) + " |" for s in diff.stages]
-    lines += ["", totals(diff, names), ""]
-    return "\n".join(lines)
+    return render.to_markdown(table(diff, names))
 
 
 def to_dict(diff: Diff, names: tuple[str, str] = ("A", "B")) -> dict:

@@ -10,6 +10,7 @@ conv 3x3/1 16 relu
 from __future__ import annotations
 
 from . import ast, parser
+from .numbers import MAX_BUDGET, NumberError, read_quantity
 
 INDENT = "    "
 
@@ -20,7 +21,7 @@ def format_spec(spec: ast.Spec) -> str:
         f"network {spec.network}" if spec.network else None,
         f"input {spec.input}" if spec.input else None,
         f"classes {spec.classes}" if spec.classes is not None else None,
-        f"budget {spec.budget}" if spec.budget is not None else None,
+        f"budget {_budget(spec)}" if spec.budget is not None else None,
     ]
     sections = [
         [line for line in header if line],
@@ -30,6 +31,20 @@ def format_spec(spec: ast.Spec) -> str:
         [_aux(a) for a in spec.auxes],
     ]
     return "\n\n".join("\n".join(s) for s in sections if s) + "\n"
+
+
+def _budget(spec: ast.Spec) -> str:
+    """The budget as the spec wrote it (``60M``, ``1.5G``) while it still says the same number; a
+    changed budget (``incdsl fit``'s) as digits."""
+    span = spec.header_spans.get("budget")
+    if span is not None and span.source:
+        written = span.source_line()[span.column - 1 : span.column - 1 + span.width]
+        try:
+            if read_quantity(written, 1, MAX_BUDGET) == spec.budget:
+                return written
+        except NumberError:
+            pass
+    return str(spec.budget)
 
 
 def _name(name: ast.Name) -> str:

@@ -13,6 +13,7 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import render
 from .errors import IncdslError
 from .files import read_utf8
 from .numbers import MAX_INT, NumberError, read_float, read_int
@@ -149,6 +150,28 @@ def to_dict(matches: list[Match]) -> list[dict]:
             "ops_M": cell(m.macs),
         }
         for m in matches
+    ]
+
+
+def printed_cells(matches: list[Match]) -> dict[str, tuple[Cell, Cell]]:
+    """The paper's figures as table cells, keyed by the last stage of each matched group; a figure
+    the shapes contradict is marked."""
+
+    def show(cell: Cell | None, unit: str) -> render.Cell:
+        if cell is None:
+            return ""
+        text = f"{cell.printed:g}{unit}"
+        return text if cell.agrees else render.Styled(f"{text} ✗", "bold red")
+
+    return {m.rows[-1]: (show(m.params, "K"), show(m.macs, "M")) for m in matches}
+
+
+def disagreement_lines(matches: list[Match]) -> list[str]:
+    """The lines under ``incdsl stats --reference``'s table: how many figures disagree, then each."""
+    lines = disagreements(matches)
+    return [
+        f"{len(lines)} printed figure(s) disagree with the layer shapes:",
+        *(f"  ✗ {line}" for line in lines),
     ]
 
 

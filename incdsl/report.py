@@ -19,14 +19,14 @@ gains ``"memory": {"output", "saved", "peak"}`` and the dict a top-level ``"memo
 
 from __future__ import annotations
 
-import csv
-import io
 from dataclasses import asdict, dataclass, field
 
 from . import layers as L
+from . import render
 from .activations import Estimate, Setting, StageMemory, describe, estimate
 from .ir import Call, Facts, Fork, Layer, Network, Node, Stage, Visitor
 from .memory import human_bytes
+from .render import Column, Document, Table
 
 # A residual row's scale (Inception-ResNet's 0.17, 0.10, 0.20) is a column of its own.
 SCALE = "scale"
@@ -359,36 +359,78 @@ def _cell(value) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def to_csv(stats: Stats) -> str:
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
+def csv_table(stats: Stats) -> Table:
+    """The table ``--format csv`` writes: exact counts and bytes, a row per aux head and the total."""
     keys = list(stats.titles)
     extra = _csv_memory_headers(stats)
-    writer.writerow(["name", "type", "patch", "input", "output", "depth", *keys, "params", "macs", *extra])
+    titles = ["name", "type", "patch", "input", "output", "depth", *keys, "params", "macs", *extra]
+    rows = []
     for r, m in zip(stats.rows, stats.row_memory()):
         cols = [r.columns.get(k, "") for k in keys]
         shapes, memory = [size(r.input), size(r.output)], _memory_figures(m)
-        writer.writerow([r.name, r.type, r.patch, *shapes, r.depth, *cols, r.params, r.macs, *memory])
+        rows.append([r.name, r.type, r.patch, *shapes, r.depth, *cols, r.params, r.macs, *memory])
     for a, m in zip(stats.aux, stats.aux_memory()):
         blank = [""] * len(keys)
         place = [f"after {a.after}", "", size(a.output), ""]
         memory = _memory_figures(m) if m else [""] * len(extra)
-        writer.writerow([a.name, a.type, *place, *blank, a.params, a.macs, *memory])
+        rows.append([a.name, a.type, *place, *blank, a.params, a.macs, *memory])
     total = _csv_total(stats.memory) if stats.memory else []
-    writer.writerow(["total", "", "", "", "", "", *[""] * len(keys), stats.params, stats.macs, *total])
-    return out.getvalue()
+    rows.append(["total", "", "", "", "", "", *[""] * len(keys), stats.params, stats.macs, *total])
+    columns = tuple(Column(title) for title in titles)
+    return Table("", columns, tuple(tuple(str(cell) for cell in row) for row in rows))
 
 
-RICH_ROWS = 1000  # a larger table is printed by to_text: rich lays out about 500 rows a second
+def to_csv(stats: Stats) -> str:
+    return render.to_csv(csv_table(stats))
 
 
-def to_text(stats: Stats) -> str:
-    """The table as plain aligned columns, for networks of thousands of rows (linear time)."""
-    rows = [headers(stats), *(cells(r, stats.titles, m) for r, m in zip(stats.rows, stats.row_memory()))]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = [f"{stats.network}: {size(stats.input)} input"]
-    lines += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
-    return "\n".join(lines)
+# How readily a column leaves a narrow terminal (0: never; larger: sooner), by header.
+PRIORITIES = {
+    "type": 0,
+    "patch size/stride": 4,
+    "input size": 5,
+    "output size": 0,
+    "depth": 3,
+    "params": 0,
+    "ops": 0,
+}
+TEMPLATE_PRIORITY, MEMORY_PRIORITY = 2, 1
+
+
+def table(stats: Stats, matches=None) -> Table:
+    """The table of ``incdsl stats``: the paper's columns, the templates' (``#1x1``...), params and ops,
+    memory with a batch size; with ``matches`` (:mod:`incdsl.reference`), the paper's printed figures
+    beside the computed ones, disagreeing ones marked, and a line per disagreement under it."""
+    kinds = {"type": "text", "patch size/stride": "shape", "input size": "shape", "output size": "shape"}
+    columns = [Column(h, kinds.get(h, "figure"), _priority(h, stats)) for h in headers(stats)]
+    rows = [cells(r, stats.titles, m) for r, m in zip(stats.rows, stats.row_memory())]
+    footer = summary(stats).splitlines()
+    if matches is not None:
+        from . import reference
+
+        columns += [Column("paper params", "figure", 1), Column("paper ops", "figure", 1)]
+        printed = reference.printed_cells(matches)
+        rows = [[*shown, *printed.get(r.name, ("", ""))] for shown, r in zip(rows, stats.rows)]
+        footer += reference.disagreement_lines(matches)
+    title = f"{stats.network}: {size(stats.input)} input"
+    return Table(title, tuple(columns), tuple(map(tuple, rows)), tuple(footer))
+
+
+def _priority(header: str, stats: Stats) -> int:
+    if header in memory_headers(stats):
+        return MEMORY_PRIORITY
+    return PRIORITIES.get(header, TEMPLATE_PRIORITY)
+
+
+def document(stats: Stats, matches=None) -> Document:
+    """What ``incdsl stats`` prints, in every format."""
+    data = to_dict(stats)
+    if matches is not None:
+        from . import reference
+
+        data["reference"] = reference.to_dict(matches)
+    conventions = "conventions: " + "; ".join(f"{k}: {v}" for k, v in CONVENTIONS.items())
+    return Document((table(stats, matches),), data, (conventions,), csv_table(stats))
 
 
 def _csv_memory_headers(stats: Stats) -> list[str]:
@@ -403,14 +445,7 @@ def _csv_total(est: Estimate) -> list:
 
 
 def to_markdown(stats: Stats) -> str:
-    lines = [f"# {stats.network}: {size(stats.input)} input", ""]
-    shown = headers(stats)
-    lines.append("| " + " | ".join(shown) + " |")
-    lines.append("|" + "---|" * len(shown))
-    rows = zip(stats.rows, stats.row_memory())
-    lines += ["| " + " | ".join(cells(r, stats.titles, m)) + " |" for r, m in rows]
-    lines += ["", summary(stats), ""]
-    return "\n".join(lines)
+    return render.to_markdown(table(stats))
 
 
 def summary(stats: Stats) -> str:
@@ -436,34 +471,3 @@ def budget_verdict(macs: int, budget: int) -> str:
         f"budget exceeded: {macs:,} multiply-adds > budget {budget:,} "
         f"(over by {macs - budget:,}, {macs / budget - 1:.1%})"
     )
-
-
-def to_rich(stats: Stats, matches=None):
-    """A rich Table shaped like the paper's; with ``matches`` (see :mod:`incdsl.reference`), the
-    printed figures beside the computed ones, disagreeing ones marked."""
-    from rich.table import Table
-
-    table = Table(title=f"{stats.network}: {size(stats.input)} input", title_justify="left")
-    right = {"depth", "params", "ops", *stats.titles.values(), *memory_headers(stats)}
-    for header in headers(stats):
-        table.add_column(header, justify="right" if header in right else "left")
-    printed = _printed_by_row(matches or [])
-    if matches:
-        table.add_column("paper params", justify="right")
-        table.add_column("paper ops", justify="right")
-    for row, memory in zip(stats.rows, stats.row_memory()):
-        paper = printed.get(row.name, ("", "")) if matches else ()
-        table.add_row(*cells(row, stats.titles, memory), *paper)
-    return table
-
-
-def _printed_by_row(matches) -> dict[str, tuple[str, str]]:
-    """The paper's figures keyed by the last stage of each matched group, marked where they disagree."""
-
-    def show(cell, unit):
-        if cell is None:
-            return ""
-        text = f"{cell.printed:g}{unit}"
-        return text if cell.agrees else f"[bold red]{text} ✗[/]"
-
-    return {m.rows[-1]: (show(m.params, "K"), show(m.macs, "M")) for m in matches}

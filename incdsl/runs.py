@@ -17,47 +17,20 @@ import json
 import math
 import os
 import re
-import time
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
 
+from . import render
 from .errors import IncdslError, escape
 from .files import write_atomic
-
-RUN_INFO, METRICS, CHECKPOINT = "run.json", "metrics.jsonl", "checkpoint.pt"
-FORMAT = "incdsl-run/1"
+from .render import Column, Document, Table
+from .rundir import CHECKPOINT, FORMAT, METRICS, RUN_INFO  # noqa: F401 (runs.FORMAT: what is read)
 
 
 class RunError(IncdslError):
     """A run directory that cannot be read."""
-
-
-# writing (called by the trainer) -----------------------------------------------------------------
-
-
-def write_run_info(config, bundle, images_per_epoch: int, settings: dict[str, Any] | None = None) -> None:
-    """Write ``run.json`` into ``config.out``: what was trained, how, on what (see the module doc);
-    ``settings``, every resolved training setting (incdsl train --print-config), when given."""
-    info = {
-        "format": FORMAT,
-        "target": config.target,
-        "network": bundle.name,
-        "recipe": config.recipe,
-        "data": config.data,
-        "epochs": config.epochs,
-        "batch_size": config.batch_size,
-        "lr": config.lr,
-        "seed": config.seed,
-        "num_classes": bundle.num_classes,
-        "images_per_epoch": images_per_epoch,
-        "spec_text": bundle.spec_text,
-        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    if settings is not None:
-        info["settings"] = settings
-    write_atomic(Path(config.out) / RUN_INFO, json.dumps(info, indent=2) + "\n")
 
 
 # reading ---------------------------------------------------------------------------------------
@@ -346,22 +319,24 @@ def _duration(seconds: float | None) -> str:
     return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {seconds:02d}s"
 
 
-def to_rich(runs: list[Run]):
-    from rich.table import Table
-    from rich.text import Text
+# How readily a column leaves a narrow terminal (0: never; larger: sooner), by header.
+PRIORITIES = {"spec": 1, "recipe": 3, "params": 2, "ops": 2, "epochs": 4, "top-5": 5, "train time": 3}
+FIGURES = ("params", "ops", "epochs")  # right-aligned; the others (best top-1 too) left
 
-    table = Table(title="runs", title_justify="left")
-    for header in HEADERS:
-        table.add_column(header, justify="right" if header in ("params", "ops", "epochs") else "left")
-    for run in runs:
-        table.add_row(*(Text(cell) for cell in cells(run)))  # text, not rich markup
-    return table
+
+def table(runs: list[Run]) -> Table:
+    """The table of ``incdsl runs``: one row per run directory (its path whole, however long)."""
+    columns = tuple(Column(h, "figure" if h in FIGURES else "name", PRIORITIES.get(h, 0)) for h in HEADERS)
+    return Table("runs", columns, tuple(tuple(cells(run)) for run in runs))
+
+
+def document(runs: list[Run]) -> Document:
+    """What ``incdsl runs`` prints, in every format."""
+    return Document((table(runs),), [to_dict(run) for run in runs])
 
 
 def to_markdown(runs: list[Run]) -> str:
-    lines = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
-    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in cells(run)) + " |" for run in runs]
-    return "\n".join(lines) + "\n"
+    return render.to_markdown(table(runs), heading=False)
 
 
 def to_dict(run: Run) -> dict[str, Any]:

@@ -37,3 +37,13 @@ def private_cache(tmp_path_factory):
         del os.environ["INCDSL_CACHE"]
     else:
         os.environ["INCDSL_CACHE"] = old
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_terminal_width():
+    """Tables are printed whole, whatever the COLUMNS of the shell that runs the tests (a table fits
+    it otherwise: incdsl.render); the tests that fit one set it themselves."""
+    old = os.environ.pop("COLUMNS", None)
+    yield
+    if old is not None:
+        os.environ["COLUMNS"] = old

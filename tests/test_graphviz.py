@@ -311,3 +311,12 @@ def test_block_level_draws_the_zoo_merges(spec, shows):
     dot = to_dot(incdsl.load(spec), level="block")
     for text in shows:
         assert text in dot, text
+
+
+@pytest.mark.parametrize("level", ["network", "block"])
+def test_the_title_prints_the_counts_as_stats_does_and_states_the_layers_units(level):
+    """The header once read "6,834.5K params" (K = 1024) beside `incdsl stats`'s 6,998,552."""
+    title = to_dot(googlenet(), level).splitlines()[1]
+    stats = compute(googlenet())
+    assert f"{stats.params:,} params, {stats.macs:,} multiply-adds" in title
+    assert "6,998,552 params" in title and "K = 1024" in title and "M = 10^6" in title

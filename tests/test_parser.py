@@ -88,3 +88,17 @@ def test_format_command(capsys):
     assert (
         out.startswith("network GoogLeNet\ninput 224x224x3\n") and "3a: inception 64 96 128 16 32 32" in out
     )
+
+
+@pytest.mark.parametrize("written", ["60M", "1.5G", "60000000", "2.5T", "100K"])
+def test_format_keeps_the_budget_as_written(written):
+    text = f"network N\ninput 8x8x3\nclasses 2\nbudget {written}\n\nconv 3x3/1 4\nlinear classes\n"
+    spec = parse(text)
+    formatted = format_spec(spec)
+    assert f"\nbudget {written}\n" in formatted and formatted == text
+    assert parse(formatted).budget == spec.budget  # the same number, round trip
+
+
+def test_format_writes_a_changed_budget_as_digits():
+    spec = parse("input 8x8x3\nbudget 60M\nconv 3x3/1 4\n")
+    assert "budget 45000000\n" in format_spec(replace(spec, budget=45_000_000))

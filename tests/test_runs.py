@@ -139,3 +139,24 @@ def test_a_run_without_run_json_is_read_from_its_checkpoint(tmp_path):
     run = runs.read_run(out)
     assert run.spec == "small" and run.recipe == "fast" and run.counts is not None
     assert run.train_seconds is None
+
+
+def test_the_trainer_does_not_import_runs():
+    """runs reads what the trainer writes: the shared part (file names, run.json) is incdsl.rundir,
+    so the import goes one way (runs -> train, for a checkpoint from before run.json)."""
+    import ast
+    from pathlib import Path
+
+    import incdsl
+
+    train = Path(incdsl.__file__).parent / "train"
+    for path in train.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            assert not any(n == "incdsl.runs" or n.startswith("incdsl.runs.") for n in names), path
+            assert not (isinstance(node, ast.ImportFrom) and node.level and node.module == "runs"), path

@@ -322,8 +322,14 @@ def _digraph(name: str, title: Html, body: list[str]) -> str:
     return "\n".join([f"digraph {_quote(name)} {{", *_indent([*head, *body]), "}"]) + "\n"
 
 
+# The units of the per-layer counts (``incdsl stats``'s): said once, in the title.
+UNITS = "layers: params in K = 1024, ops (multiply-adds) in M = 10^6"
+
+
 def _title(stats: Stats) -> Html:
-    return _lines(stats.network, f"{size(stats.input)} input", _counts(stats.params, stats.macs))
+    """The network, its input, its exact totals as ``incdsl stats`` prints them, and the units below."""
+    totals = f"{stats.params:,} params, {stats.macs:,} multiply-adds"
+    return _lines(stats.network, f"{size(stats.input)} input", totals, UNITS)
 
 
 def _node(node_id: str, **attrs: str | None) -> str:

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import math
 import sys
 from pathlib import Path
 
+from incdsl import render
 from incdsl.errors import IncdslError
 from incdsl.train.config import CHOICES, NUMBER_RANGES, SETTINGS, option_type
 
@@ -330,7 +330,7 @@ def run_eval(args: argparse.Namespace) -> int:
         args.val_split,
     )
     if args.json:
-        print(json.dumps(report.to_dict(), allow_nan=False))
+        render.emit(render.Document((), report.to_dict()), "json")
         return 0
     models = f"{len(checkpoints)} model{'s' * (len(checkpoints) > 1)}"
     print(f"{_figures(report.result)}  ({report.result.images} images, {views_note(report)}, {models})")
@@ -345,11 +345,11 @@ def run_eval(args: argparse.Namespace) -> int:
 
 @reporting_failures
 def run_predict(args: argparse.Namespace) -> int:
-    from incdsl.train.predict import predict, prediction_table, predictions_json
+    from incdsl.train.predict import predict, prediction_table
 
     predictions = predict(args.target, args.checkpoint, args.images, args.top, args.device)
     if args.json:
-        print(predictions_json(predictions))
+        render.emit(render.Document((), [prediction.to_dict() for prediction in predictions]), "json")
     else:
         for line in prediction_table(predictions):
             print(line)

@@ -11,8 +11,7 @@ from typing import Any
 from tqdm import tqdm
 
 from incdsl.files import write_atomic
-
-METRICS = "metrics.jsonl"
+from incdsl.rundir import METRICS
 
 
 class MetricsLog:

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from incdsl import memory
 from incdsl.memory import human_bytes
-from incdsl.runs import write_run_info
+from incdsl.rundir import BEST, CHECKPOINT, write_run_info
 from incdsl.train import Interrupted, RunFailed, TrainError
 from incdsl.train.augment import augment_batch, mix_batch
 from incdsl.train.checkpoint import (
@@ -58,7 +58,6 @@ from incdsl.train.models import ModelBundle, load_model
 from incdsl.train.recipes import Recipe, build_optimizer, build_scheduler, recipe_of
 from incdsl.train.views import eval_view, train_view
 
-CHECKPOINT, BEST = "checkpoint.pt", "best.pt"
 BAR_EVERY = 10  # steps between progress-bar updates
 
 

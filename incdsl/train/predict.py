@@ -104,10 +104,6 @@ def prediction_table(predictions: Sequence[Prediction]) -> list[str]:
     ]
 
 
-def predictions_json(predictions: Sequence[Prediction]) -> str:
-    return json.dumps([prediction.to_dict() for prediction in predictions], indent=2)
-
-
 EXPORT_SUFFIXES = (".pt", ".onnx", ".safetensors")
 INPUT_NOTE = "pixels scaled to [-1, 1] (x / 127.5 - 1), N x C x H x W"
 
