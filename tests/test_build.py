@@ -6,11 +6,13 @@ from __future__ import annotations
 import re
 
 import pytest
-from conftest import SHIPPED
 
 import incdsl
 from incdsl import ast, ir, parser
 from incdsl.layers import KINDS, resolve, width_argument
+from incdsl.resources import shipped_specs
+
+SHIPPED = sorted(shipped_specs())
 
 
 def spec_of(name: str) -> ast.Spec:
