@@ -11,7 +11,7 @@ STAMP = .install.stamp
 install: $(STAMP)
 
 $(STAMP): pyproject.toml constraints/cpu.txt
-	$(PIP) install --quiet --constraint constraints/cpu.txt -e ".[train,onnx,lsp,plot,dev]"
+	$(PIP) install --quiet --constraint constraints/cpu.txt -e ".[train,onnx,deploy,lsp,plot,dev]"
 	touch $(STAMP)
 
 graphviz:
@@ -33,9 +33,11 @@ lint: install
 	ruff check . && ruff format --check .
 
 # speed.py prints the README's "Performance" figures, the trainer against a bare loop included (26
-# minutes on 2 cores; make bench BENCH_ARGS="--quick --no-compile" for a few).
+# minutes on 2 cores; make bench BENCH_ARGS="--quick --no-compile" for a few); bench_engines.py the
+# engines' table (ONNX Runtime and OpenVINO beside the builds; --quick passed on).
 BENCH_ARGS ?=
 
 bench: install
 	$(PYTHON) benchmarks/bench_startup.py
 	$(PYTHON) benchmarks/speed.py $(BENCH_ARGS)
+	$(PYTHON) benchmarks/bench_engines.py $(filter --quick,$(BENCH_ARGS))

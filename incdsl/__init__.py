@@ -15,18 +15,17 @@ The pipeline, stage by stage (each a module with one entry function)::
 
 from __future__ import annotations
 
-from functools import cache
 from pathlib import Path
 
 from . import ast, ir, parser, passes, report
 from .errors import IncdslError, SpecNameError, did_you_mean
 from .files import read_utf8
 from .ir import Network
-from .resources import prelude_path, shipped_specs
+from .resources import shipped_specs
 
 __all__ = [
-    "IncdslError", "Network", "load", "parse", "stats", "compile_source", "build_module", "interpret",
-    "to_dot",
+    "IncdslError", "Network", "load", "parse", "network", "stats", "compile_source", "build_module",
+    "interpret", "to_dot",
 ]  # fmt: skip
 __version__ = "0.1.0"
 
@@ -61,9 +60,7 @@ def read_spec_file(path: Path, shown: str) -> str:
     return read_utf8(path, parser.MAX_SPEC_BYTES, "a spec", shown)
 
 
-@cache
-def prelude() -> tuple[ast.Template, ...]:
-    return parser.parse(read_spec_file(prelude_path(), "<prelude>"), "<prelude>").templates
+prelude = parser.prelude  # the built-in templates, parsed once
 
 
 def parse(text: str, path: str = "<spec>") -> ast.Spec:
@@ -77,8 +74,16 @@ def load(target: str | Path) -> Network:
     return from_text(text, path)
 
 
-def from_text(text: str, path: str = "<spec>") -> Network:
-    return passes.run(ir.build(parser.parse(text, path), prelude()))
+def from_text(text: str, path: str = "<spec>", **header) -> Network:
+    """The annotated IR of spec text; ``header``: values of its header replaced (see :func:`network`)."""
+    return network(parser.parse(text, path), **header)
+
+
+def network(spec: ast.Spec, **header) -> Network:
+    """The annotated IR of a parsed spec, built from its AST (no text in between); ``header``: values
+    of its header replaced (``classes=10``, ``input=ast.Size((64, 64, 3))``, ``budget``), and ``rows``
+    for a part of the network, as :func:`incdsl.ir.build` takes them."""
+    return passes.run(ir.build(spec, **header))
 
 
 def stats(net: Network | str | Path) -> report.Stats:

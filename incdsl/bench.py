@@ -2,16 +2,21 @@
 
 Three variants of the same weights: the plain build (``build_module(net)``), the optimized build
 (``build_module(net, optimize=True)`` loading the plain one's state_dict) and that through
-``torch.compile`` (inductor). Each is timed in eval mode under ``torch.inference_mode()`` at each batch
+``torch.compile`` (inductor); with ``engines``, the inference engines too (:mod:`incdsl.engines`: ONNX
+Runtime and OpenVINO, each running the ONNX export of the plain build with its graph optimizations on,
+at the same thread count as torch; an engine that is not installed is listed as skipped). Every eval
+variant's logits are compared with the plain build's on the timed input (the largest absolute difference
+is reported: ``max_diff``). Each is timed in eval mode under ``torch.inference_mode()`` at each batch
 size, and a training step (forward, backward, SGD step; aux heads in the loss) of the plain build (the
-optimized build is inference-only), and optionally of it through torch.compile. Also timed:
-``incdsl compile``'s work for the spec (parse, IR, passes, code generation, black).
+optimized build is inference-only), and optionally of it through torch.compile. Also timed: ``incdsl
+compile``'s work for the spec (parse, IR, passes, code generation, black).
 
 How: after a warm-up (for a compiled variant, its first call, which compiles and is reported on its
 own), the variants of one row take turns, round by round (A B C, then C B A, ...), so that a shared
 machine's drifts hit all alike; each measurement runs whole batches for at least ``min_time`` seconds.
 A ratio is taken within a round (variant / plain), and reported as the median over the rounds with
-its spread (the lowest and highest round). Threads are left at torch's default.
+its spread (the lowest and highest round). Threads are incdsl's default (:mod:`incdsl.threads`) unless
+``threads`` sets them.
 
 >>> result = run("mini_googlenet", batches=(2,), train_batch=0, rounds=1, compile=False, min_time=0)
 >>> [(m.mode, m.batch, m.variant, len(m.rates)) for m in result.measurements]
@@ -20,8 +25,10 @@ its spread (the lowest and highest round). Threads are left at torch's default.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime
+import functools
 import os
 import platform
 import statistics
@@ -43,6 +50,7 @@ MIN_TIME = 1.0  # seconds: the least time of one measurement (whole batches, at 
 MAX_BATCH = 4096
 SEED = 0
 EVAL_VARIANTS = ("plain", "optimized", "compiled")
+ENGINES = ("onnxruntime", "openvino")  # incdsl.engines', in the order shown
 TRAIN_VARIANTS = ("plain", "compiled")  # the optimized build is inference-only
 LR = 1e-3  # small: the weights stay finite over many steps on random labels
 
@@ -64,7 +72,8 @@ class Spread:
 class Measurement:
     """One variant at one batch size: images per second in each round, and the ratio to the plain
     build's rate in the same round. ``compile_seconds``: a compiled variant's first call (compilation
-    and one pass); ``error``: why it could not be compiled (then no rates)."""
+    and one pass); ``error``: why it could not be compiled, or an engine was skipped (then no rates);
+    ``max_diff``: the largest absolute difference of its logits from the plain build's (eval only)."""
 
     mode: str  # "eval" or "train"
     batch: int
@@ -73,6 +82,7 @@ class Measurement:
     ratios: tuple[float, ...]
     compile_seconds: float | None = None
     error: str | None = None
+    max_diff: float | None = None
 
     @property
     def img_per_s(self) -> float | None:
@@ -98,7 +108,7 @@ class BenchResult:
     min_time: float
     seed: int
     threads: int
-    threads_default: bool  # torch's own choice, not set for the run
+    threads_default: bool  # incdsl's default (incdsl.threads), not set for the run
     torch: str
     machine: str
     load_before: tuple[float, float, float]
@@ -152,33 +162,34 @@ def run(
     train_compile: bool = False,
     threads: int | None = None,
     progress: Callable[[str], None] | None = None,
+    engines: Sequence[str] = (),
 ) -> BenchResult:
     """Measure one spec (see the module docstring). ``train_batch`` 0: no training step;
     ``compile`` False: no compiled variants (inductor takes minutes per shape on a small CPU);
     ``train_compile``: the training step through torch.compile too (forward and backward: several
     times an eval shape's compile time); ``threads``: torch's intra-op threads for the run (default:
-    torch's default, one per core); ``progress``: called with a line of news before each slow step."""
-    import torch
-
+    incdsl's default, see :mod:`incdsl.threads`), the engines' too; ``progress``: called with a line of
+    news before each slow step; ``engines``: the inference engines to time beside the builds (names in
+    ``ENGINES``; those not installed are listed as skipped)."""
     if rounds < 1:
         raise IncdslError(f"--rounds {rounds}: at least 1")
     check_train_batch(train_batch)
     for batch in batches:
         if not 1 <= batch <= MAX_BATCH:
             raise IncdslError(f"batch size {batch}: give 1 to {MAX_BATCH:,}")
-    if threads is not None and threads < 1:
-        raise IncdslError(f"--threads {threads}: at least 1")
-    default = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
+    if threads is not None and threads < 0:
+        raise IncdslError(f"--threads {threads}: at least 0 (0: the default)")
+    for name in engines:
+        if name not in ENGINES:
+            raise IncdslError(f"unknown engine '{name}'", hint=f"one of {', '.join(ENGINES)}")
+    from .threads import using
+
+    with using(threads):
         return _run(target, batches, train_batch, rounds, compile, min_time, seed, train_compile,
-                    threads is None, progress or (lambda line: None))  # fmt: skip
-    finally:
-        torch.set_num_threads(default)
+                    not threads, progress or (lambda line: None), tuple(engines))  # fmt: skip
 
 
-def _run(target, batches, train_batch, rounds, compile, min_time, seed, train_compile, default, say):
+def _run(target, batches, train_batch, rounds, compile, min_time, seed, train_compile, default, say, engines):
     import torch
 
     from . import load, report
@@ -191,8 +202,9 @@ def _run(target, batches, train_batch, rounds, compile, min_time, seed, train_co
     plain, optimized = builds(net, seed)
     bench = _Bench(net, rounds, min_time, say)
     measurements = []
-    for batch in batches:
-        measurements += bench.eval_row(batch, plain, optimized, compile)
+    with engine_runners(net, plain, engines, torch.get_num_threads(), say) as runners:
+        for batch in batches:
+            measurements += bench.eval_row(batch, plain, optimized, compile, runners)
     if train_batch:
         measurements += bench.train_row(train_batch, plain, compile and train_compile)
     if compile:
@@ -272,6 +284,31 @@ def builds(net: Network, seed: int = SEED):
     return plain, optimized
 
 
+@contextlib.contextmanager
+def engine_runners(net: Network, plain, names: Sequence[str], threads: int, say: Callable[[str], None]):
+    """For each engine asked for, a function running the ONNX export of ``plain`` (numpy in, logits
+    out) with ``threads`` threads, or the reason it cannot run (a string: not installed, failed)."""
+    from . import engines
+
+    runners: dict[str, Callable | str] = {}
+    for name in names:
+        if engines.version(name) is None:
+            runners[name] = f"not installed ({engines.ENGINES[name].install})"
+    wanted = [name for name in names if name not in runners]
+    if not wanted:
+        yield runners
+        return
+    say(f"exporting {net.name} to ONNX for {', '.join(wanted)}")
+    with engines.exported(plain, net.input.as_list()) as path:
+        for name in wanted:
+            try:
+                runners[name] = engines.load(name, path, threads)
+            except IncdslError as error:
+                say(f"{name} failed: {error.message}")
+                runners[name] = f"failed: {error.message}"
+        yield runners
+
+
 def source_seconds(
     target: str | Path, repeats: int = 5, optimize: bool = False, formatted: bool = True
 ) -> Spread:
@@ -316,22 +353,66 @@ HEADERS = (
 )  # fmt: skip
 
 
-def cells(result: BenchResult, mode: str, batch: int) -> list[str]:
-    """One row of the table: rates (medians), ratios to plain (median, low-high), first call's time."""
+def engines_of(results: Sequence[BenchResult]) -> list[str]:
+    """The engines any of ``results`` asked for (measured, failed or skipped), in ENGINES' order."""
+    asked = {m.variant for result in results for m in result.measurements}
+    return [name for name in ENGINES if name in asked]
+
+
+def headers(results: Sequence[BenchResult]) -> tuple[str, ...]:
+    """HEADERS, and two columns for each engine asked for."""
+    return HEADERS + tuple(h for name in engines_of(results) for h in (f"{name} img/s", f"{name} / plain"))
+
+
+def cells(result: BenchResult, mode: str, batch: int, engines: Sequence[str] | None = None) -> list[str]:
+    """One row of the table: rates (medians), ratios to plain (median, low-high), first call's time,
+    then the engines' (``engines``: their columns, by default those ``result`` asked for)."""
     row = [mode, str(batch)]
     for variant in EVAL_VARIANTS:
-        m = result.get(mode, batch, variant)
-        if m is None:
-            row += ["-"] if variant == "plain" else ["-", "-"]
-        elif m.error is not None:
-            row += ["failed", m.error.split(":")[0]]
-        else:
-            row.append(f"{m.img_per_s:,.1f}")
-            if variant != "plain":
-                row.append(format_ratio(m.ratio))
+        row += _variant_cells(result.get(mode, batch, variant), variant)
     compiled = result.get(mode, batch, "compiled")
     row.append(f"{compiled.compile_seconds:,.0f}" if compiled and compiled.compile_seconds else "-")
+    for name in engines_of([result]) if engines is None else engines:
+        row += _variant_cells(result.get(mode, batch, name), name)
     return row
+
+
+def _variant_cells(m: Measurement | None, variant: str) -> list[str]:
+    if m is None:
+        return ["-"] if variant == "plain" else ["-", "-"]
+    if m.error is not None:
+        skipped = m.error.startswith("not installed")
+        return ["skipped" if skipped else "failed", "not installed" if skipped else m.error.split(":")[0]]
+    return [f"{m.img_per_s:,.1f}"] + ([format_ratio(m.ratio)] if variant != "plain" else [])
+
+
+def fastest(result: BenchResult, batch: int) -> Measurement | None:
+    """The eval variant with the highest median ratio to the plain build at ``batch`` (each ratio is
+    taken within a round, so a shared machine's drifts cancel; None when none was timed)."""
+    timed = [m for m in result.measurements if (m.mode, m.batch) == ("eval", batch) and m.rates]
+    return max(timed, key=lambda m: m.ratio.median, default=None)
+
+
+def verdicts(result: BenchResult) -> list[str]:
+    """Per eval batch size: which variant is fastest here, and how far each one's logits are from the
+    plain build's (the largest absolute difference)."""
+    lines = []
+    for mode, batch in result.rows():
+        best = fastest(result, batch) if mode == "eval" else None
+        if best is None:
+            continue
+        diffs = ", ".join(
+            f"{m.variant} {m.max_diff:.1e}"
+            for m in result.measurements
+            if (m.mode, m.batch) == (mode, batch) and m.max_diff is not None and m.variant != "plain"
+        )
+        ms = 1000 * batch / best.img_per_s
+        lines.append(
+            f"batch {batch}: fastest here is {best.variant}, {ms:,.1f} ms per batch "
+            f"({best.ratio.median:.2f}x the plain build)"
+            + (f"; logits' largest difference from the plain build's: {diffs}" if diffs else "")
+        )
+    return lines
 
 
 def format_ratio(ratio: Spread) -> str:
@@ -357,7 +438,7 @@ def format_load(load: Sequence[float]) -> str:
 
 def threads(result: BenchResult) -> str:
     return f"{result.threads} thread{'s' * (result.threads != 1)} " + (
-        "(torch's default)" if result.threads_default else "(set for the run)"
+        "(incdsl's default)" if result.threads_default else "(set for the run)"
     )
 
 
@@ -392,7 +473,8 @@ def table(result: BenchResult) -> Table:
     measured under it."""
     rows = tuple(tuple(cells(result, mode, batch)) for mode, batch in result.rows())
     title = f"{result.network}: images per second, and ratios to the plain build"
-    return Table(title, _columns(HEADERS), rows, (summary(result), "", conditions(result)))
+    footer = (*verdicts(result), summary(result), "", conditions(result))
+    return Table(title, _columns(headers([result])), rows, footer)
 
 
 def document(result: BenchResult) -> Document:
@@ -402,12 +484,13 @@ def document(result: BenchResult) -> Document:
 
 def markdown_table(results: Sequence[BenchResult]) -> str:
     """One markdown table for several specs (a ``spec`` column first): the README's."""
+    engines = engines_of(results)
     rows = tuple(
-        (Path(result.spec).stem, *cells(result, mode, batch))
+        (Path(result.spec).stem, *cells(result, mode, batch, engines))
         for result in results
         for mode, batch in result.rows()
     )
-    return render.to_markdown(Table("", _columns(("spec", *HEADERS)), rows)).rstrip("\n")
+    return render.to_markdown(Table("", _columns(("spec", *headers(results))), rows)).rstrip("\n")
 
 
 def to_markdown(result: BenchResult) -> str:
@@ -430,6 +513,7 @@ def to_dict(result: BenchResult) -> dict:
             "ratios": list(m.ratios),
             "compile_seconds": m.compile_seconds,
             "error": m.error,
+            "max_diff": m.max_diff,
         }
 
     return {
@@ -457,7 +541,7 @@ def from_dict(data: dict) -> BenchResult:
     measurements = tuple(
         Measurement(
             m["mode"], m["batch"], m["variant"], tuple(m["rates"]), tuple(m["ratios"]),
-            m["compile_seconds"], m["error"],
+            m["compile_seconds"], m["error"], m.get("max_diff"),
         )
         for m in data["measurements"]
     )  # fmt: skip
@@ -494,10 +578,11 @@ class _Bench:
 
         return torch.randn(batch, *self.net.input.as_list())
 
-    def eval_row(self, batch: int, plain, optimized, compile: bool) -> list[Measurement]:
+    def eval_row(self, batch: int, plain, optimized, compile: bool, runners=None) -> list[Measurement]:
         import torch
 
         x = self.inputs(batch)
+        array = x.numpy()
         steps = {"plain": lambda: plain(x), "optimized": lambda: optimized(x)}
         with torch.inference_mode():
             outcome = None
@@ -505,7 +590,15 @@ class _Bench:
                 torch._dynamo.reset()  # a fresh cache per row: each shape compiles once, as a user's would
                 model = torch.compile(optimized, dynamic=False)
                 outcome = self.compiled(f"eval at batch {batch}", lambda: model(x), steps)
-            return _with_compile(self.measure("eval", batch, steps), outcome)
+            skipped = []
+            for name, runner in (runners or {}).items():
+                if isinstance(runner, str):
+                    skipped.append(Measurement("eval", batch, name, (), (), error=runner))
+                else:
+                    steps[name] = functools.partial(runner, array)
+            diffs = _differences(steps)
+            measured = _with_compile(self.measure("eval", batch, steps), outcome)
+            return [replace(m, max_diff=diffs.get(m.variant)) for m in measured] + skipped
 
     def train_row(self, batch: int, plain, compile: bool) -> list[Measurement]:
         import torch
@@ -589,6 +682,15 @@ def _with_compile(measurements: list[Measurement], outcome: _Compiled | None) ->
     return [
         replace(m, compile_seconds=outcome.seconds) if m.variant == "compiled" else m for m in measurements
     ]
+
+
+def _differences(steps: dict[str, Callable[[], object]]) -> dict[str, float]:
+    """The largest absolute difference of each step's logits from the first step's (the plain build)."""
+    import torch
+
+    outputs = {name: torch.as_tensor(step()) for name, step in steps.items()}
+    reference = outputs[next(iter(steps))]
+    return {name: (out.float() - reference).abs().max().item() for name, out in outputs.items()}
 
 
 def _seconds(step: Callable[[], object], calls: int) -> float:

@@ -11,9 +11,9 @@ import os
 import sys
 from dataclasses import dataclass
 
-from . import __version__, load, locate, render, report
+from . import __version__, load, locate, render, report, threads
 from .activations import DTYPES, OPTIMIZERS, Setting
-from .errors import BudgetExceeded, IncdslError
+from .errors import BudgetExceeded, IncdslError, OutputError
 from .files import check_output, write_atomic
 from .numbers import MAX_BUDGET, MAX_INT, NumberError, read_float, read_int, read_quantity
 
@@ -94,12 +94,23 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", type=_budget, help="multiply-adds allowed, like 1.5G (overrides the spec's)")
     p.set_defaults(func=cmd_check)
 
-    p = sub.add_parser("compile", help="write a standalone PyTorch model file (or ONNX)")
+    p = sub.add_parser(
+        "compile", help="write a standalone PyTorch model file (or ONNX, or an engine's deployable model)"
+    )
     p.add_argument("spec", help=spec_help)
-    p.add_argument("-o", "--output", required=True, help="the .py (or .onnx) file to write")
+    p.add_argument(
+        "-o", "--output", required=True, help="the .py (or .onnx) file to write; .onnx or .xml for --target"
+    )
     p.add_argument(
         "--format", choices=("python", "onnx"), help="default: onnx for a .onnx output, else python"
     )
+    p.add_argument(
+        "--target",
+        choices=("onnxruntime", "openvino"),
+        help="a model for an inference engine, its graph optimizations applied: onnxruntime (an optimized "
+        ".onnx) or openvino (IR: a .xml and its .bin)",
+    )
+    p.add_argument("--fp16", action="store_true", help="with --target openvino: weights stored as fp16")
     p.add_argument(
         "--optimize",
         action="store_true",
@@ -177,7 +188,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--compile-train", action="store_true", help="also the training step through torch.compile (slower)"
     )
-    p.add_argument("--threads", help="torch's intra-op threads (default: torch's, one per core)")
+    p.add_argument(
+        "--engines",
+        default="all",
+        help="inference engines timed beside the builds: all (default: those installed; the others are "
+        "listed as skipped), none, or a list like onnxruntime,openvino",
+    )
+    threads.add_option(p)
     _format_option(p)
     p.set_defaults(func=cmd_bench)
 
@@ -287,21 +304,63 @@ def cmd_compile(args) -> int:
         raise IncdslError(
             "--compile goes with --optimize", hint="incdsl compile SPEC --optimize --compile -o m.py"
         )
+    if args.target is not None:
+        return _compile_for_engine(args)
+    if args.fp16:
+        raise IncdslError(
+            "--fp16 goes with --target openvino", hint="incdsl compile SPEC --target openvino --fp16 -o m.xml"
+        )
     _output(args)
     net = load(args.spec)
-    memory = _parameter_memory(report.compute(net))
-    if memory.too_large:  # the file can be written; building the model cannot work
-        print(f"warning: {memory.line}", file=sys.stderr)
+    _warn_about_memory(net)
     if (args.format or ("onnx" if args.output.lower().endswith(".onnx") else "python")) == "onnx":
         from .backends import onnx
 
-        onnx.export(net, args.output, optimize=args.optimize)
+        onnx.export(net, args.output, optimize=args.optimize, progress=_say)
     else:
         from . import compile_source
 
         source = compile_source(net, optimize=args.optimize, compiled=args.compile)
         write_atomic(args.output, source, inputs=[locate(args.spec)])
     print(f"wrote {args.output}")
+    return 0
+
+
+def _warn_about_memory(net) -> None:
+    memory = _parameter_memory(report.compute(net))
+    if memory.too_large:  # the file can be written; building the model cannot work
+        print(f"warning: {memory.line}", file=sys.stderr)
+
+
+def _say(line: str) -> None:
+    """A progress line, on stderr."""
+    print(line, file=sys.stderr, flush=True)
+
+
+def _compile_for_engine(args) -> int:
+    """``--target onnxruntime|openvino``: the engine's model of the plain build (engines.py)."""
+    from . import engines
+
+    given = [flag for flag, on in (("--format", args.format), ("--optimize", args.optimize)) if on]
+    if given:
+        raise IncdslError(
+            f"{' and '.join(given)} cannot go with --target: the engine optimizes the graph itself",
+            hint=f"incdsl compile {args.spec} --target {args.target} -o FILE",
+        )
+    files = engines.outputs(args.target, args.output)
+    for path in files:  # refused before minutes of export, not after
+        if not check_output(path, inputs=[locate(args.spec)]).parent.is_dir():
+            raise OutputError(f"cannot write {path}: No such file or directory")
+    net = load(args.spec)
+    _warn_about_memory(net)
+    written = engines.write(net, args.target, args.output, fp16=args.fp16, progress=_say)
+    how = {
+        "onnxruntime": f"onnxruntime.InferenceSession({str(written[0])!r})",
+        "openvino": f"openvino.Core().compile_model({str(written[0])!r}, 'CPU')",
+    }[args.target]
+    c, h, w = net.input.as_list()
+    print(f"wrote {' and '.join(map(str, written))}")
+    print(f"load it with {how}; input 'x': float32 N x {c} x {h} x {w}, output 'logits'")
     return 0
 
 
@@ -428,7 +487,7 @@ def cmd_bench(args) -> int:
     train_batch = bench.check_train_batch(_option(read_int, "--train-batch", args.train_batch, 0))
     rounds = _option(read_int, "--rounds", args.rounds, 1, 1000)
     min_time = _option(read_float, "--min-time", args.min_time, 0, 600)
-    threads = None if args.threads is None else _option(read_int, "--threads", args.threads, 1, 1024)
+    engines = _engines(args.engines)
     locate(args.spec)  # an unknown spec is refused before torch is imported
     try:
         import torch  # noqa: F401
@@ -440,10 +499,29 @@ def cmd_bench(args) -> int:
 
     result = bench.run(
         args.spec, batches, train_batch, rounds, args.compile, min_time,
-        train_compile=args.compile_train, threads=threads, progress=say,
+        train_compile=args.compile_train, threads=args.threads, progress=say, engines=engines,
     )  # fmt: skip
     render.emit(bench.document(result), args.format)
     return 0
+
+
+def _engines(text: str) -> tuple[str, ...]:
+    """``bench --engines``: all, none, or names from bench.ENGINES."""
+    from . import bench
+    from .errors import did_you_mean
+
+    if text.strip() in ("all", ""):
+        return bench.ENGINES
+    if text.strip() == "none":
+        return ()
+    names = tuple(dict.fromkeys(part.strip() for part in text.split(",")))
+    for name in names:
+        if name not in bench.ENGINES:
+            raise IncdslError(
+                f"--engines: unknown engine '{name}'",
+                hint=did_you_mean(name, bench.ENGINES) or f"one of {', '.join(bench.ENGINES)}, all or none",
+            )
+    return names
 
 
 def _option(reader, name: str, text: str, *bounds):

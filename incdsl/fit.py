@@ -5,9 +5,13 @@ call is multiplied by ``m`` and rounded to a multiple of ``multiple`` (at least 
 largest ``m`` whose network fits the budget is found by bracketing and bisection. Table 1's columns
 stay consistent because they are the inception template's arguments, all six of them channel counts.
 
-What is a channel count is read from the AST: a conv's (or linear layer's) output argument, and a
-template parameter used as one inside its template (through nested template calls too). The classifier
+What is a channel count is read from the AST and the layer table: a layer's width (the argument its
+kind's ``width`` names: a conv's or linear layer's output), and a template parameter used as one
+inside its template (through nested template calls too). The classifier
 (``linear classes``, or a linear as wide as the classes), kernel sizes, dropout rates and options stay.
+
+Each trial is measured by building the IR from the scaled AST (no text: :class:`Meter`), each distinct
+trial once; a per-stage search builds only the rows it has not fixed yet, from their input.
 
 >>> import incdsl
 >>> result = fit(incdsl.parse(*incdsl.read("googlenet")), 1_500_000_000)
@@ -18,12 +22,15 @@ True
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 
 from . import ast
 from .errors import IncdslError
 from .formatter import format_spec
+from .ir import template_table
+from .layers import KINDS, Shape, width_argument
 
 MIN_MULTIPLIER, MAX_MULTIPLIER = 1 / 64, 64.0
 BISECTIONS = 30
@@ -53,6 +60,7 @@ class Fitted:
     budget: int
     original_macs: int
     multiplier: float  # the uniform multiplier, or the MAC ratio each stage was fitted to (per stage)
+    measurements: int = 0  # the costs the search asked for (each distinct trial built once)
 
 
 def fit(
@@ -73,28 +81,25 @@ def fit(
         raise IncdslError(f"--multiple must be at least 1, not {multiple}")
     if per_stage and depth:
         raise IncdslError("fit scales per stage or with depth, not both", hint="drop --per-stage or --depth")
-    original = _measure(spec)
-    if original is None:
-        import incdsl
-
-        incdsl.from_text(spec.source, spec.path)  # raises the spec's error, with its place in the text
-        raise IncdslError(f"{spec.path} does not compile; run `incdsl check {spec.path}` to see why")
+    measure = Meter()
+    original = measure(spec, strict=True)  # the spec's own error, with its place in the text
     scaler = _Scaler(spec, _templates(spec), multiple)
     if per_stage:
-        scaling, multiplier = _fit_per_stage(scaler, spec, budget, original.macs)
+        scaling, multiplier = _fit_per_stage(scaler, spec, budget, original.macs, measure)
     else:
-        multiplier = _largest(lambda m: _fits(scaler.apply(_uniform(spec, m, depth)), budget), budget)
+        fits = lambda m: _fits(measure, scaler.apply(_uniform(spec, m, depth)), budget)  # noqa: E731
+        multiplier = _largest(fits, budget)
         if multiplier is None:
             raise _too_small(budget)
         scaling = _uniform(spec, multiplier, depth)
     scaled = replace(scaler.apply(scaling), budget=budget)
-    result = _measure(scaled)
+    result = measure(scaled)
     header = _header(
         spec, command, scaling, multiplier, multiple, per_stage, result.macs, budget, original.macs
     )
     return Fitted(
         scaled, header + format_spec(scaled), scaling, result.macs, result.params, budget,
-        original.macs, multiplier,
+        original.macs, multiplier, measure.measurements,
     )  # fmt: skip
 
 
@@ -102,14 +107,10 @@ def fit(
 
 
 def _templates(spec: ast.Spec) -> dict[str, ast.Template]:
-    """The templates a spec can call: the prelude's, shadowed by its own."""
-    from . import parse
-    from .resources import prelude_path
+    """The templates a spec can call: the prelude's, shadowed by its own (the IR's table)."""
+    from .parser import prelude
 
-    path = prelude_path()
-    table = {t.name: t for t in parse(path.read_text(), str(path)).templates}
-    table.update({t.name: t for t in spec.templates})
-    return table
+    return template_table(spec, prelude())
 
 
 def channel_params(templates: dict[str, ast.Template]) -> dict[str, frozenset[str]]:
@@ -165,31 +166,23 @@ def _channel_values(row: ast.Row, templates, params: dict[str, frozenset[str]]) 
 
 
 def _channel_positions(row: ast.Row, templates, params: dict[str, frozenset[str]]) -> list[int]:
-    """Indices into ``row.args`` of the channel counts: a conv's or linear's output argument, or a
-    template call's arguments bound to channel parameters."""
+    """Indices into ``row.args`` of the channel counts: a layer's width (a conv's or linear layer's
+    output channels: the kinds whose table entry has a ``width``), or a template call's arguments
+    bound to channel parameters."""
     template = templates.get(row.kind)
     if template is not None:
         positional = [i for i, a in enumerate(row.args) if a.key is None]
         bound = dict(zip(template.params, positional))
         bound.update({a.key: i for i, a in enumerate(row.args) if a.key is not None})
         return sorted(i for name, i in bound.items() if name in params.get(template.name, ()))
-    if row.kind in ("conv", "linear"):  # conv KxK OUT, linear OUT: the first number after any size
-        for i, arg in enumerate(row.args):
-            value = arg.value
-            if arg.key is None and not isinstance(value, ast.Size | float) and not _is_flag(value):
-                if not (isinstance(value, ast.Binary) and isinstance(value.left, ast.Size)):  # 3x3/s
-                    return [i]
-    return []
+    width = width_argument(row)  # a layer's output channels, as the layer table names them
+    return [] if width is None else [width]
 
 
-def _is_flag(value: ast.Value) -> bool:
-    """A bare word that is an option (relu, nobias, bn), not a name standing for a number."""
-    from .layers import KINDS
-
-    if not isinstance(value, ast.Ref):
-        return False
-    flags = {k for kind in ("conv", "linear") for k in KINDS[kind].options}
-    return value.name in flags or (value.name.startswith("no") and value.name[2:] in flags)
+def _dense(row: ast.Row) -> bool:
+    """A row of a kind with a width that flattens its input: a fully connected layer (a classifier)."""
+    kind = KINDS.get(row.kind)
+    return kind is not None and kind.width is not None and kind.flattens
 
 
 # applying multipliers to the AST ---------------------------------------------------------------
@@ -202,12 +195,19 @@ class _Scaler:
         self.spec, self.templates, self.multiple = spec, templates, multiple
         self.params = channel_params(templates)
         self.classifiers = _classifier_rows(spec)
+        self.scaled: dict[tuple, object] = {}  # a row or template at a multiplier: searches ask again
 
     def width(self, value: int, m: float) -> int:
         return max(self.multiple, math.floor(value * m / self.multiple + 0.5) * self.multiple)
 
     def row(self, row: ast.Row, m: float, depth: float = 1.0) -> ast.Row:
-        if id(row) in self.classifiers or (row.kind == "linear" and self._is_classes(row)):
+        key = (id(row), m, depth)
+        if key not in self.scaled:
+            self.scaled[key] = self._row(row, m, depth)
+        return self.scaled[key]
+
+    def _row(self, row: ast.Row, m: float, depth: float) -> ast.Row:
+        if id(row) in self.classifiers or (_dense(row) and self._is_classes(row)):
             return row
         args = list(row.args)
         for i in _channel_positions(row, self.templates, self.params):
@@ -230,19 +230,32 @@ class _Scaler:
             for item in items
         )
 
-    def apply(self, scaling: Scaling) -> ast.Spec:
+    def template(self, template: ast.Template, m: float) -> ast.Template:
+        key = (id(template), m)
+        if key not in self.scaled:
+            self.scaled[key] = replace(template, body=self.items(template.body, m))
+        return self.scaled[key]
+
+    def apply(self, scaling: Scaling, part: slice | None = None) -> ast.Spec:
+        """The spec scaled; with ``part``, only those top-level rows are (the rest, and the aux heads,
+        as written: a measurement of those rows is then the same whatever the others' scaling)."""
         spec = self.spec
-        rows = tuple(self.row(r, m, scaling.depth) for r, m in zip(spec.rows, scaling.stages))
-        templates = tuple(
-            replace(t, body=self.items(t.body, scaling.templates.get(t.name, 1.0))) for t in spec.templates
+        kept = range(len(spec.rows))[part] if part is not None else range(len(spec.rows))
+        rows = tuple(
+            self.row(r, m, scaling.depth) if i in kept else r
+            for i, (r, m) in enumerate(zip(spec.rows, scaling.stages))
         )
-        auxes = tuple(replace(a, head=self.row(a.head, scaling.aux)) for a in spec.auxes)
+        templates = tuple(self.template(t, scaling.templates.get(t.name, 1.0)) for t in spec.templates)
+        auxes = spec.auxes
+        if part is None:
+            auxes = tuple(replace(a, head=self.row(a.head, scaling.aux)) for a in spec.auxes)
         return replace(spec, rows=rows, templates=templates, auxes=auxes)
 
 
 def _classifier_rows(spec: ast.Spec) -> set[int]:
-    """The main network's last linear row: the logits, never scaled even when written as a number."""
-    linears = [row for row in spec.rows if row.kind == "linear"]
+    """The main network's last fully connected row: the logits, never scaled even when written as a
+    number."""
+    linears = [row for row in spec.rows if _dense(row)]
     return {id(linears[-1])} if linears else set()
 
 
@@ -259,31 +272,60 @@ def _uniform(spec: ast.Spec, m: float, depth: bool) -> Scaling:
 class _Cost:
     macs: int
     params: int
-    stage_macs: tuple[int, ...]  # per top-level row of the AST (a repeated row's stages summed)
+    stage_macs: Mapping[int, int]  # per top-level row of the AST built (a repeated row's stages summed)
+    outputs: Mapping[int, Shape] = field(default_factory=dict)  # per top-level row: its last stage's
 
 
-def _measure(spec: ast.Spec) -> _Cost | None:
-    """The spec's cost, or None when it does not compile (a scaled width can break a constraint)."""
-    import incdsl
+class Meter:
+    """Measures scaled copies of a spec: each builds its IR from the AST (no text, no parsing), and
+    each distinct copy is built once (a search asks for the same rounded widths many times).
+    ``builds`` and ``measurements`` count what it did."""
 
-    try:
-        stats = incdsl.stats(incdsl.from_text(format_spec(spec), spec.path))
-    except IncdslError:
-        return None
-    return _Cost(stats.macs, stats.params, _stage_macs(spec, stats))
+    def __init__(self):
+        self.costs: dict[tuple, _Cost | None] = {}
+        self.builds = self.measurements = 0
+
+    def __call__(
+        self, spec: ast.Spec, rows: slice | None = None, input: ast.Size | None = None, strict: bool = False
+    ) -> _Cost | None:
+        """The cost of ``spec`` (of its top-level ``rows`` only, the first taking ``input``), or None
+        when it does not compile (a scaled width can break a constraint); ``strict``: raise its error."""
+        self.measurements += 1
+        key = _key(spec, rows, input)
+        if key not in self.costs or strict and self.costs[key] is None:
+            self.costs[key] = self._build(spec, rows, input, strict)
+        return self.costs[key]
+
+    def _build(self, spec: ast.Spec, rows: slice | None, input, strict: bool) -> _Cost | None:
+        import incdsl
+
+        self.builds += 1
+        try:
+            net = incdsl.network(spec, rows=rows, input=input)
+        except IncdslError:
+            if strict:
+                raise
+            return None
+        stats = incdsl.stats(net)
+        stage_macs: dict[int, int] = {}
+        outputs: dict[int, Shape] = {}
+        for stage, row in zip(net.stages, stats.rows, strict=True):
+            stage_macs[stage.group] = stage_macs.get(stage.group, 0) + row.macs
+            outputs[stage.group] = net.facts[stage.node].output
+        return _Cost(stats.macs, stats.params, MappingProxyType(stage_macs), MappingProxyType(outputs))
 
 
-def _stage_macs(spec: ast.Spec, stats) -> tuple[int, ...]:
-    """IR glue: the k-th AST row with repeat N covers the next N rows of ``incdsl.stats``."""
-    sums, start = [], 0
-    for row in spec.rows:
-        sums.append(sum(r.macs for r in stats.rows[start : start + row.repeat]))
-        start += row.repeat
-    return tuple(sums)
+def _key(spec: ast.Spec, rows: slice | None, input: ast.Size | None) -> tuple:
+    """What a measurement depends on: the whole spec, or for some rows only those rows and what they
+    read (the templates, defaults and header values a build of them uses)."""
+    if rows is None:
+        return (spec, input)
+    header = (spec.path, spec.network, spec.input, spec.classes, spec.defaults, spec.templates)
+    return (spec.rows[rows], header, rows.start, rows.stop, input)
 
 
-def _fits(spec: ast.Spec, budget: int) -> bool:
-    cost = _measure(spec)
+def _fits(measure: Meter, spec: ast.Spec, budget: int) -> bool:
+    cost = measure(spec)
     return cost is not None and cost.macs <= budget
 
 
@@ -314,22 +356,26 @@ def _too_small(budget: int) -> IncdslError:
     )
 
 
-def _fit_per_stage(scaler: _Scaler, spec: ast.Spec, budget: int, original: int) -> tuple[Scaling, float]:
+def _fit_per_stage(
+    scaler: _Scaler, spec: ast.Spec, budget: int, original: int, measure: Meter
+) -> tuple[Scaling, float]:
     """One multiplier per stage (stages sharing a template with fixed widths share one), each the
     largest that keeps the stage within ``ratio`` x its original multiply-adds; ``ratio`` is the largest
     for which the whole network fits."""
     groups = _stage_groups(spec, scaler)
-    base = _measure(spec).stage_macs
+    base = measure(spec).stage_macs
 
     def scaling_for(ratio: float) -> Scaling:
         stages = [1.0] * len(spec.rows)
         templates: dict[str, float] = {}
-        for group, names in groups:
+        done, x = 0, None  # the rows before row `done` are final; x: their output (None: the input)
+        for k, (group, names) in enumerate(groups):
             target = ratio * sum(base[i] for i in group)
+            rows = slice(done, max(group) + 1)  # a group's rows and those before it not yet final
 
-            def fits(m, group=group, names=names, target=target):
+            def fits(m, group=group, names=names, target=target, rows=rows, x=x):
                 trial = _with(stages, templates, group, names, m, ratio)
-                cost = _measure(_truncated(scaler.apply(trial), max(group) + 1))
+                cost = measure(scaler.apply(trial, rows), rows, x)
                 return cost is not None and sum(cost.stage_macs[i] for i in group) <= target
 
             m = _largest(fits, budget, STAGE_BISECTIONS) if target else 1.0
@@ -337,13 +383,17 @@ def _fit_per_stage(scaler: _Scaler, spec: ast.Spec, budget: int, original: int) 
             for i in group:
                 stages[i] = m
             templates.update(dict.fromkeys(names, m))
+            final = min([rows.stop, *(min(later) for later, _ in groups[k + 1 :])])
+            done, x = _advance(
+                measure, scaler.apply(_with(stages, templates, [], [], 1.0, ratio), rows), rows, x, final
+            )
         scaling = _with(stages, templates, [], [], 1.0, ratio)
         return replace(scaling, grouped=tuple(i in scaled for i in range(len(spec.rows))))
 
     scaled = {i for group, _ in groups for i in group}
 
     def fits(ratio: float) -> bool:
-        return _fits(scaler.apply(scaling_for(ratio)), budget)
+        return _fits(measure, scaler.apply(scaling_for(ratio)), budget)
 
     lo = budget / original
     while not fits(lo):  # stages that cannot shrink (a classifier) take more than their share
@@ -357,14 +407,22 @@ def _fit_per_stage(scaler: _Scaler, spec: ast.Spec, budget: int, original: int) 
     return scaling_for(lo), lo
 
 
+def _advance(measure: Meter, spec: ast.Spec, rows: slice, x, final: int) -> tuple[int, ast.Size | None]:
+    """Where the next group's measurements start: after the rows now final (those before ``final``)
+    and their output as the next rows' input, taken from measuring ``rows`` of ``spec``. They stay
+    where they were when that output is not a plain feature map (flattened, channels-last) or the
+    rows do not build."""
+    cost = measure(spec, rows, x)
+    output = cost.outputs.get(final - 1) if cost is not None and final > rows.start else None
+    if output is None or output.flat or output.last:
+        return rows.start, x
+    return final, ast.Size((output.height, output.width, output.channels))
+
+
 def _with(stages, templates, group, names, m, ratio) -> Scaling:
     stages = [m if i in group else s for i, s in enumerate(stages)]
     templates = {**templates, **dict.fromkeys(names, m)}
     return Scaling(tuple(stages), templates, aux=math.sqrt(ratio))
-
-
-def _truncated(spec: ast.Spec, rows: int) -> ast.Spec:
-    return replace(spec, rows=spec.rows[:rows], auxes=(), budget=None)
 
 
 def _stage_groups(spec: ast.Spec, scaler: _Scaler) -> list[tuple[list[int], list[str]]]:

@@ -308,13 +308,29 @@ class Network:
     blocks: tuple[BlockClass, ...]  # the classes to write, callees before callers
     model: ModelClass
     defaults: Mapping[str, tuple[ast.Arg, ...]] = field(repr=False)
-    spec: ast.Spec = field(repr=False)
+    spec: ast.Spec = field(repr=False)  # the spec built (its header overridden, its rows those built)
+    templates: Mapping[str, ast.Template] = field(default_factory=lambda: EMPTY, repr=False)  # by name
     # Side tables. A class body's (or the model's) layer -> the same layer in each concrete call; each
     # concrete node's facts; each class-body node's channels; each class's output channels.
     twins: Mapping[Layer, tuple[Layer, ...]] = field(default_factory=lambda: EMPTY, repr=False)
     facts: Mapping[Node, Facts] = field(default_factory=lambda: EMPTY, repr=False)
     channels: Mapping[Node, Channels] = field(default_factory=lambda: EMPTY, repr=False)
     outs: Mapping[BlockClass, Expr] = field(default_factory=lambda: EMPTY, repr=False)
+
+    @cached_property
+    def row_stages(self) -> Mapping[int, tuple[Stage, ...]]:
+        """The stage-to-row map: for each written top-level row built (its index in the spec's rows,
+        :attr:`Stage.group`), its stages in order: one, or N for an ``Nx`` row.
+
+        >>> import incdsl
+        >>> net = incdsl.load("inception_v3")
+        >>> [s.attr for s in net.row_stages[11]]  # Mixed_6c: 2x InceptionC
+        ['Mixed_6c', 'Mixed_6d']
+        """
+        rows: dict[int, list[Stage]] = {}
+        for stage in self.stages:
+            rows.setdefault(stage.group, []).append(stage)
+        return MappingProxyType({i: tuple(stages) for i, stages in rows.items()})
 
     @cached_property
     def graph(self):
@@ -404,9 +420,62 @@ class _Flow(Visitor):
 # building ------------------------------------------------------------------------------------
 
 
-def build(spec: ast.Spec, prelude: tuple[ast.Template, ...] = ()) -> Network:
-    """Build a spec's IR; raise a SpecError with the span of the offending text."""
-    return _Builder(spec, _templates(prelude, spec.templates), _defaults(spec.defaults)).network()
+def build(
+    spec: ast.Spec,
+    prelude: tuple[ast.Template, ...] | None = None,
+    *,
+    rows: int | slice | None = None,
+    input: ast.Size | None = None,
+    classes: int | None = None,
+    budget: int | None = None,
+) -> Network:
+    """Build a spec's IR from its AST; raise a SpecError with the span of the offending text.
+
+    ``prelude``: the templates a spec may call besides its own (None: the shipped prelude, loaded
+    once). ``input``, ``classes``, ``budget``: the header's values replaced (a trainer's classes, an
+    input size), without editing the spec. ``rows``: build only some of the top-level rows, without
+    the aux heads and the budget: ``rows=n`` the rows before row ``n`` (:func:`prefix`), a slice those
+    rows, the first taking the spec's input (or ``input``). Each stage's ``group`` is the index of its
+    row in ``spec.rows`` whichever rows are built (see :attr:`Network.row_stages`).
+
+    >>> import incdsl
+    >>> spec = incdsl.parse(*incdsl.read("googlenet"))
+    >>> net = build(spec, rows=3, classes=10)
+    >>> [s.attr for s in net.stages], net.classes, sorted(net.templates)
+    (['conv1', 'pool1', 'norm1'], 10, ['aux_classifier', 'inception'])
+    """
+    spec = with_header(spec, input=input, classes=classes, budget=budget)
+    first = 0
+    if rows is not None:
+        part = rows if isinstance(rows, slice) else slice(0, rows)
+        first = range(len(spec.rows))[part].start if spec.rows else 0
+        spec = replace(spec, rows=spec.rows[part], auxes=(), budget=None)
+    templates = template_table(spec, _prelude() if prelude is None else prelude)
+    return _Builder(spec, templates, _defaults(spec.defaults), first).network()
+
+
+def with_header(spec: ast.Spec, **values) -> ast.Spec:
+    """``spec`` with header values replaced (``input``, ``classes``, ``budget``); None keeps one."""
+    given = {key: value for key, value in values.items() if value is not None}
+    return replace(spec, **given) if any(getattr(spec, k) != v for k, v in given.items()) else spec
+
+
+def prefix(spec: ast.Spec, rows: int) -> ast.Spec:
+    """The spec of the top-level rows before row ``rows``: no aux heads (they may follow a later
+    stage) and no budget (a part of the network is not held to the whole's)."""
+    return replace(spec, rows=spec.rows[:rows], auxes=(), budget=None)
+
+
+def _prelude() -> tuple[ast.Template, ...]:
+    from .parser import prelude  # the parser imports Lark: only a build of the shipped prelude needs it
+
+    return prelude()
+
+
+def template_table(spec: ast.Spec, prelude: tuple[ast.Template, ...] = ()) -> dict[str, ast.Template]:
+    """The templates a spec's rows may call, by name: the prelude's, shadowed by the spec's own
+    (which are checked: names, parameters, no duplicates)."""
+    return _templates(prelude, spec.templates)
 
 
 def _templates(prelude, own) -> dict[str, ast.Template]:
@@ -456,8 +525,9 @@ class _Frame:
 class _Builder:
     """Builds the concrete network, a symbolic body per template class and the model's twin."""
 
-    def __init__(self, spec: ast.Spec, templates, defaults):
+    def __init__(self, spec: ast.Spec, templates, defaults, first_row: int = 0):
         self.spec, self.templates, self.defaults = spec, templates, defaults
+        self.first_row = first_row  # the index in the whole spec of spec.rows[0] (a build of some rows)
         self.classes: dict[tuple, BlockClass] = {}  # by (template name, fixed), in first-use order
         self.flag_params: dict[str, frozenset[str]] = {}
         self.stack: list[ast.Template] = []  # templates being built, to catch recursion
@@ -486,11 +556,12 @@ class _Builder:
         _Names(name, name_span, blocks, model).allocate()
         return Network(
             name, shape, spec.classes, spec.budget, stages, auxes, tuple(blocks), model,
-            MappingProxyType(self.defaults), spec, _twins(blocks, model, stages, auxes),
+            MappingProxyType(self.defaults), spec, MappingProxyType(self.templates),
+            _twins(blocks, model, stages, auxes),
         )  # fmt: skip
 
     def _stages(self, members: tuple[Member, ...], frame: _Frame) -> tuple[Stage, ...]:
-        stages, groups = [], _row_groups(self.spec.rows)
+        stages, groups = [], _row_groups(self.spec.rows, self.first_row)
         x = frame.shape
         for member in members:
             if member.row is None:
@@ -890,8 +961,8 @@ def _network_noun(spec: ast.Spec) -> str:
     return f"network name (taken from the file name {spec.path}; declare one with 'network NAME')"
 
 
-def _row_groups(rows: tuple[ast.Row, ...]) -> dict[Span, int]:
-    return {row.span: i for i, row in enumerate(rows)}
+def _row_groups(rows: tuple[ast.Row, ...], first: int) -> dict[Span, int]:
+    return {row.span: first + i for i, row in enumerate(rows)}
 
 
 def _value(arg: ast.Arg, env) -> Num:

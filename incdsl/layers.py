@@ -132,6 +132,7 @@ class LayerKind(Kind):
 
     identity = False  # True: computes nothing (softmax: the model returns logits, the loss applies it)
     flattens = False  # True: the output is flat (N x C), whatever the input
+    width: str | None = None  # the positional argument that is its output channels (what fit scales)
 
     def out_channels(self, op: Op, channels: int | Expr, spatial: tuple[int, int] = (1, 1)) -> int | Expr:
         """Output channels from input channels (an expression inside a class); ``spatial`` is the
@@ -259,6 +260,7 @@ class Conv(LayerKind):
 
     name = "conv"
     positional = (Param("kernel", "size"), Param("out", "int"))
+    width = "out"
     options = MappingProxyType(
         {"pad": None, "bias": None, "bn": False, "eps": 1e-5, "relu": True, "act": None, "groups": 1}
     )
@@ -443,6 +445,7 @@ class Linear(LayerKind):
 
     name = "linear"
     positional = (Param("out", "int"),)
+    width = "out"
     options = MappingProxyType({"bias": True, "relu": False, "act": None})
     flattens = True
 
@@ -1015,6 +1018,21 @@ def _compute(fn: str, values: tuple, span: Span):
         raise SpecArgumentError(f"{fn} of {', '.join(map(str, values))}: {error}", span) from None
     except TypeError as error:
         raise SpecArgumentError(f"{fn} of {', '.join(map(str, values))}: {error}", span) from None
+
+
+def width_argument(row: ast.Row) -> int | None:
+    """The index in ``row.args`` of the row's width (its output channels, as its kind's ``width``
+    names it: ``conv 3x3 64 relu`` -> 1), or None for a kind without one or a row that omits it."""
+    kind = KINDS.get(row.kind)
+    if kind is None or kind.width is None:
+        return None
+    wanted = [param.name for param in kind.positional].index(kind.width)
+    positional = [
+        i
+        for i, arg in enumerate(row.args)
+        if arg.key is None and not (isinstance(arg.value, ast.Ref) and _flag(arg.value.name, kind))
+    ]
+    return positional[wanted] if wanted < len(positional) else None
 
 
 def _flag(name: str, kind: Kind) -> tuple[str, bool] | None:

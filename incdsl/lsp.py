@@ -21,13 +21,13 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass, replace
-from functools import cache, cached_property
+from functools import cached_property
 from pathlib import Path
 from urllib.parse import unquote
 
 from lsprotocol import types
 
-from . import __version__, ast, report
+from . import __version__, ast, ir, parser, report
 from .errors import IncdslError, ShapeError, Span
 from .formatter import format_spec
 from .resources import prelude_path
@@ -43,27 +43,33 @@ _WORD = re.compile(r"[A-Za-z0-9_]+")
 # the IR glue: the only functions here that know what incdsl.stats returns -----------------------
 
 
-def _build(spec: ast.Spec):
-    """The stats of a parsed spec (raises IncdslError): ``incdsl.from_text`` without parsing again."""
+@dataclass(frozen=True)
+class _Built:
+    """A built spec's stats, and for each of its rows the written top-level row it comes from."""
+
+    stats: report.Stats
+    groups: tuple[int, ...]  # per row of stats: its stage's Stage.group (an Nx row gives N rows)
+
+
+def _build(spec: ast.Spec) -> _Built:
+    """The stats of a parsed spec (raises IncdslError), built from its AST."""
     import incdsl
 
-    from . import ir, passes
+    net = incdsl.network(spec)
+    return _Built(incdsl.stats(net), tuple(stage.group for stage in net.stages))
 
-    return incdsl.stats(passes.run(ir.build(spec, incdsl.prelude())))
 
-
-def _row_facts(spec: ast.Spec, stats) -> list[tuple]:
-    """For each top-level row of the AST, its rows of ``stats`` (a row repeated N times has N), and
-    the running MAC total after each of them: ``[((stats_row, running_macs), ...), ...]``."""
-    facts, start, running = [], 0, 0
-    for row in spec.rows:
-        group = []
-        for stats_row in stats.rows[start : start + row.repeat]:
-            running += stats_row.macs
-            group.append((stats_row, running))
-        facts.append(tuple(group))
-        start += row.repeat
-    return facts
+def _row_facts(stats, groups: tuple[int, ...]) -> list[tuple]:
+    """For each top-level row of the AST that was built, its rows of ``stats`` (a row repeated N
+    times has N), and the running MAC total after each of them: ``[((stats_row, running_macs), ...),
+    ...]``; ``groups`` maps each row of ``stats`` to its written row (the IR's stage-to-row map)."""
+    facts: list[list[tuple]] = []
+    running = 0
+    for stats_row, group in zip(stats.rows, groups, strict=True):
+        running += stats_row.macs
+        facts.extend([] for _ in range(group + 1 - len(facts)))
+        facts[group].append((stats_row, running))
+    return [tuple(group) for group in facts]
 
 
 def _aux_facts(stats) -> dict:
@@ -90,6 +96,7 @@ class Analysis:
     error: IncdslError | None = None
     failing_row: int | None = None  # index of the first top-level row that does not build
     more: tuple[IncdslError, ...] = ()  # errors on later rows, independent of the first
+    groups: tuple[int, ...] = ()  # per row of stats: the index of the written row it comes from
 
     @property
     def lines(self) -> list[str]:
@@ -102,17 +109,7 @@ class Analysis:
     def _facts(self) -> list[tuple]:  # once per version: a hover asks for it
         if self.spec is None or self.stats is None:
             return []
-        return _row_facts(replace(self.spec, rows=_covered(self.spec.rows, len(self.stats.rows))), self.stats)
-
-
-def _covered(rows, count: int):
-    out, total = [], 0
-    for row in rows:
-        if total + row.repeat > count:
-            break
-        out.append(row)
-        total += row.repeat
-    return tuple(out)
+        return _row_facts(self.stats, self.groups)
 
 
 # The work of one analysis is bounded: the text by the spec's size limit (the parser refuses more at
@@ -136,13 +133,16 @@ def analyze(text: str, path: str = "<spec>") -> Analysis:
         return Analysis(path, text, error=error)
     started = time.monotonic()
     try:
-        return Analysis(path, text, spec, _build(spec))
+        built = _build(spec)
+        return Analysis(path, text, spec, built.stats, groups=built.groups)
     except IncdslError as error:
         spent = time.monotonic() - started
-        good, stats, exact = _longest_prefix(spec, error, spent)
+        good, built, exact = _longest_prefix(spec, error, spent)
         failing = good if exact and good < len(spec.rows) else None
         more = _independent_errors(spec, error, spent)
-        return Analysis(path, text, spec, stats, error, failing, more)
+        if built is None:
+            return Analysis(path, text, spec, None, error, failing, more)
+        return Analysis(path, text, spec, built.stats, error, failing, more, built.groups)
     except Exception as error:  # a bug in incdsl, not in the spec: say so rather than go quiet
         internal = IncdslError(f"internal error in incdsl: {type(error).__name__}: {error}")
         return Analysis(path, text, spec, error=internal)
@@ -155,7 +155,7 @@ def _longest_prefix(spec: ast.Spec, error: IncdslError, spent: float = 0.0):
     (thousands of rows), nothing more is built: the rows before the error have no figures."""
 
     def trial(count: int):
-        return _build(replace(spec, rows=spec.rows[:count], auxes=(), budget=None))
+        return _build(ir.prefix(spec, count))
 
     hi = len(spec.rows)
     guess = _row_of(spec, error)
@@ -198,7 +198,7 @@ def _independent_errors(spec: ast.Spec, first: IncdslError, spent: float) -> tup
             break
         del rows[index]
         try:
-            _build(replace(spec, rows=tuple(rows), auxes=(), budget=None))
+            _build(ir.prefix(replace(spec, rows=tuple(rows)), len(rows)))
             break
         except ShapeError:
             break
@@ -336,7 +336,7 @@ def _failing_row(analysis: Analysis) -> ast.Row | None:
 
 def _file(path: str) -> str:
     """A span's path as a file: incdsl.from_text names the prelude ``<prelude>`` in its spans."""
-    return str(prelude_path()) if path == "<prelude>" else path
+    return str(prelude_path()) if path == parser.PRELUDE else path
 
 
 def _uri(path: str) -> str:
@@ -347,18 +347,10 @@ def _uri(path: str) -> str:
 # templates -------------------------------------------------------------------------------------
 
 
-@cache
-def prelude() -> ast.Spec:
-    """The prelude, parsed with its real path (for go-to-definition into it)."""
-    import incdsl
-
-    path = prelude_path()
-    return incdsl.parse(path.read_text(), str(path))
-
-
 def _templates(spec: ast.Spec | None) -> dict[str, ast.Template]:
-    """The templates a spec can call: the prelude's, shadowed by its own."""
-    table = {t.name: t for t in prelude().templates}
+    """The templates a spec can call: the prelude's, shadowed by its own (unchecked: a document
+    being typed may define one twice)."""
+    table = {t.name: t for t in parser.prelude()}
     if spec is not None:
         table.update({t.name: t for t in spec.templates})
     return table
@@ -379,7 +371,7 @@ def _template_doc(template: ast.Template) -> str:
             break
         comments.insert(0, re.sub(r"^\s*# ?", "", line).rstrip())
     params = ", ".join(template.params) or "none"
-    where = f"{Path(template.span.path).name}:{template.span.line}"
+    where = f"{Path(_file(template.span.path)).name}:{template.span.line}"
     text = (
         f"```incdsl\n{first}\n```\ntemplate **{template.name}** · parameters: {params} · defined at {where}"
     )

@@ -7,11 +7,15 @@ changed, so one Network compiles to both builds.
   bias fold the BatchNorm in, computed when weights are loaded (the file holds no folded numbers, and
   the plain build's state_dict loads unchanged): a conv row with ``bn``, and a bare conv row followed
   by a ``batchnorm`` row (torchvision's layout), whose BatchNorm module then passes its input on;
+- :func:`fold_activations`: a ReLU or ReLU6 row after such a folded batchnorm row is applied by the
+  convolution too (conv, BN, activation rows as one convolution);
 - :func:`fuse_siblings`: 1x1 convolutions that read the same input, at the heads of a group's
   branches (an inception module's #1x1, #3x3 reduce and #5x5 reduce), run as one convolution whose
   output is split;
 - :func:`use_channels_last`: weights and activations in channels_last (NHWC) memory format, which
   oneDNN's CPU convolutions (and cuDNN's tensor cores) run without reordering.
+- :func:`use_onednn`: the folded convolutions run, eagerly on the CPU, as oneDNN's convolution with
+  the ReLU fused in one call (where torch would run a 1x1 convolution at one thread without oneDNN).
 
 >>> import incdsl
 >>> net = incdsl.load("googlenet_tv")
@@ -27,7 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .ir import Branch, Fork, Layer, Network, Seq, walk
-from .layers import BatchNorm, Conv
+from .layers import Activation, BatchNorm, Conv
 from .symbols import Scope
 
 
@@ -51,8 +55,11 @@ class Plan:
     folded: set[Layer] = field(default_factory=set)
     folds_next: set[Layer] = field(default_factory=set)  # bare convs that fold the batchnorm row after them
     folded_norms: set[Layer] = field(default_factory=set)  # those batchnorm rows: identities now
+    folds_act: dict[Layer, str] = field(default_factory=dict)  # those convs: the activation row they apply
+    folded_acts: set[Layer] = field(default_factory=set)  # those activation rows: identities now
     fused: dict[Fork, tuple[Group, ...]] = field(default_factory=dict)
     channels_last: bool = False
+    onednn: bool = False
     owners: dict[Fork, object] = field(default_factory=dict, repr=False)
 
     def groups(self, cls) -> list[Group]:
@@ -71,6 +78,26 @@ def fold_batchnorm(net: Network, plan: Plan) -> Plan:
                 plan.folds_next.add(conv)
                 plan.folded_norms.add(norm)
     return plan
+
+
+FOLDABLE_ACTS = ("relu", "relu6")  # the activations the generated conv2d applies (and oneDNN fuses)
+
+
+def fold_activations(net: Network, plan: Plan) -> Plan:
+    """A ReLU or ReLU6 row right after a batchnorm row that :func:`fold_batchnorm` folded into the
+    convolution before it is applied by that convolution too (its module then passes its input on):
+    torchvision's conv, BN, activation rows (ResNet's, MobileNetV2's) run as one convolution."""
+    for items in _sequences(net):
+        for conv, norm, act in zip(items, items[1:], items[2:]):
+            if conv in plan.folds_next and norm in plan.folded_norms and _foldable_act(act):
+                plan.folds_act[conv] = act.op.kind.name
+                plan.folded_acts.add(act)
+    return plan
+
+
+def _foldable_act(node) -> bool:
+    kind = node.op.kind if isinstance(node, Layer) else None
+    return isinstance(kind, Activation) and kind.name in FOLDABLE_ACTS
 
 
 def _conv_then_norm(conv, norm) -> bool:
@@ -145,7 +172,15 @@ def use_channels_last(net: Network, plan: Plan) -> Plan:
     return plan
 
 
-PASSES = (fold_batchnorm, fuse_siblings, use_channels_last)
+def use_onednn(net: Network, plan: Plan) -> Plan:
+    """Every folded convolution (and fused group) runs, eagerly on the CPU, as one call of oneDNN's
+    convolution with its ReLU fused (``torch.ops.mkldnn._convolution_pointwise``, through the
+    generated file's ``conv2d``); under torch.compile or an export, as F.conv2d and F.relu."""
+    plan.onednn = True
+    return plan
+
+
+PASSES = (fold_batchnorm, fold_activations, fuse_siblings, use_channels_last, use_onednn)
 
 
 def optimize(net: Network, passes=PASSES) -> Plan:

@@ -28,7 +28,7 @@ from lark.lexer import TerminalDef
 from . import ast, numbers, usercache
 from .errors import Span, SpecArgumentError, SpecNameError, SpecSyntaxError, did_you_mean
 from .numbers import MAX_BUDGET, MAX_INT, MAX_REPEAT, NumberError
-from .resources import grammar_text
+from .resources import grammar_text, prelude_path
 from .symbolic import FUNCTIONS
 
 SEQUENTIAL = "sequential"  # the kind of a row that holds a nested sequential group
@@ -91,6 +91,16 @@ def _lark() -> Lark:
     parser = Lark(text, **OPTIONS)
     usercache.store(name, parser.memo_serialize([TerminalDef, Rule]))
     return parser
+
+
+PRELUDE = "<prelude>"  # the path the prelude's spans carry (its file: resources.prelude_path())
+
+
+@cache
+def prelude() -> tuple[ast.Template, ...]:
+    """The built-in templates (``grammars/prelude.inc``), parsed once per process: the one loader
+    that the compiler, ``fit`` and the language server share."""
+    return parse(prelude_path().read_text(encoding="utf-8"), PRELUDE).templates
 
 
 def parse(text: str, path: str = "<spec>") -> ast.Spec:

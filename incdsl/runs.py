@@ -254,16 +254,10 @@ def _info_from_checkpoint(checkpoint: Path) -> dict[str, Any]:
 def _counts(spec_text: str, num_classes: int | None) -> tuple[int, int] | None:
     """IR glue: params and MACs of a spec, with its classes as trained (the trainer rebuilds the
     classifier for the data's number of classes)."""
-    from dataclasses import replace
-
     import incdsl
-    from incdsl.formatter import format_spec
 
     try:
-        spec = incdsl.parse(spec_text, "<run>")
-        if num_classes and spec.classes != num_classes:
-            spec_text = format_spec(replace(spec, classes=num_classes))
-        stats = incdsl.stats(incdsl.from_text(spec_text, "<run>"))
+        stats = incdsl.stats(incdsl.from_text(spec_text, "<run>", classes=num_classes or None))
     except IncdslError:
         return None
     return stats.params, stats.macs

@@ -128,3 +128,42 @@ def test_a_spec_with_an_error_reports_it_where_it_is(capsys, spec_file):
     assert cli.main(["fit", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"{path}:4:1: error: conv 9x9/1 (pad 0x0) does not fit its 8x8 input")
+
+
+def test_per_stage_builds_the_ir_at_most_once_per_measurement_and_parses_nothing(monkeypatch):
+    from incdsl import ir, parser
+
+    parser.prelude()
+    builds, parses = [], []
+    build, parse = ir.build, parser.parse
+    monkeypatch.setattr(ir, "build", lambda *a, **k: builds.append(k.get("rows")) or build(*a, **k))
+    monkeypatch.setattr(parser, "parse", lambda *a, **k: parses.append(a) or parse(*a, **k))
+    result = fit(GOOGLENET, 1_500_000_000, per_stage=True)
+    assert parses == []  # no text: every trial is built from the scaled AST
+    assert 0 < len(builds) <= result.measurements
+    assert len(builds) < 400  # distinct trials; before, each of ~1,350 measurements was a parse and a build
+    # the search measured parts of the network; the whole fitted text, parsed and built, agrees
+    stats = incdsl.stats(incdsl.from_text(result.text, "fitted.inc"))
+    assert stats.macs == result.macs and stats.params == result.params and result.macs <= 1_500_000_000
+
+
+def test_per_stage_finds_what_measuring_whole_prefixes_finds(monkeypatch):
+    """Each group's trials build only the rows not yet final, from their input; measuring the whole
+    prefix instead (as fit did) chooses the same multipliers."""
+    from incdsl import fit as fitting
+
+    spec = incdsl.parse(*incdsl.read("mini_googlenet"))
+    budget = int(incdsl.stats(incdsl.network(spec)).macs * 0.8)
+    fast = fit(spec, budget, per_stage=True)
+    monkeypatch.setattr(fitting, "_advance", lambda measure, spec, rows, x, final: (0, None))
+    slow = fit(spec, budget, per_stage=True)
+    assert fast.scaling == slow.scaling and fast.text == slow.text
+
+
+def test_a_layers_width_is_found_after_a_kernel_written_with_names():
+    """``conv kxk/s c``: the layer table says the width is the argument after the kernel, whatever
+    the kernel is written as (MobileNetV2's ``cna`` template: its stem and last conv scale too)."""
+    spec = incdsl.parse(*incdsl.read("mobilenet_v2"))
+    params = channel_params({t.name: t for t in spec.templates})
+    assert params["cna"] == {"c"}
+    assert params["inverted_residual"] == {"c"}

@@ -237,7 +237,7 @@ def test_the_onnx_extension_is_case_insensitive(capsys, tmp_path, spec, monkeypa
     from incdsl.backends import onnx
 
     written = []
-    monkeypatch.setattr(onnx, "export", lambda net, path, optimize=False: written.append(path))
+    monkeypatch.setattr(onnx, "export", lambda net, path, optimize=False, progress=None: written.append(path))
     assert run(capsys, "compile", spec, "-o", tmp_path / "m.ONNX")[0] == 0
     assert written == [str(tmp_path / "m.ONNX")]
 

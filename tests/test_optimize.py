@@ -3,6 +3,9 @@ make: the same function as the plain build on the same weights, for every shippe
 plain build's state_dict unchanged; exportable like it. Speed is measured by benchmarks/speed.py, not
 here."""
 
+import os
+import shutil
+
 import pytest
 from conftest import SHIPPED
 
@@ -10,7 +13,15 @@ import incdsl
 from incdsl import cli
 from incdsl.ir import Layer, walk
 from incdsl.layers import Conv
-from incdsl.optimize import Plan, fold_batchnorm, fuse_siblings, optimize, use_channels_last
+from incdsl.optimize import (
+    Plan,
+    fold_activations,
+    fold_batchnorm,
+    fuse_siblings,
+    optimize,
+    use_channels_last,
+    use_onednn,
+)
 
 torch = pytest.importorskip("torch")
 
@@ -249,3 +260,127 @@ def test_every_batchnorm_row_after_a_convolution_is_folded(name):
     kinds = [type(m).__name__ for m in fast.modules()]
     assert "BatchNorm2d" not in kinds
     assert kinds.count("FoldedBatchNorm2d") == kinds.count("ConvFoldingBN") > 0
+
+
+ROWS = """input 12x12x3
+classes 5
+defaults conv: act=none nobias
+c1: conv 3x3/2 8
+b1: batchnorm
+a1: relu6
+c2: conv 3x3 8 groups=8
+b2: batchnorm
+a2: relu
+c3: conv 1x1 6
+b3: batchnorm
+a3: relu
+pool: global_avgpool
+fc: linear classes
+"""
+
+
+def test_fold_activations_takes_a_relu_or_relu6_row_after_a_folded_batchnorm_row():
+    net = incdsl.from_text(ROWS, "rows.inc")
+    plan = fold_activations(net, fold_batchnorm(net, Plan()))
+    assert sorted(plan.folds_act.values()) == ["relu", "relu", "relu6"]
+    assert {a.attr for a in plan.folded_acts} == {"a1", "a2", "a3"}
+    assert not fold_activations(net, Plan()).folds_act  # only after a batchnorm row folded into its conv
+    text = ROWS.replace("a1: relu6", "a1: silu")
+    net = incdsl.from_text(text, "rows.inc")
+    plan = fold_activations(net, fold_batchnorm(net, Plan()))
+    assert sorted(plan.folds_act.values()) == ["relu", "relu"]  # oneDNN's fused set: relu, relu6
+
+
+@pytest.mark.parametrize(
+    "passes",
+    [
+        (fold_batchnorm, fold_activations),
+        (fold_batchnorm, fold_activations, use_channels_last),
+        (fold_batchnorm, fold_activations, use_onednn),
+        (fold_batchnorm, fold_activations, use_channels_last, use_onednn),
+    ],
+    ids=lambda passes: "+".join(p.__name__ for p in passes),
+)
+def test_folded_activation_rows_compute_the_same(passes):
+    from incdsl.backends import pytorch
+
+    net = incdsl.from_text(ROWS, "rows.inc")
+    source = pytorch.generate(net, formatted=False, optimize=True, plan=optimize(net, passes))
+    assert source.count('FoldedActivation("relu') == 3
+    fast = pytorch.instantiate(source)
+    plain = randomised(incdsl.build_module(net)).eval()
+    fast.load_state_dict(plain.state_dict(), strict=True)
+    x = torch.randn(4, 3, 12, 12, generator=torch.Generator().manual_seed(2)) * 3  # ReLU6 clips some
+    with torch.inference_mode():
+        expected, got = plain(x), fast(x)
+    assert ((got - expected).norm() / expected.norm()).item() < 1e-5
+
+
+def generated_module(passes=None):
+    from incdsl.backends.pytorch import generate, load_source
+
+    net = incdsl.load("mini_googlenet")
+    plan = optimize(net, passes) if passes else None
+    return load_source(generate(net, formatted=False, optimize=True, plan=plan), "incdsl_conv2d")
+
+
+@pytest.mark.parametrize("act", ["none", "relu", "relu6"])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_the_generated_conv2d_is_conv2d_then_its_activation(act, layout):
+    """The fused oneDNN call against F.conv2d and the activation, on strided, padded, dilated and
+    grouped convolutions, channels_last or not."""
+    F = torch.nn.functional
+    module = generated_module()
+    assert module.ONEDNN == (torch.backends.mkldnn.is_available())
+    generator = torch.Generator().manual_seed(3)
+    for stride, padding, dilation, groups in [
+        (1, 0, 1, 1),
+        (2, 1, 1, 1),
+        (1, 2, 2, 1),
+        (1, 1, 1, 4),
+        (2, 0, 1, 8),
+    ]:
+        x = (torch.randn(2, 8, 11, 11, generator=generator) * 4).contiguous(memory_format=layout)
+        weight = torch.randn(16, 8 // groups, 3, 3, generator=generator).contiguous(memory_format=layout)
+        bias = torch.randn(16, generator=generator)
+        s, p, d = (stride, stride), (padding, padding), (dilation, dilation)
+        expected = F.conv2d(x, weight, bias, s, p, d, groups)
+        expected = {"none": expected, "relu": F.relu(expected), "relu6": F.relu6(expected)}[act]
+        with torch.inference_mode():
+            got = module.conv2d(x, weight, bias, s, p, d, groups, act)
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_without_use_onednn_the_conv2d_is_torchs_own():
+    module = generated_module((fold_batchnorm, fold_activations, fuse_siblings, use_channels_last))
+    assert module.ONEDNN is False
+
+
+def test_build_compile_runs_eagerly_with_a_warning_without_a_cpp_compiler(monkeypatch):
+    cpp_builder = pytest.importorskip("torch._inductor.cpp_builder")
+
+    def missing():
+        raise RuntimeError("no C++ compiler")
+
+    module = generated_module()
+    assert module.has_cpp_compiler() == (shutil.which(os.environ.get("CXX", "g++")) is not None)
+    monkeypatch.setattr(cpp_builder, "get_cpp_compiler", missing)
+    with pytest.warns(UserWarning, match="C\\+\\+ compiler"):
+        model = module.build(compile=True)
+    assert type(model).__name__ == "MiniGoogLeNet"
+
+
+def test_the_frozen_compiled_build_computes_the_same():
+    """build(compile=True): torch.compile with freezing, the weights loaded before its first call."""
+    from incdsl.backends.pytorch import generate, load_source
+
+    net = incdsl.from_text(ROWS, "rows.inc")
+    module = load_source(generate(net, formatted=False, optimize=True), "incdsl_frozen")
+    if not module.has_cpp_compiler():
+        pytest.skip("no C++ compiler for torch.compile")
+    plain = randomised(incdsl.build_module(net)).eval()
+    compiled = module.build(compile=True, state_dict=plain.state_dict())
+    x = torch.randn(4, 3, 12, 12, generator=torch.Generator().manual_seed(2)) * 3
+    with torch.inference_mode():
+        expected, got = plain(x), compiled(x)
+    assert ((got - expected).norm() / expected.norm()).item() < 1e-5

@@ -86,6 +86,7 @@ def generate(
         source_name=_safe_file_name(net.spec.path),
         optimized=optimize,
         compiled=compiled,
+        onednn=optimize and writer.plan.onednn,
     )
     return _format(text) if formatted else text
 
@@ -830,8 +831,13 @@ class OptimizedWriter(Writer):
         if isinstance(node, Layer) and node in self.plan.folded:
             return self.folded_conv(node)
         if isinstance(node, Layer) and node in self.plan.folds_next:
-            self.used |= {"ConvFoldingBN", "F", "torch"}
-            return self.module_Conv(node.op, str(self.net.channels[node].input), bare="ConvFoldingBN")
+            self.used |= {"ConvFoldingBN", "conv2d", "F", "torch"}
+            conv = self.module_Conv(node.op, str(self.net.channels[node].input), bare="ConvFoldingBN")
+            act = self.plan.folds_act.get(node)
+            return f'{conv[:-1]}, act="{act}")' if act else conv
+        if isinstance(node, Layer) and node in self.plan.folded_acts:
+            self.used.add("FoldedActivation")
+            return f'FoldedActivation("{node.op.kind.name}")'
         if isinstance(node, Layer) and node in self.plan.folded_norms:
             self.used.add("FoldedBatchNorm2d")
             return self.module_BatchNorm(node.op, str(self.net.channels[node].input), cls="FoldedBatchNorm2d")
@@ -840,7 +846,7 @@ class OptimizedWriter(Writer):
     def folded_conv(self, layer: Layer) -> str:
         """``FoldedConv2d``: a convolution's, its BatchNorm's and its ReLU's state, run as one conv."""
         op = layer.op
-        self.used |= {"FoldedConv2d", "prepared", "F", "torch"}  # it derives its weights with prepared()
+        self.used |= {"FoldedConv2d", "conv2d", "prepared", "F", "torch"}  # derives its weights: prepared()
         kw = conv_arguments(op)
         if op["bias"]:
             kw.append("bias=True")
@@ -877,9 +883,9 @@ class OptimizedWriter(Writer):
             f"self.{name}_weight = torch.cat([{', '.join(f'{h}.weight' for h in heads)}]){layout}",
             f"self.{name}_bias = torch.cat([{', '.join(f'{h}.bias' for h in heads)}])",
         ]
-        conv = f"F.conv2d({src}, self.{name}_weight, self.{name}_bias)"
-        if group.heads[0].op["act"] == "relu":
-            conv = f"F.relu({conv}, inplace=True)"
+        act = ', act="relu"' if group.heads[0].op["act"] == "relu" else ""
+        conv = f"conv2d({src}, self.{name}_weight, self.{name}_bias{act})"
+        self.used |= {"conv2d", "F", "torch"}
         names = ", ".join(b.var for b in group.branches)
         return Code(
             init=(

@@ -21,6 +21,7 @@ from pathlib import Path
 
 TEMPLATE = Path(__file__).parent / "templates" / "model.py.j2"
 _FILLED = re.compile(r"\{\{.*?\}\}")
+_HEADER = re.compile(r"(class|def)\s+([A-Za-z_]\w*)\b")
 
 
 @cache
@@ -38,11 +39,14 @@ def defined_names() -> dict[str, str]:
 
 
 def _statement(line: str) -> list[ast.stmt]:
-    """One top-level line as Python: a ``class``/``def`` header gets a body to parse."""
-    source = line + "\n    pass" if line.rstrip().endswith(":") else line
+    """One top-level line as Python: a ``class``/``def`` header (its signature may run on over several
+    lines) becomes an empty definition of its name."""
+    header = _HEADER.match(line)
+    if header:
+        line = f"{header.group(1)} {header.group(2)}(): pass"
     try:
-        return ast.parse(source).body
-    except SyntaxError:  # a docstring's or a signature's continuation line
+        return ast.parse(line).body
+    except SyntaxError:  # a docstring's continuation line
         return []
 
 

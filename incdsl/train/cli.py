@@ -14,7 +14,7 @@ import math
 import sys
 from pathlib import Path
 
-from incdsl import render
+from incdsl import render, threads
 from incdsl.errors import IncdslError
 from incdsl.train.config import CHOICES, NUMBER_RANGES, SETTINGS, option_type
 
@@ -86,6 +86,7 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
         metavar="N",
         help="train the spec at N x N inputs (its IR built with the input replaced; the budget follows)",
     )
+    threads.add_option(parser, type=option_type("threads"))
     parser.add_argument(
         "--print-config",
         action="store_true",
@@ -140,6 +141,7 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--ensemble", nargs="+", type=Path, default=[], metavar="C", help="more checkpoints")
     parser.add_argument("--workers", type=eval_workers, default=0, help="data loader processes")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
+    threads.add_option(parser, type=option_type("threads"))
     parser.add_argument("--skip-unreadable", action="store_true", help=SKIP_HELP)
     parser.add_argument(
         "--val-split",
@@ -328,6 +330,7 @@ def run_eval(args: argparse.Namespace) -> int:
         args.workers,
         args.skip_unreadable,
         args.val_split,
+        args.threads or 0,
     )
     if args.json:
         render.emit(render.Document((), report.to_dict()), "json")

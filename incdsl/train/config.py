@@ -30,6 +30,7 @@ from typing import Any
 
 from incdsl import numbers
 from incdsl.errors import did_you_mean
+from incdsl.threads import MAX_THREADS
 from incdsl.train import TrainError
 
 
@@ -82,6 +83,7 @@ class TrainConfig:
     balanced: bool = False  # draw every class equally often (with replacement), for imbalanced data
     log_every: int = 100  # a progress line every this many steps when the output is not a terminal
     input_size: int = 0  # train a spec at N x N inputs instead of its input line's; 0: the spec's
+    threads: int = 0  # torch's threads; 0: incdsl's default (incdsl.threads: the cores not busy)
 
     @property
     def step_batch(self) -> int:
@@ -152,6 +154,7 @@ NUMBER_RANGES: dict[str, tuple[type, float | None, float | None]] = {
     "val_split": (float, 0.0, 1.0),
     "log_every": (int, 0, 2**31 - 1),
     "input_size": (int, 0, 16384),  # 0: the spec's own
+    "threads": (int, 0, MAX_THREADS),  # 0: incdsl's default
 }
 ABOVE_ZERO = frozenset({"lr", "eps", "lr_gamma", "lr_step_epochs", "crop_area", "crop_aspect"})
 
@@ -273,7 +276,13 @@ def saved_settings(run_dir: Path) -> dict[str, Any]:
     saved = read_saved_config(path)
     # a checkpoint from before the settings were saved trained with the recipe's, and PyTorch's RMSProp
     settings: dict[str, Any] = {"rmsprop_style": "torch"} if saved and "optimizer" not in saved else {}
-    known = {f.name for f in fields(TrainConfig)} - {"out", "resume", "device", "workers"}  # the machine's
+    known = {f.name for f in fields(TrainConfig)} - {
+        "out",
+        "resume",
+        "device",
+        "workers",
+        "threads",
+    }  # machine's
     for key, value in saved.items():
         if key not in known or value is None:
             continue

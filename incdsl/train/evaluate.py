@@ -200,6 +200,7 @@ def evaluate_checkpoints(
     workers: int = 0,
     skip_unreadable: bool = False,
     val_split: float | None = None,
+    threads: int = 0,
 ) -> EvalReport:
     """Evaluate the checkpoints of ``target`` on ``data``'s validation split, as an ensemble.
 
@@ -211,12 +212,22 @@ def evaluate_checkpoints(
     Each checkpoint contributes its averaged (EMA) weights when its recipe kept them; an int8 build of
     ``incdsl quantize`` (a .onnx file, run by onnxruntime) may stand in for a checkpoint. The views follow
     the recipe the checkpoints were trained with: framed as its evaluation crop, and (for 10 and 144)
-    mirrored only when it trained with flips. Multi-crop figures come with the 1-crop ones.
+    mirrored only when it trained with flips. Multi-crop figures come with the 1-crop ones. ``threads``:
+    torch's threads for the evaluation (0: incdsl's default, :mod:`incdsl.threads`).
 
     >>> evaluate_checkpoints("model.py", [Path("runs/a/best.pt")], "digits", crops=10).result.top1
     ... # doctest: +SKIP
     0.98
     """
+    from incdsl.threads import using
+
+    with using(threads):
+        return _evaluate_checkpoints(
+            target, checkpoints, data, crops, device, workers, skip_unreadable, val_split
+        )
+
+
+def _evaluate_checkpoints(target, checkpoints, data, crops, device, workers, skip_unreadable, val_split):
     try:
         views = parse_views(crops)
     except ViewsError as error:

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from incdsl import memory
 from incdsl.memory import human_bytes
 from incdsl.rundir import BEST, CHECKPOINT, write_run_info
+from incdsl.threads import describe, using
 from incdsl.train import Interrupted, RunFailed, TrainError
 from incdsl.train.augment import augment_batch, mix_batch
 from incdsl.train.checkpoint import (
@@ -70,7 +71,9 @@ def train(config: TrainConfig) -> list[dict[str, Any]]:
     """
     processes = start_processes(config.device)
     try:
-        history = run(config, processes)
+        with using(config.threads) as (count, why):  # before any work: torch's pools start at its first
+            say(describe(count, why), processes.is_main)
+            history = run(config, processes)
         wait_for_all(processes)  # no process tears the group down while another still uses it
         return history
     finally:

@@ -101,22 +101,18 @@ def spec_network(spec_text: str, name: str, classes: int | None = None, input_si
     """The IR of a spec's text, for ``classes`` outputs and ``input_size`` x ``input_size`` inputs (each
     None: the spec's). A spec that does not work at that size (a feature map shrunk to nothing) is the
     compiler's error, with a note naming --input-size."""
-    from dataclasses import replace
-
     import incdsl
-    from incdsl import ast, ir, parser, passes
+    from incdsl import ast
     from incdsl.errors import IncdslError
 
-    spec = parser.parse(spec_text, name)
-    if classes is not None and spec.classes != classes:
-        spec = replace(spec, classes=classes)
-    written = spec.input
+    spec = incdsl.parse(spec_text, name)
+    written, size = spec.input, None
     if input_size is not None and written is not None and len(written.dims) == 3:
-        spec = replace(spec, input=ast.Size((input_size, input_size, written.dims[2])))
+        size = ast.Size((input_size, input_size, written.dims[2]))
     try:
-        return passes.run(ir.build(spec, incdsl.prelude()))
+        return incdsl.network(spec, classes=classes, input=size)
     except IncdslError as error:
-        if spec.input != written:
+        if size is not None and size != written:
             error.notes.append(f"with --input-size {input_size} (the spec's input is {written})")
         raise
 
