@@ -152,6 +152,8 @@ class Template:
     span: Span = field(compare=False)
     titles: tuple[str | None, ...] = ()
     sequential: bool = False  # an nn.Sequential: its rows are positions 0, 1, 2, ...
+    comment: str = field(default="", compare=False)  # the '#' lines right above it, without the '#'
+    comment_span: Span | None = field(default=None, compare=False)  # where they are
 
     def title(self, param: str) -> str | None:
         titles = dict(zip(self.params, self.titles))

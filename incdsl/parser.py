@@ -126,6 +126,32 @@ def parse(text: str, path: str = "<spec>") -> ast.Spec:
         raise exc.orig_exc from None
 
 
+def comment_above(text: str, line: int, path: str = "<spec>") -> tuple[str, Span | None]:
+    r"""The comment on the lines right above line ``line`` (1-based; no blank line between), without
+    its '#' marks, and its span: what a template's class has for a docstring.
+
+    >>> comment_above("# A block.\n#   two convs\ntemplate b { conv 3x3 8 }\n", 3)[0]
+    'A block.\n  two convs'
+    """
+    lines = [x.rstrip("\r") for x in text.split("\n")]  # as Lark counts lines
+    first = line - 1
+    while first > 0 and lines[first - 1].lstrip().startswith("#"):
+        first -= 1
+    block = [lines[i].lstrip()[1:] for i in range(first, line - 1)]
+    if not block:
+        return "", None
+    strip = min((len(b) - len(b.lstrip()) for b in block if b.strip()), default=0)
+    comment = "\n".join(b[strip:].rstrip() for b in block).strip("\n")
+    return comment, Span(path, first + 1, 1, text, len(lines[first]))
+
+
+def header_comment(text: str) -> str:
+    """The comment a spec opens with (its '#' lines before anything else), without the '#' marks."""
+    lines = text.removeprefix("\ufeff").split("\n")
+    count = next((i for i, x in enumerate(lines) if not x.lstrip().startswith("#")), len(lines))
+    return comment_above(text, count + 1)[0] if count else ""
+
+
 def _blank_comment(match: re.Match) -> str:
     comment = match.group()
     return " " * len(comment) if comment.startswith("#") else comment
@@ -395,7 +421,11 @@ class _ToAst(Transformer):
         if sequential:
             _positions_only(body, "a sequential template")
         titles = tuple(t for _, t in params)
-        return ast.Template(str(name), names, body, span, titles, sequential=bool(sequential))
+        comment, where = comment_above(self.source, meta.line, self.path)
+        return ast.Template(
+            str(name), names, body, span, titles, sequential=bool(sequential), comment=comment,
+            comment_span=where,
+        )  # fmt: skip
 
     @v_args(meta=True)
     def sequential_def(self, meta, children):

@@ -175,7 +175,7 @@ class Expr:
         )
 
     def __str__(self) -> str:
-        parts = [str(name) if k == 1 else f"{k} * {_wrap(name, 2)}" for name, k in self.terms]
+        parts = [str(name) if k == 1 else f"{k} * {_wrap(name, 3)}" for name, k in self.terms]  # k * (a // b)
         if self.const or not parts:
             parts.append(str(self.const))
         text = " + ".join(parts)

@@ -160,6 +160,10 @@ def test_residual_blocks_are_written_as_timm_writes_them():
     block35 = source.split("class Block35(nn.Module):")[1].split("\nclass ")[0]
     assert "self.scale = scale" in block35 and "self.conv2d = nn.Conv2d(128, 320, kernel_size=1)" in block35
     assert "x = F.relu(out * self.scale + x, inplace=True)" in block35
-    last = source.split("class Block8NoRelu(nn.Module):")[1].split("\nclass ")[0]
-    assert "x = out * self.scale + x" in last and "relu" not in last.split("def forward")[1]
+    block8 = source.split("class Block8(nn.Module):")[1].split("\nclass ")[0]  # timm's Block8(no_relu=)
+    assert "class Block8NoRelu" not in source and "scale: float, relu: bool)" in block8
+    assert (
+        "x = out * self.scale + x\n        if self.relu:\n            x = F.relu(x, inplace=True)" in block8
+    )
+    assert "self.block8 = Block8(2080, 1.0, relu=False)" in source
     assert "self.repeat = nn.Sequential(" in source and "x = self.repeat(x)" in source  # as timm calls it

@@ -108,12 +108,20 @@ def test_a_scale_given_by_a_template_argument_is_a_float_attribute():
     assert (model.b1.scale, model.b2.scale) == (0.17, 0.5)
 
 
-def test_a_flag_argument_makes_one_class_per_value():
+def test_a_flag_argument_is_a_constructor_argument_not_a_second_class():
     net = load("template b(act) { residual relu=act { conv 1x1 8 norelu } }\nb1: b 1\nb2: b 0\nb3: b act=1\n")
     source = incdsl.compile_source(net)
-    assert "class B(nn.Module)" in source and "class BNoAct(nn.Module)" in source
-    assert "self.b1 = B(8)" in source and "self.b2 = BNoAct(8)" in source and "self.b3 = B(8)" in source
-    assert "x = out + x" in source.split("class BNoAct")[1]
+    assert "class B(nn.Module)" in source and "class BNoAct" not in source  # timm's Block8(no_relu=)
+    assert "def __init__(self, in_channels: int, act: bool)" in source
+    assert "self.b1 = B(8, act=True)" in source and "self.b2 = B(8, act=False)" in source
+    assert "x = out + x\n        if self.act:\n            x = F.relu(x, inplace=True)" in source
+    model = incdsl.build_module(net).eval()
+    x = -torch.ones(1, 8, 2, 2)  # the blocks' convs see a negative input: only a ReLU makes it 0
+    with torch.no_grad():
+        for block in (model.b1, model.b2, model.b3):
+            block.conv.conv.weight.zero_()
+    assert (model.b1.act, model.b2.act, model.b3.act) == (True, False, True)
+    assert model.b1(x).eq(0).all() and model.b2(x).eq(-1).all()
     assert (
         "flag of template 'b': 0 or 1, not 2"
         in error("template b(act) { residual relu=act { conv 1x1 8 } }\nb 2\n").message

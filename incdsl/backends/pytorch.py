@@ -16,6 +16,7 @@ from __future__ import annotations
 import linecache
 import re
 import sys
+import textwrap
 import types
 from collections import Counter
 from collections.abc import Mapping
@@ -41,8 +42,11 @@ from ..ir import (
     walk,
 )
 from ..layers import Conv, Op
+from ..parser import header_comment
 from ..passes import is_lone
 from ..symbolic import Atom, Expr, Sym
+from .families import Family, families, family_of
+from .shapes import input_comment, shape_comments
 
 
 @cache
@@ -70,7 +74,7 @@ def generate(
         writer = OptimizedWriter(net, plan if plan is not None else passes(net))
     else:
         writer = Writer(net)
-    blocks = [writer.block_class(cls) for cls in net.blocks]
+    blocks = [writer.block_class(family) for family in families(net)]
     model = writer.model_class(net.model)
     text = _template().render(
         network=model,
@@ -165,6 +169,9 @@ def conv_arguments(op: Op) -> list[str]:
     return kw
 
 
+# A paper as spec headers cite one: "Title" (Authors, Year).
+PAPER = re.compile(r'"[^"]+"\s*\([^()]*?\d{4}\)')
+
 # Helper classes by (BatchNorm, ReLU): a convolution with neither is nn.Conv2d itself.
 CONV_HELPERS = {(True, True): "BasicConv2d", (True, False): "ConvBN", (False, True): "ConvReLU"}
 
@@ -180,22 +187,31 @@ class Writer(Visitor):
             layer.op["bias"] and layer.op["bn"] for layer in net.layers() if _is_conv(layer.op)
         )
         self.used |= {"make_divisible"} if _calls_make_divisible(net) else set()
+        self.families = family_of(net)
+        self.family: Family | None = None  # the block class being written (None: the model's)
+        self.attrs = None  # its attributes: those the IR named, and those the writer adds
+        self.shapes: dict[int, str] = {}  # its nodes' shape comments, by id
 
     # classes ---------------------------------------------------------------------------------
-    def block_class(self, cls: BlockClass) -> dict:
-        signature = ["in_channels: int", *(f"{p}: {t}" for p, t in cls.params)]
+    def block_class(self, family: Family) -> dict:
+        """One class of the file: a template's variants that one class can build (see
+        :mod:`.families`), its ``when=`` decisions tested in ``__init__`` and ``forward``."""
+        cls = family.base
+        self.family, self.attrs = family, cls.attrs.copy()
+        self.shapes = shape_comments(self.net, cls)
+        signature = ["in_channels: int", *(f"{p}: {t}" for p, t in family.params)]
         if cls.uses_classes:
             signature.append("num_classes: int")
         if cls.template.sequential:
             return self.sequential_class(cls, signature)
         code, out = self.visit(cls.body, "x", "x")
         return {
-            "template": cls.template.name,
+            "doc": self.block_doc(cls),
             "class_name": cls.name,
             "base": "nn.Module",
             "signature": ", ".join(signature),
             "init": ("super().__init__()", *code.init),
-            "forward": (*code.forward, f"return {out}"),
+            "forward": (input_comment(), *code.forward, f"return {out}"),
             "methods": (),
         }
 
@@ -209,7 +225,7 @@ class Writer(Visitor):
             self.used.add("OrderedDict")
             lines = ("    OrderedDict([", *(f"        ({name!r}, {part})," for name, part in parts), "    ])")
         return {
-            "template": cls.template.name,
+            "doc": self.block_doc(cls),
             "class_name": cls.name,
             "base": "nn.Sequential",
             "signature": ", ".join(signature),
@@ -226,6 +242,7 @@ class Writer(Visitor):
 
     def model_class(self, model: ModelClass) -> dict:
         net = self.net
+        self.family, self.attrs, self.shapes = None, model.attrs.copy(), {}
         signature = [] if net.classes is None else [f"num_classes: int = {net.classes}"]
         if model.auxes:
             signature.append("aux_logits: bool = True")
@@ -251,6 +268,7 @@ class Writer(Visitor):
         code = join(pieces)
         return {
             "name": net.name,
+            "doc": self.model_doc(model),
             "class_name": model.name,
             "outputs": model.outputs,
             "input": f"{s.height}x{s.width}x{s.channels}",
@@ -259,6 +277,41 @@ class Writer(Visitor):
             "init": code.init,
             "forward": code.forward,
         }
+
+    def block_doc(self, cls: BlockClass) -> tuple[str, ...]:
+        """A block class's docstring: the comment above its template in the spec, then which
+        template of which file and the paper the spec cites."""
+        path = cls.template.span.path
+        source = "incdsl's prelude" if path == "<prelude>" else _safe_file_name(path)
+        where = f"Template `{cls.template.name}` of {source}"
+        paper = _paper(self.net.spec)
+        cited = _fill(f"{where}, after {paper}." if paper else f"{where}.")
+        if not cls.template.comment:
+            return docstring(cited)
+        return docstring(f"{cls.template.comment}\n\n{cited}")
+
+    def model_doc(self, model: ModelClass) -> tuple[str, ...]:
+        """The network's docstring: what the spec says it is (its opening line), the paper it cites,
+        its input, parameters and multiply-adds, and what it returns."""
+        net = self.net
+        header = header_comment(net.spec.source).split("\n\n")[0].strip()
+        paper = _paper(net.spec)
+        lines = [header or f"{net.name}."]
+        if paper and paper not in " ".join(header.split()):
+            lines.append(f"\n{_fill(paper)}.")
+        main = sum(net.facts[s.node].params for s in net.stages)
+        macs = sum(net.facts[s.node].macs for s in net.stages)
+        total = main + sum(net.facts[a.node].params for a in net.auxes)
+        s = net.input
+        counts = f"{total:,} parameters" + (f" ({main:,} without the aux heads)" if net.auxes else "")
+        about = f"{s.height}x{s.width}x{s.channels} input; {counts}; {macs:,} multiply-adds per image."
+        if model.auxes:
+            about += (
+                f" In training mode it returns {model.outputs} (the aux heads' logits too); in eval "
+                "mode the logits tensor only."
+            )
+        lines.append(f"\n{_fill(about)}")
+        return docstring("\n".join(lines))
 
     def applied_whole(self, sequence: str, model: ModelClass) -> bool:
         """Whether a sequential group runs as one module (``x = self.layer1(x)``, as torchvision
@@ -315,9 +368,15 @@ class Writer(Visitor):
 
     # nodes: each returns its Code and the variable holding its output -------------------------
     def visit_Seq(self, seq: Seq, src: str, dst: str) -> tuple[Code, str]:
-        pieces, current = [], src
+        """Its items in turn; in a block class, a shape comment after each that changes the shape
+        and after each merge."""
+        pieces, current, shape = [], src, input_comment() if src == "x" else None
         for item in seq.items:
             code, current = self.visit(item, current, dst)
+            comment = self.shapes.get(id(item))
+            if comment and (comment != shape or isinstance(item, Fork)) and not _identity(item):
+                code += Code(forward=(comment,))
+            shape = comment or shape
             pieces.append(code)
         return join(pieces), current
 
@@ -338,10 +397,50 @@ class Writer(Visitor):
         pieces, outputs = [Code(init=stored, forward=self.split(fork, src))], []
         for branch, source in zip(fork.branches, fork.inputs or [src] * len(fork.branches)):
             code, out = self.visit(branch, source, branch.var)
-            pieces.append(code)
+            pieces.append(code + self.branch_shape(branch))
             outputs.append(out)
+        return join(pieces) + self.merged(fork, outputs, dst), dst
+
+    def branch_shape(self, branch: Branch) -> Code:
+        """A named branch's output shape (a flattened one's steps have theirs)."""
+        if branch.container is None or not branch.body.items or id(branch) not in self.shapes:
+            return Code()
+        return Code(forward=(self.shapes[id(branch)],))
+
+    def merged(self, fork: Fork, outputs: list[str], dst: str) -> Code:
+        """The merge of a fork's outputs into ``dst``; a residual a ``when=`` leaves out in some
+        calls is tested (``self.use_residual``, torchvision's ``use_res_connect``), a ReLU a flag
+        argument gives too (``if self.relu:``, timm's ``no_relu``)."""
         merge = getattr(self, f"merge_{type(fork.merge.kind).__name__}")(fork, outputs)
-        return join(pieces) + Code(forward=(f"{dst} = {merge}",)), dst
+        init, forward = [], []
+        relu = self.merge_flags(fork).get("relu")
+        if relu is not None:
+            attr = self.attrs.fresh(relu, f"the {relu} flag")
+            init.append(f"self.{attr} = {relu}")
+            self.used.add("F")
+            forward += [f"if self.{attr}:", f"    {dst} = F.relu({dst}, inplace=True)"]
+        condition = self.condition(fork)
+        if condition is not None:
+            flag = self.attrs.fresh(f"use_{_merge_part(fork)}", "a when= decision")
+            stored = condition if id(fork) in self.family.booleans else f"bool({condition})"
+            init.append(f"self.{flag} = {stored}")
+            body = _split(fork, outputs)[1]
+            if forward:  # the flagged ReLU belongs to the merge: under the decision too
+                forward = [f"if self.{flag}:", f"    {dst} = {merge}", *(f"    {f}" for f in forward),
+                           "else:", f"    {dst} = {body}"]  # fmt: skip
+            else:
+                forward = [f"{dst} = {merge} if self.{flag} else {body}"]
+        else:
+            forward.insert(0, f"{dst} = {merge}")
+        return Code(tuple(init), tuple(forward))
+
+    def condition(self, node: Node) -> str | None:
+        """The ``when=`` condition a part of the class is built under (None: always built)."""
+        return self.family.conditions.get(id(node)) if self.family else None
+
+    def merge_flags(self, fork: Fork) -> dict[str, str]:
+        """A merge's options given by flag arguments: option -> the argument's name."""
+        return self.family.merge_flags.get(id(fork), {}) if self.family else {}
 
     @staticmethod
     def split(fork: Fork, src: str) -> tuple[str, ...]:
@@ -353,12 +452,41 @@ class Writer(Visitor):
     def visit_Branch(self, branch: Branch, src: str, dst: str) -> tuple[Code, str]:
         if branch.container is None:  # flattened: its layers are attributes of this class
             return self.visit(branch.body, src, dst)
+        condition = self.condition(branch)
+        if condition is not None:  # a shortcut a when= leaves out: the identity then
+            return self.optional_branch(branch, condition, src, dst), dst
         if is_lone(branch):
             return self.attribute(branch.body.items[0], branch.container, src, dst)
-        module = self.container(branch)
-        return Code(
-            (f"self.{branch.container} = {module}",), (f"{dst} = self.{branch.container}({src})",)
-        ), dst
+        if any(self.condition(node) for node in branch.body.items):
+            init = self.appended(branch)
+        else:
+            init = (f"self.{branch.container} = {self.container(branch)}",)
+        return Code(init, (f"{dst} = self.{branch.container}({src})",)), dst
+
+    def optional_branch(self, branch: Branch, condition: str, src: str, dst: str) -> Code:
+        """``self.downsample = ... if COND else None``, applied where it is not None (torchvision's
+        ResNet blocks)."""
+        attr = f"self.{branch.container}"
+        if is_lone(branch):
+            node = branch.body.items[0]
+            module, applied = self.module(node), self.applied(node, attr, src, dst)
+        else:
+            module, applied = self.container(branch), (f"{dst} = {attr}({src})",)
+        init = (f"{attr} = {module} if {condition} else None",)
+        forward = (f"{dst} = {src}", f"if {attr} is not None:", *(f"    {line}" for line in applied))
+        return Code(init, forward)
+
+    def appended(self, branch: Branch) -> tuple[str, ...]:
+        """A named branch some of whose positions a ``when=`` leaves out: a list the kept modules
+        are appended to, then an nn.Sequential of it (torchvision's InvertedResidual), so the
+        positions renumber."""
+        name = _free_local("layers", self.family)
+        lines = [f"{name}: list[nn.Module] = []"]
+        for node in branch.body.items:
+            append = f"{name}.append({self.position_module(node)})"
+            condition = self.condition(node)
+            lines += [f"if {condition}:", f"    {append}"] if condition else [append]
+        return (*lines, f"self.{branch.container} = nn.Sequential(*{name})")
 
     def container(self, branch: Branch) -> str:
         """Source constructing a named branch of several layers: an nn.Sequential keyed by position,
@@ -372,8 +500,15 @@ class Writer(Visitor):
 
     def attribute(self, node: Layer | Call, attr: str, src: str, dst: str) -> tuple[Code, str]:
         """A submodule at ``self.attr``, applied to ``src`` into ``dst``."""
-        init = (f"self.{attr} = {self.module(node)}",)
-        return Code(init, self.applied(node, f"self.{attr}", src, dst)), dst
+        condition = self.condition(node)
+        if condition is None:
+            init = (f"self.{attr} = {self.module(node)}",)
+            return Code(init, self.applied(node, f"self.{attr}", src, dst)), dst
+        init = (f"self.{attr} = {self.module(node)} if {condition} else None",)
+        applied = self.applied(node, f"self.{attr}", dst, dst)
+        forward = (f"{dst} = {src}",) if src != dst else ()
+        forward += (f"if self.{attr} is not None:", *(f"    {line}" for line in applied))
+        return Code(init, forward), dst
 
     def applied(self, node: Layer | Call, module: str, src: str, dst: str) -> tuple[str, ...]:
         """Forward lines applying ``module`` to ``src`` into ``dst`` (flattening a feature map first
@@ -406,10 +541,13 @@ class Writer(Visitor):
     def module(self, node: Layer | Call) -> str:
         """Source constructing the node's module."""
         if isinstance(node, Call):
-            args = [str(self.net.channels[node].input), *(literal(node.args[p]) for p, _ in node.cls.params)]
+            family = self.families[id(node.cls)]
+            args = [str(self.net.channels[node].input)]
+            args += [literal(node.args[p]) for p, _ in family.params if p not in family.flags]
             if node.cls.uses_classes:
                 args.append("num_classes")
-            return f"{node.cls.name}({', '.join(args)})"
+            args += [f"{p}={_flag(node.args[p])}" for p in family.flags]
+            return f"{family.base.name}({', '.join(args)})"
         channels = self.net.channels[node]
         cin = channels.input.times(*channels.spatial) if node.op.kind.flattens else str(channels.input)
         return self._spelling("module", node.op)(node.op, cin)
@@ -557,7 +695,7 @@ class Writer(Visitor):
             body = f"{body} * self.{fork.stored['scale']}"
         elif scale != 1:
             body = f"{body} * {literal(scale)}"
-        if fork.merge["relu"]:
+        if fork.merge["relu"] and "relu" not in self.merge_flags(fork):
             self.used.add("F")
             return f"F.relu({body} + {shortcut}, inplace=True)"
         return f"{body} + {shortcut}"
@@ -566,6 +704,46 @@ class Writer(Visitor):
 def _position_name(node: Node) -> str:
     """A position's key in its nn.Sequential: ``0``, ``1``, ... or a named row's name."""
     return node.branches[0].container if isinstance(node, Fork) else node.attr
+
+
+def docstring(text: str) -> tuple[str, ...]:
+    """A docstring's lines: the text in triple quotes, the closing ones on a line of their own
+    unless the text is one line."""
+    text = text.replace("\\", "\\\\").replace('"""', '\\"\\"\\"')
+    text = "".join(c if c.isprintable() or c == "\n" else c.encode("unicode_escape").decode() for c in text)
+    lines = text.split("\n")
+    if len(lines) == 1 and not text.endswith('"'):
+        return (f'"""{text}"""',)
+    return (f'"""{lines[0]}', *lines[1:], '"""')
+
+
+def _fill(text: str) -> str:
+    """Generated prose wrapped to the file's line length (the docstring is indented 4)."""
+    return textwrap.fill(text, width=96, break_long_words=False, break_on_hyphens=False)
+
+
+def _paper(spec) -> str | None:
+    """The paper a spec's opening comment cites: ``"Title" (Authors, Year)``."""
+    found = PAPER.search(" ".join(header_comment(spec.source).split()))
+    return found.group(0) if found else None
+
+
+def _merge_part(fork: Fork) -> str:
+    return {"add": "residual", "mul": "gate"}.get(fork.merge.kind.name, fork.merge.kind.name)
+
+
+def _flag(value) -> str:
+    """A flag argument's value as Python: True, False, or the caller's own flag argument."""
+    return str(value) if isinstance(value, Sym) else repr(bool(value))
+
+
+def _free_local(base: str, family: Family | None) -> str:
+    """A local variable of ``__init__`` that no constructor argument is called."""
+    taken = {"in_channels", "num_classes"} | {p for p, _ in family.params} if family else set()
+    name, i = base, 2
+    while name in taken:
+        name, i = f"{base}_{i}", i + 1
+    return name
 
 
 def _split(fork: Fork, outputs: list[str]) -> tuple[str, str]:
@@ -622,9 +800,9 @@ class OptimizedWriter(Writer):
         self.fused_heads = {b: g for groups in plan.fused.values() for g in groups for b in g.branches}
         self.prepare: list[str] = []  # the current class's prepare() lines
 
-    def block_class(self, cls: BlockClass) -> dict:
+    def block_class(self, family: Family) -> dict:
         self.prepare = []
-        view = super().block_class(cls)
+        view = super().block_class(family)
         if self.prepare:
             self.used.add("prepared")
             view["init"] = (*view["init"], "prepared(self)")
@@ -693,8 +871,7 @@ class OptimizedWriter(Writer):
             )
             pieces.append(code)
             outputs.append(out)
-        merge = getattr(self, f"merge_{type(fork.merge.kind).__name__}")(fork, outputs)
-        return join(pieces) + Code(forward=(f"{dst} = {merge}",)), dst
+        return join(pieces) + self.merged(fork, outputs, dst), dst
 
     def fused_group(self, group, src: str) -> Code:
         """One 1x1 convolution for the group's heads, its output split into their branches' variables."""
@@ -752,7 +929,7 @@ class OptimizedWriter(Writer):
             else f"{body} + {shortcut}"
         )
         self.used.add("torch")
-        if fork.merge["relu"]:
+        if fork.merge["relu"] and "relu" not in self.merge_flags(fork):
             self.used.add("F")
             return f"F.relu({expr}, inplace=True)"
         return expr
