@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .errors import Span
+from incdsl.errors import Span
 
 
 @dataclass(frozen=True)
