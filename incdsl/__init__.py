@@ -1,10 +1,10 @@
-"""incdsl: Inception-style networks written as the GoogLeNet paper's table.
+"""incdsl: convolutional networks written as their papers' tables, checked, compiled, drawn, trained.
 
-The pipeline, stage by stage (each a module with one entry function)::
+The pipeline, stage by stage (each a module with one entry function; the package's folders follow it)::
 
-    text --parser.parse--> ast.Spec --ir.build--> ir.Network --passes.run--> annotated Network
-         --stats.compute--> Stats          (tables, JSON, budget)
-         --backends.pytorch.generate--> model.py source
+    text --syntax.parser.parse--> ast.Spec --ir.tree.build--> Network --passes.annotate.run--> annotated
+         --analysis.report.compute--> Stats          (tables, JSON, budget)
+         --backends.pytorch.writer.generate--> model.py source
          --backends.graphviz.to_dot--> DOT text
 
 >>> net = load("googlenet")                      # a shipped spec, or a path to a .inc file
