@@ -1154,7 +1154,7 @@ def _class_stem(cls: BlockClass, blocks) -> str:
     plain = next((c for c in variants if not c.fixed and not c.dropped), variants[0])
     if cls is plain and not cls.dropped:
         return cls.template.name
-    deciding = set().union(*(_refs(w.value) for w in map(_when, _items(cls.template.body)) if w))
+    deciding = set().union(*(ast.refs(w.value) for w in map(_when, _items(cls.template.body)) if w))
     parts = [_fixed_part(p, v) for p, v in cls.fixed.items() if p not in deciding]
     return "_".join([cls.template.name, *parts, *(f"no_{part}" for part in cls.dropped)])
 
@@ -1165,17 +1165,6 @@ def _fixed_part(param: str, value) -> str:
     if isinstance(value, Word):
         return str(value)
     return f"no_{param}" if value == 0 else f"{param}_{value}"
-
-
-def _refs(value) -> set[str]:
-    """The names a value written in a spec mentions."""
-    if isinstance(value, ast.Ref):
-        return {value.name}
-    if isinstance(value, ast.Binary):
-        return _refs(value.left) | _refs(value.right)
-    if isinstance(value, ast.Apply):
-        return set().union(*map(_refs, value.args))
-    return set()
 
 
 def _variant(cls: BlockClass) -> str:

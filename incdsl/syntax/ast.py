@@ -52,6 +52,17 @@ class Apply:
 Value = int | float | Size | Ref | Binary | Apply
 
 
+def refs(value: Value) -> set[str]:
+    """The names a value written in a spec mentions (``w * 4`` mentions ``w``)."""
+    if isinstance(value, Ref):
+        return {value.name}
+    if isinstance(value, Binary):
+        return refs(value.left) | refs(value.right)
+    if isinstance(value, Apply):
+        return set().union(*map(refs, value.args))
+    return set()
+
+
 @dataclass(frozen=True)
 class Arg:
     """One argument of a row: positional when ``key`` is None, else ``key=value``."""

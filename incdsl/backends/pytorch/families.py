@@ -146,22 +146,12 @@ def _liftable(template: ast.Template) -> set[str]:
     deciding: set[str] = set()
     for item in _items(template.body):
         for arg in getattr(item, "args", ()):
-            refs = _refs(arg.value)
+            refs = ast.refs(arg.value)
             if arg.key == "when" or isinstance(item, ast.Residual) and arg.key in MERGES[item.merge].flags():
                 deciding |= refs
             else:
                 used_elsewhere |= refs
     return {p for p in template.params if p in deciding and p not in used_elsewhere}
-
-
-def _refs(value) -> set[str]:
-    if isinstance(value, ast.Ref):
-        return {value.name}
-    if isinstance(value, ast.Binary):
-        return _refs(value.left) | _refs(value.right)
-    if isinstance(value, ast.Apply):
-        return set().union(*map(_refs, value.args))
-    return set()
 
 
 def _env(family: Family) -> dict:
