@@ -41,11 +41,11 @@ def test_vim_syntax_names_every_kind():
 
 
 def test_lsp_without_pygls_says_how_to_get_it(capsys, monkeypatch):
-    import incdsl
+    import incdsl.tools
     from incdsl.tools import cli
 
     monkeypatch.delitem(sys.modules, "incdsl.tools.lsp", raising=False)
-    monkeypatch.delattr(incdsl, "lsp", raising=False)  # set when another test imported it
+    monkeypatch.delattr(incdsl.tools, "lsp", raising=False)  # set when another test imported it
     monkeypatch.setitem(sys.modules, "lsprotocol", None)
     monkeypatch.setitem(sys.modules, "pygls", None)
     assert cli.main(["lsp"]) == 2

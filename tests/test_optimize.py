@@ -130,7 +130,7 @@ def test_the_optimized_build_loads_the_plain_state_dict_and_computes_the_same(na
 def test_each_subset_of_the_passes_builds_a_module_that_computes_the_same(passes):
     """The passes are independent decisions: any of them alone, or with others, is a working build
     (fold without fuse once wrote a module that called a helper it had not defined)."""
-    from incdsl.backends import pytorch
+    from incdsl.backends.pytorch import writer as pytorch
 
     net = incdsl.load("googlenet_tv")
     plan = optimize(net, passes)
@@ -302,7 +302,7 @@ def test_fold_activations_takes_a_relu_or_relu6_row_after_a_folded_batchnorm_row
     ids=lambda passes: "+".join(p.__name__ for p in passes),
 )
 def test_folded_activation_rows_compute_the_same(passes):
-    from incdsl.backends import pytorch
+    from incdsl.backends.pytorch import writer as pytorch
 
     net = incdsl.from_text(ROWS, "rows.inc")
     source = pytorch.generate(net, formatted=False, optimize=True, plan=optimize(net, passes))
