@@ -4,7 +4,7 @@ plain build (1.00x), the ``--optimize`` build, ONNX Runtime and OpenVINO, at 1 a
     python benchmarks/bench_engines.py [--specs googlenet_tv,inception_v3,resnet50,mobilenet_v2]
         [--threads 1,2] [--rounds 5] [--min-time 1] [--quick] [--json FILE] [--render FILE]
 
-Each (spec, threads) is one ``incdsl bench`` run (incdsl.bench.run): the same weights and input for
+Each (spec, threads) is one ``incdsl bench`` run (incdsl.tools.bench.run): the same weights and input for
 every variant, interleaved rounds, a ratio taken within each round and reported as the median with the
 lowest and highest round. Prints a markdown table, the load average (``uptime``'s) before and after
 every run, and the CPU (lscpu's model name). ``--quick``: googlenet_tv and mobilenet_v2, 1 thread,
@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from incdsl import bench  # noqa: E402
+from incdsl.tools import bench  # noqa: E402
 
 SPECS = ("googlenet_tv", "inception_v3", "resnet50", "mobilenet_v2")
 VARIANTS = ("plain", "optimized", *bench.ENGINES)

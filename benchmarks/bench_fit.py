@@ -1,7 +1,8 @@
 """`incdsl fit --per-stage` measures each trial by building the IR from the AST, each distinct trial once.
 
 Times `incdsl fit googlenet --budget 1.5G --per-stage` in this process and prints how many times it
-built the IR (``incdsl.ir.build``) and parsed spec text (``incdsl.parser.parse``), counted by wrapping
+built the IR (``incdsl.ir.tree.build``) and parsed spec text
+(``incdsl.syntax.parser.parse``), counted by wrapping
 both, with its wall and CPU seconds. It uses only the command line's entry point, so the same file
 measures any checkout: ``PYTHONPATH=/path/to/checkout python bench_fit.py``. Run two checkouts one
 after the other, at one thread (``OMP_NUM_THREADS=1``), and compare the CPU seconds, which the
@@ -38,8 +39,9 @@ def main() -> int:
     args = parser.parse_args()
 
     import incdsl
-    from incdsl import cli, ir
-    from incdsl import parser as spec_parser
+    from incdsl.ir import tree as ir
+    from incdsl.syntax import parser as spec_parser
+    from incdsl.tools import cli
 
     counts = {"build": 0, "parse": 0}
     counted(ir, "build", counts)

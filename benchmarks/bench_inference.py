@@ -32,7 +32,7 @@ import warnings
 import torch
 
 import incdsl
-from incdsl.backends.pytorch import load_source
+from incdsl.backends.pytorch.writer import load_source
 
 SPECS = ("googlenet_tv", "inception_v3", "resnet50", "mobilenet_v2")
 

@@ -74,7 +74,7 @@ def draw_shape(label: str, size: int, rng: random.Random) -> Image.Image:
 
 
 def run_cli(*args: str) -> None:
-    from incdsl.cli import main
+    from incdsl.tools.cli import main
 
     code = main(list(args))
     if code:

@@ -21,8 +21,8 @@ import memory_probe as probe  # noqa: E402
 from memory_probe import peak_bytes, saved_by_module  # noqa: E402
 
 import incdsl  # noqa: E402
-from incdsl.activations import Setting, estimate  # noqa: E402
-from incdsl.ir import Layer  # noqa: E402
+from incdsl.backends.pytorch.memory import Setting, estimate  # noqa: E402
+from incdsl.ir.tree import Layer  # noqa: E402
 from incdsl.memory import human_bytes  # noqa: E402
 
 CASES = ["mini_googlenet:16", "googlenet:4", "googlenet_tv:8", "bn_inception:4", "inception_v3:4",

@@ -26,9 +26,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from incdsl import bench, stats
 from incdsl import load as incdsl_load
+from incdsl import stats
 from incdsl.resources import shipped_specs
+from incdsl.tools import bench
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 

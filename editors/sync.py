@@ -13,7 +13,7 @@ import json
 import re
 from pathlib import Path
 
-from incdsl.layers import ACT, KINDS
+from incdsl.kinds.layers import ACT, KINDS
 
 EDITORS = Path(__file__).parent
 ROW_WORDS = (*KINDS, ACT, "inception")  # what a row's kind may be, besides a spec's own templates

@@ -1,10 +1,10 @@
-"""incdsl: Inception-style networks written as the GoogLeNet paper's table.
+"""incdsl: convolutional networks written as their papers' tables, checked, compiled, drawn, trained.
 
-The pipeline, stage by stage (each a module with one entry function)::
+The pipeline, stage by stage (each a module with one entry function; the package's folders follow it)::
 
-    text --parser.parse--> ast.Spec --ir.build--> ir.Network --passes.run--> annotated Network
-         --stats.compute--> Stats          (tables, JSON, budget)
-         --backends.pytorch.generate--> model.py source
+    text --syntax.parser.parse--> ast.Spec --ir.tree.build--> Network --passes.annotate.run--> annotated
+         --analysis.report.compute--> Stats          (tables, JSON, budget)
+         --backends.pytorch.writer.generate--> model.py source
          --backends.graphviz.to_dot--> DOT text
 
 >>> net = load("googlenet")                      # a shipped spec, or a path to a .inc file
@@ -17,11 +17,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import ast, ir, parser, passes, report
-from .errors import IncdslError, SpecNameError, did_you_mean
-from .files import read_utf8
-from .ir import Network
-from .resources import shipped_specs
+from incdsl.analysis import report
+from incdsl.errors import IncdslError, SpecNameError, did_you_mean
+from incdsl.files import read_utf8
+from incdsl.ir import tree as ir
+from incdsl.ir.tree import Network
+from incdsl.passes import annotate as passes
+from incdsl.resources import shipped_specs
+from incdsl.syntax import ast, parser
 
 __all__ = [
     "IncdslError", "Network", "load", "parse", "network", "stats", "compile_source", "build_module",
@@ -34,7 +37,7 @@ def read(target: str | Path) -> tuple[str, str]:
     """The text and display path of a spec given by path or by shipped name (``googlenet``).
 
     The file must be UTF-8 (a leading byte-order mark is dropped) and at most
-    :data:`incdsl.parser.MAX_SPEC_BYTES` long; anything else is an error naming the file.
+    :data:`incdsl.syntax.parser.MAX_SPEC_BYTES` long; anything else is an error naming the file.
     """
     return read_spec_file(locate(target), str(target)), str(target)
 
@@ -64,7 +67,7 @@ prelude = parser.prelude  # the built-in templates, parsed once
 
 
 def parse(text: str, path: str = "<spec>") -> ast.Spec:
-    """Parse spec text (see :func:`incdsl.parser.parse`)."""
+    """Parse spec text (see :func:`incdsl.syntax.parser.parse`)."""
     return parser.parse(text, path)
 
 
@@ -82,12 +85,12 @@ def from_text(text: str, path: str = "<spec>", **header) -> Network:
 def network(spec: ast.Spec, **header) -> Network:
     """The annotated IR of a parsed spec, built from its AST (no text in between); ``header``: values
     of its header replaced (``classes=10``, ``input=ast.Size((64, 64, 3))``, ``budget``), and ``rows``
-    for a part of the network, as :func:`incdsl.ir.build` takes them."""
+    for a part of the network, as :func:`incdsl.ir.tree.build` takes them."""
     return passes.run(ir.build(spec, **header))
 
 
 def stats(net: Network | str | Path) -> report.Stats:
-    """Per-stage params and multiply-adds (see :mod:`incdsl.report`)."""
+    """Per-stage params and multiply-adds (see :mod:`incdsl.analysis.report`)."""
     return report.compute(net if isinstance(net, Network) else load(net))
 
 
@@ -97,7 +100,7 @@ def compile_source(
     """The standalone PyTorch source of a network (imports torch only, never incdsl). ``optimize``:
     the inference build (BatchNorm folded, sibling 1x1 convolutions fused, channels_last), which loads
     the plain build's state_dict; ``compiled``: its ``build()`` applies ``torch.compile``."""
-    from .backends import pytorch
+    from incdsl.backends.pytorch import writer as pytorch
 
     net = target if isinstance(target, Network) else load(target)
     return pytorch.generate(net, formatted, optimize, compiled)
@@ -110,8 +113,8 @@ def build_module(target: Network | str | Path, optimize: bool = False, **overrid
     A model whose parameters cannot fit in the free memory of torch's default device is refused
     (:class:`incdsl.memory.OutOfMemory`) before anything is allocated.
     """
-    from . import memory
-    from .backends import pytorch
+    from incdsl import memory
+    from incdsl.backends.pytorch import writer as pytorch
 
     source = compile_source(target, formatted=False, optimize=optimize)
     device = memory.default_device()
@@ -121,15 +124,15 @@ def build_module(target: Network | str | Path, optimize: bool = False, **overrid
 
 
 def interpret(target: Network | str | Path, state=None):
-    """An :class:`~incdsl.interpreter.Interpreter`: the network run from its IR with torch's
+    """An :class:`~incdsl.backends.pytorch.interpreter.Interpreter`: the network run from its IR with torch's
     functional ops, no code generated (``state``: a state_dict to run, else fresh weights)."""
-    from .interpreter import Interpreter
+    from incdsl.backends.pytorch.interpreter import Interpreter
 
     return Interpreter(target if isinstance(target, Network) else load(target), state)
 
 
 def to_dot(target: Network | str | Path, level: str = "network") -> str:
     """Graphviz DOT text of a network (``level``: ``network`` or ``block``)."""
-    from .backends import graphviz
+    from incdsl.backends import graphviz
 
     return graphviz.to_dot(target if isinstance(target, Network) else load(target), level)

@@ -27,7 +27,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from .errors import IncdslError, OutputError, Span, SpecSyntaxError
+from incdsl.errors import IncdslError, OutputError, Span, SpecSyntaxError
 
 _KINDS = {
     stat.S_ISDIR: "a directory",

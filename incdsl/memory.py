@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from .errors import IncdslError
+from incdsl.errors import IncdslError
 
 FLOAT32_BYTES = 4
 _CGROUP = Path("/sys/fs/cgroup")

@@ -1,9 +1,9 @@
 """A run directory's layout: the files the trainer writes and ``incdsl runs`` reads, and ``run.json``.
 
-Both :mod:`incdsl.train` (which writes runs) and :mod:`incdsl.runs` (which reads them) import this
+Both :mod:`incdsl.train` (which writes runs) and :mod:`incdsl.tools.runs` (which reads them) import this
 module, so the trainer never imports ``runs`` (which loads the trainer's checkpoint reader only for a
 run from before ``run.json``). It imports neither torch nor the trainer.
-``run.json`` is described in :mod:`incdsl.runs`.
+``run.json`` is described in :mod:`incdsl.tools.runs`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .files import write_atomic
+from incdsl.files import write_atomic
 
 BEST = "best.pt"
 RUN_INFO, METRICS, CHECKPOINT = "run.json", "metrics.jsonl", "checkpoint.pt"

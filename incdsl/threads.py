@@ -31,7 +31,7 @@ HELP = (
 
 def parse(text: str) -> int:
     """``--threads``: 0 (the default) to 1024, read as every number option is (incdsl.numbers)."""
-    from .numbers import NumberError, read_int
+    from incdsl.numbers import NumberError, read_int
 
     try:
         return read_int(text, 0, MAX_THREADS)

@@ -1,4 +1,4 @@
-"""Measuring what the generated modules hold, to hold incdsl.activations to (torch, CPU or CUDA).
+"""Measuring what the generated modules hold, to hold incdsl.backends.pytorch.memory to (torch, CPU or CUDA).
 
 - :func:`saved_by_module`: the bytes ``torch.autograd.graph.saved_tensors_hooks`` sees in one training
   forward, each storage once, parameters and buffers left out, each tensor attributed to the module

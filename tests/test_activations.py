@@ -1,4 +1,4 @@
-"""Activation memory (incdsl.activations): the rules by hand, the stats command, and the estimate held
+"""Activation memory (incdsl.backends.pytorch.memory): the rules by hand, the stats command, and the estimate held
 to measurement: the bytes ``saved_tensors_hooks`` sees, layer by layer, and the CPU allocator's peak."""
 
 from __future__ import annotations
@@ -8,8 +8,7 @@ import json
 import pytest
 
 import incdsl
-from incdsl import cli
-from incdsl.activations import (
+from incdsl.backends.pytorch.memory import (
     SAVES,
     Setting,
     describe,
@@ -17,8 +16,9 @@ from incdsl.activations import (
     largest_batch,
     rule,
 )
-from incdsl.ir import Layer
-from incdsl.layers import KINDS, MERGES
+from incdsl.ir.tree import Layer
+from incdsl.kinds.layers import KINDS, MERGES
+from incdsl.tools import cli
 
 TINY = """network Tiny
 input 8x8x3

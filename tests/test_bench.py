@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from incdsl import bench, cli
+from incdsl.tools import bench, cli
 
 torch = pytest.importorskip("torch")
 

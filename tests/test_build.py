@@ -8,9 +8,10 @@ import re
 import pytest
 
 import incdsl
-from incdsl import ast, ir, parser
-from incdsl.layers import KINDS, resolve, width_argument
+from incdsl.ir import tree as ir
+from incdsl.kinds.layers import KINDS, resolve, width_argument
 from incdsl.resources import shipped_specs
+from incdsl.syntax import ast, parser
 
 SHIPPED = sorted(shipped_specs())
 

@@ -11,7 +11,7 @@ import pytest
 from conftest import ROOT
 from golden import check_golden
 
-from incdsl import cli
+from incdsl.tools import cli
 
 REFERENCE = ROOT / "tests" / "fixtures" / "googlenet_table1.tsv"
 
@@ -111,7 +111,7 @@ def test_paths_and_names_are_equivalent(capsys):
 
 def test_stats_does_not_import_torch():
     code = (
-        "import sys; from incdsl import cli; "
+        "import sys; from incdsl.tools import cli; "
         "cli.main(['stats', 'googlenet']); cli.main(['check', 'googlenet']); "
         "assert 'torch' not in sys.modules, 'torch was imported'"
     )

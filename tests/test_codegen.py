@@ -5,8 +5,8 @@ docstrings from the spec's comments and the paper it cites."""
 import pytest
 
 import incdsl
-from incdsl.parser import comment_above, parse
-from incdsl.symbolic import Expr, Sym, apply
+from incdsl.ir.symbolic import Expr, Sym, apply
+from incdsl.syntax.parser import comment_above, parse
 
 torch = pytest.importorskip("torch")
 
@@ -94,7 +94,7 @@ def test_the_one_class_has_the_variants_state_dict_keys():
 
 def test_the_one_class_computes_what_the_interpreter_computes():
     """The IR's interpreter (no generated code) gives the keys, the shapes and the function."""
-    from incdsl.interpreter import Interpreter
+    from incdsl.backends.pytorch.interpreter import Interpreter
 
     net = load()
     model = incdsl.build_module(net).double().eval()

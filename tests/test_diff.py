@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 
 import incdsl
-from incdsl import cli, diff
+from incdsl.analysis import diff
+from incdsl.tools import cli
 
 BASE = """network Net
 input 32x32x3

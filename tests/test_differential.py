@@ -1,4 +1,4 @@
-"""The generated module against an independent oracle: the IR interpreter (incdsl.interpreter).
+"""The generated module against an independent oracle: the IR interpreter (incdsl.backends.pytorch.interpreter).
 
 For every shipped spec and for random specs (nested forks, flattened branches, named and positional
 nn.Sequentials, template calls inside templates, repeats, aux heads, names that collide with what
@@ -19,8 +19,8 @@ import incdsl
 torch = pytest.importorskip("torch")
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from incdsl.backends.pytorch import load_source  # noqa: E402
-from incdsl.interpreter import Interpreter  # noqa: E402
+from incdsl.backends.pytorch.interpreter import Interpreter  # noqa: E402
+from incdsl.backends.pytorch.writer import load_source  # noqa: E402
 
 RANDOM_SPECS = 300  # per CI run
 

@@ -8,7 +8,7 @@ import sys
 
 from conftest import ROOT
 
-from incdsl.layers import ACT, KINDS
+from incdsl.kinds.layers import ACT, KINDS
 
 EDITORS = ROOT / "editors"
 
@@ -41,11 +41,11 @@ def test_vim_syntax_names_every_kind():
 
 
 def test_lsp_without_pygls_says_how_to_get_it(capsys, monkeypatch):
-    import incdsl
-    from incdsl import cli
+    import incdsl.tools
+    from incdsl.tools import cli
 
-    monkeypatch.delitem(sys.modules, "incdsl.lsp", raising=False)
-    monkeypatch.delattr(incdsl, "lsp", raising=False)  # set when another test imported it
+    monkeypatch.delitem(sys.modules, "incdsl.tools.lsp", raising=False)
+    monkeypatch.delattr(incdsl.tools, "lsp", raising=False)  # set when another test imported it
     monkeypatch.setitem(sys.modules, "lsprotocol", None)
     monkeypatch.setitem(sys.modules, "pygls", None)
     assert cli.main(["lsp"]) == 2

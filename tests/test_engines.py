@@ -1,4 +1,4 @@
-"""Inference engines as compile targets and bench variants (incdsl.engines), the fast ONNX export, and
+"""Inference engines as compile targets and bench variants (incdsl.backends.engines), the fast ONNX export, and
 --threads (incdsl.threads). Each engine's file is checked against the PyTorch module built with the
 same seed: an independent computation of the same logits."""
 
@@ -9,7 +9,9 @@ import json
 import numpy as np
 import pytest
 
-from incdsl import bench, build_module, cli, engines, load, threads
+from incdsl import build_module, load, threads
+from incdsl.backends import engines
+from incdsl.tools import bench, cli
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxscript")

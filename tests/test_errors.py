@@ -3,7 +3,7 @@ traceback, and leaves no output file behind."""
 
 import pytest
 
-from incdsl import cli
+from incdsl.tools import cli
 
 HEADER = "network net\ninput 32x32x3\nclasses 10\n"
 

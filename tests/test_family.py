@@ -237,7 +237,7 @@ def test_generated_code_golden(spec):
 
 def test_inception_v3_table_names_its_blocks():
     """The table reads like the paper's: block rows named, no empty GoogLeNet Table 1 columns."""
-    from incdsl import report
+    from incdsl.analysis import report
 
     text = report.to_markdown(incdsl.stats(network("inception_v3")))
     assert "| InceptionA (Mixed_5b) |  | 35x35x192 | 35x35x256 |" in text

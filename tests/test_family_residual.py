@@ -15,8 +15,8 @@ from reference_data import reference_init, reference_json
 from test_family import rel_error
 
 import incdsl
-from incdsl import cli
-from incdsl.port import PortError, port_state
+from incdsl.tools import cli
+from incdsl.tools.port import PortError, port_state
 
 torch = pytest.importorskip("torch")
 

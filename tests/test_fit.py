@@ -6,8 +6,8 @@ import pytest
 from conftest import ROOT
 
 import incdsl
-from incdsl import cli
-from incdsl.fit import channel_params, fit
+from incdsl.analysis.fit import channel_params, fit
+from incdsl.tools import cli
 
 GOOGLENET = incdsl.parse(*incdsl.read("googlenet"))
 
@@ -46,7 +46,7 @@ def test_what_is_not_a_channel_count_stays():
     rows = {r.name.text: r for r in spec.rows if r.name}
     assert str(rows["conv1"].args[0].value) == "7x7/2"  # the kernel
     assert rows["dropout"].args[0].value == 0.4
-    assert rows["fc"].args[0].value == incdsl.ast.Ref("classes")
+    assert rows["fc"].args[0].value == incdsl.syntax.ast.Ref("classes")
     assert [str(a.value) for a in rows["norm1"].args] == ["5", "0.0001", "0.75"]
 
 
@@ -131,7 +131,8 @@ def test_a_spec_with_an_error_reports_it_where_it_is(capsys, spec_file):
 
 
 def test_per_stage_builds_the_ir_at_most_once_per_measurement_and_parses_nothing(monkeypatch):
-    from incdsl import ir, parser
+    from incdsl.ir import tree as ir
+    from incdsl.syntax import parser
 
     parser.prelude()
     builds, parses = [], []
@@ -150,7 +151,7 @@ def test_per_stage_builds_the_ir_at_most_once_per_measurement_and_parses_nothing
 def test_per_stage_finds_what_measuring_whole_prefixes_finds(monkeypatch):
     """Each group's trials build only the rows not yet final, from their input; measuring the whole
     prefix instead (as fit did) chooses the same multipliers."""
-    from incdsl import fit as fitting
+    from incdsl.analysis import fit as fitting
 
     spec = incdsl.parse(*incdsl.read("mini_googlenet"))
     budget = int(incdsl.stats(incdsl.network(spec)).macs * 0.8)

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-from incdsl import cli
+from incdsl.tools import cli
 
 SPECS = sorted((ROOT / "specs").glob("*.inc"))
 CASES = int(os.environ.get("INCDSL_FUZZ_CASES", "400"))
@@ -168,7 +168,7 @@ def test_a_formatted_mutant_parses_again(tmp_path):
 LIMITED = """
 import resource, sys
 resource.setrlimit(resource.RLIMIT_AS, (1536 * 2**20, 1536 * 2**20))  # 1.5 GiB of address space
-from incdsl import cli
+from incdsl.tools import cli
 sys.exit(cli.main(sys.argv[1:]))
 """
 

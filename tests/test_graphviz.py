@@ -14,9 +14,9 @@ import pytest
 from golden import check_golden
 
 import incdsl
+from incdsl.analysis.report import compute, kilo, mega
 from incdsl.backends.graphviz import OUTPUT, render, to_dot
 from incdsl.errors import OutputError
-from incdsl.report import compute, kilo, mega
 
 needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz's dot is not installed")
 

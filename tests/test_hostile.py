@@ -13,7 +13,7 @@ import textwrap
 import pytest
 from conftest import ROOT
 
-from incdsl import cli
+from incdsl.tools import cli
 
 HEADER = "network net\ninput 32x32x3\nclasses 10\n"
 
@@ -85,8 +85,19 @@ def test_the_parse_tables_are_cached_privately_and_used_again(tmp_path):
     assert oct((cache / "tables").stat().st_mode & 0o777) == "0o700"
     assert oct(tables.stat().st_mode & 0o777) == "0o600" and tables.suffix == ".marshal"
     before = tables.stat().st_mtime_ns
-    timing = "import time; from incdsl import parser; t = time.perf_counter(); parser._lark(); print(time.perf_counter() - t)"
-    assert float(python("-c", timing, env=env).stdout) < 0.03  # loaded (building takes ~45 ms)
+    # a second process loads the tables: building them would call Lark(...), which is made to fail
+    loads = (
+        "from incdsl.syntax import parser\n"
+        "class Refused:\n"
+        "    _load_from_dict = parser.Lark._load_from_dict\n"
+        "    def __init__(self, *args, **kwargs):\n"
+        "        raise SystemExit('the tables were built again')\n"
+        "parser.Lark = Refused\n"
+        "parser._lark()\n"
+        "print('loaded')\n"
+    )
+    result = python("-c", loads, env=env)
+    assert result.stdout.strip() == "loaded", result.stderr
     assert tables.stat().st_mtime_ns == before
 
 
@@ -127,7 +138,7 @@ def test_the_cache_never_follows_a_symlink_or_trusts_another_owner(usercache, tm
 
 
 def test_damaged_tables_are_rebuilt(usercache, monkeypatch):
-    from incdsl import parser
+    from incdsl.syntax import parser
 
     cache, folder = usercache
     parser._lark.cache_clear()
@@ -368,8 +379,8 @@ def test_json_output_is_strict_json(capsys, tmp_path):
 
 
 def test_format_writes_numbers_that_parse_again(capsys, tmp_path):
-    from incdsl.formatter import format_spec
-    from incdsl.parser import parse
+    from incdsl.syntax.formatter import format_spec
+    from incdsl.syntax.parser import parse
 
     text = HEADER + "lrn 5 alpha=1e300 beta=1e-300 k=0.1\n"
     spec = parse(text)
@@ -383,7 +394,7 @@ def test_format_writes_numbers_that_parse_again(capsys, tmp_path):
 MEASURE = textwrap.dedent(
     """
     import re, sys, time
-    from incdsl import cli
+    from incdsl.tools import cli
     start = time.perf_counter()
     code = cli.main(sys.argv[1:])
     seconds = time.perf_counter() - start
@@ -404,7 +415,7 @@ def measured(path):
     "unit", ["\n", ";", "# comment\n", " \t\n"], ids=["blank", "semicolon", "comment", "space"]
 )
 def test_blank_lines_take_constant_memory(tmp_path, unit):
-    from incdsl.parser import MAX_SPEC_BYTES
+    from incdsl.syntax.parser import MAX_SPEC_BYTES
 
     path = tmp_path / "blank.inc"
     filler = unit * ((MAX_SPEC_BYTES - 200) // len(unit))
@@ -450,7 +461,7 @@ def test_deep_nesting_is_a_spec_error(capsys, tmp_path):
 
 
 def test_nesting_up_to_the_limit_parses():
-    from incdsl.parser import MAX_NESTING, parse
+    from incdsl.syntax.parser import MAX_NESTING, parse
 
     body = "template t {\n" + "branch {\n" * (MAX_NESTING - 1) + "conv 1x1 4\n" + "}\n" * MAX_NESTING
     assert parse(HEADER + body).templates[0].name == "t"

@@ -9,7 +9,7 @@ import os
 import pytest
 from conftest import ROOT
 
-from incdsl import cli
+from incdsl.tools import cli
 
 
 def run(capsys, *argv):
@@ -283,8 +283,9 @@ def test_bench_refuses_a_batch_that_cannot_fit_naming_the_largest_that_can(
     import re
 
     import incdsl
-    from incdsl import bench, memory
-    from incdsl.activations import Setting, estimate
+    from incdsl import memory
+    from incdsl.backends.pytorch.memory import Setting, estimate
+    from incdsl.tools import bench
 
     free = 512 * 1024**2
     monkeypatch.setattr(memory, "available_on", lambda device: free)
@@ -309,7 +310,8 @@ def test_bench_refuses_a_batch_that_cannot_fit_naming_the_largest_that_can(
 
 def test_bench_refuses_when_not_even_the_smallest_batch_fits(capsys, monkeypatch):
     pytest.importorskip("torch")
-    from incdsl import bench, memory
+    from incdsl import memory
+    from incdsl.tools import bench
 
     monkeypatch.setattr(memory, "available_on", lambda device: 1024)
     monkeypatch.setattr(bench, "builds", lambda *a: pytest.fail("built the models before the check"))

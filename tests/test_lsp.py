@@ -14,7 +14,7 @@ pytest.importorskip("pygls")
 from lsprotocol import types  # noqa: E402
 from pygls.lsp.client import BaseLanguageClient  # noqa: E402
 
-from incdsl import lsp  # noqa: E402
+from incdsl.tools import lsp  # noqa: E402
 
 TINY = """network Tiny
 input 32x32x3
@@ -731,7 +731,7 @@ def test_fuzzed_framing_never_breaks_the_reader():
     import io
     import random
 
-    from incdsl import lspio
+    from incdsl.tools import lspio
 
     for seed in range(300):
         rng = random.Random(seed)
@@ -749,7 +749,7 @@ def test_the_reader_resynchronises_after_each_kind_of_damage():
     import io
     import json
 
-    from incdsl import lspio
+    from incdsl.tools import lspio
 
     good = json.dumps({"jsonrpc": "2.0", "id": 7, "method": "x"}).encode()
     message = b"Content-Length: %d\r\n\r\n%s" % (len(good), good)

@@ -177,9 +177,9 @@ def test_calls_flattening_different_sizes():
 
 def test_every_kind_has_a_spelling_in_each_backend():
     """Adding a layer or merge kind means spelling it in the PyTorch backend and the interpreter."""
-    from incdsl import interpreter
-    from incdsl.backends.pytorch import Writer
-    from incdsl.layers import KINDS, MERGES
+    from incdsl.backends.pytorch import interpreter
+    from incdsl.backends.pytorch.writer import Writer
+    from incdsl.kinds.layers import KINDS, MERGES
 
     def spelt(kind, table):
         return any(cls in table for cls in type(kind).__mro__)
@@ -205,7 +205,7 @@ def test_a_chain_of_template_calls_is_bounded():
 
 
 # Every name the generated file can define or import --------------------------------------------
-# The reserved list is read from the template (incdsl/backends/pytorch_names.py); these tests hold it to
+# The reserved list is read from the template (incdsl/backends/pytorch/names.py); these tests hold it to
 # what generated files really bind, and a spec that names its classes with each of those names either
 # is refused at check time or compiles, in both builds, to a module that runs.
 
@@ -228,7 +228,7 @@ def _module_level_names(source: str) -> set[str]:
 
 @pytest.mark.parametrize("spec", RICH_SPECS)
 def test_the_reserved_names_cover_what_generated_files_bind(spec):
-    from incdsl.backends.pytorch_names import defined_names
+    from incdsl.backends.pytorch.names import defined_names
 
     net = incdsl.load(spec)
     claimed = {cls.name for cls in net.blocks} | {net.model.name, net.model.outputs}
@@ -245,7 +245,7 @@ def _spellings(name: str) -> set[str]:
 
 
 def _every_file_name():
-    from incdsl.backends.pytorch_names import defined_names
+    from incdsl.backends.pytorch.names import defined_names
 
     return sorted({s for name in defined_names() for s in _spellings(name)})
 
@@ -261,9 +261,9 @@ AUX_SPEC = (
 @pytest.mark.parametrize("name", _every_file_name())
 def test_a_template_named_like_any_name_the_file_binds(name):
     """Refused with a clear error naming the clash, or compiled: plain and optimized builds both run."""
-    from incdsl.backends.pytorch import instantiate
+    from incdsl.backends.pytorch.writer import instantiate
     from incdsl.errors import SpecNameError
-    from incdsl.symbols import class_name
+    from incdsl.ir.symbols import class_name
 
     try:
         net = incdsl.from_text(AUX_SPEC.format(name=name), "n.inc")

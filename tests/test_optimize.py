@@ -10,10 +10,9 @@ import pytest
 from conftest import SHIPPED
 
 import incdsl
-from incdsl import cli
-from incdsl.ir import Layer, walk
-from incdsl.layers import Conv
-from incdsl.optimize import (
+from incdsl.ir.tree import Layer, walk
+from incdsl.kinds.layers import Conv
+from incdsl.passes.optimize import (
     Plan,
     fold_activations,
     fold_batchnorm,
@@ -22,6 +21,7 @@ from incdsl.optimize import (
     use_channels_last,
     use_onednn,
 )
+from incdsl.tools import cli
 
 torch = pytest.importorskip("torch")
 
@@ -130,7 +130,7 @@ def test_the_optimized_build_loads_the_plain_state_dict_and_computes_the_same(na
 def test_each_subset_of_the_passes_builds_a_module_that_computes_the_same(passes):
     """The passes are independent decisions: any of them alone, or with others, is a working build
     (fold without fuse once wrote a module that called a helper it had not defined)."""
-    from incdsl.backends import pytorch
+    from incdsl.backends.pytorch import writer as pytorch
 
     net = incdsl.load("googlenet_tv")
     plan = optimize(net, passes)
@@ -243,7 +243,7 @@ def test_compile_optimize_on_the_command_line(tmp_path, capsys):
 
 
 def test_build_compile_wraps_the_model_in_torch_compile():
-    from incdsl.backends.pytorch import load_source
+    from incdsl.backends.pytorch.writer import load_source
 
     module = load_source(incdsl.compile_source("mini_googlenet", optimize=True), "incdsl_fast")
     assert type(module.build(compile=True)).__name__ == "OptimizedModule"  # compiles at its first call
@@ -302,7 +302,7 @@ def test_fold_activations_takes_a_relu_or_relu6_row_after_a_folded_batchnorm_row
     ids=lambda passes: "+".join(p.__name__ for p in passes),
 )
 def test_folded_activation_rows_compute_the_same(passes):
-    from incdsl.backends import pytorch
+    from incdsl.backends.pytorch import writer as pytorch
 
     net = incdsl.from_text(ROWS, "rows.inc")
     source = pytorch.generate(net, formatted=False, optimize=True, plan=optimize(net, passes))
@@ -317,7 +317,7 @@ def test_folded_activation_rows_compute_the_same(passes):
 
 
 def generated_module(passes=None):
-    from incdsl.backends.pytorch import generate, load_source
+    from incdsl.backends.pytorch.writer import generate, load_source
 
     net = incdsl.load("mini_googlenet")
     plan = optimize(net, passes) if passes else None
@@ -372,7 +372,7 @@ def test_build_compile_runs_eagerly_with_a_warning_without_a_cpp_compiler(monkey
 
 def test_the_frozen_compiled_build_computes_the_same():
     """build(compile=True): torch.compile with freezing, the weights loaded before its first call."""
-    from incdsl.backends.pytorch import generate, load_source
+    from incdsl.backends.pytorch.writer import generate, load_source
 
     net = incdsl.from_text(ROWS, "rows.inc")
     module = load_source(generate(net, formatted=False, optimize=True), "incdsl_frozen")

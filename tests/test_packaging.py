@@ -38,7 +38,7 @@ def test_wheel_contains_grammar_prelude_and_specs(wheel):
     assert {"incdsl/grammars/incdsl.lark", "incdsl/grammars/prelude.inc"} <= names
     shipped = {f"incdsl/specs/{p.name}" for p in (ROOT / "specs").glob("*.inc")}
     assert shipped and shipped <= names
-    assert "incdsl/backends/templates/model.py.j2" in names
+    assert "incdsl/backends/pytorch/templates/model.py.j2" in names
 
 
 def test_installed_wheel_loads_specs_by_name(wheel, tmp_path):

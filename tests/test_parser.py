@@ -7,10 +7,11 @@ from conftest import ROOT
 from hypothesis import given, settings
 from test_differential import specs
 
-from incdsl import ast, cli
 from incdsl.errors import SpecSyntaxError
-from incdsl.formatter import format_spec
-from incdsl.parser import parse
+from incdsl.syntax import ast
+from incdsl.syntax.formatter import format_spec
+from incdsl.syntax.parser import parse
+from incdsl.tools import cli
 
 ALL_SPECS = sorted((ROOT / "specs").glob("*.inc")) + [ROOT / "grammars" / "prelude.inc"]
 

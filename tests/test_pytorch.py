@@ -13,7 +13,7 @@ import incdsl
 torch = pytest.importorskip("torch")
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from incdsl.backends.pytorch import load_source  # noqa: E402
+from incdsl.backends.pytorch.writer import load_source  # noqa: E402
 
 
 def counted_by_torch(net, model):
@@ -108,8 +108,8 @@ def test_generated_sources_are_black_formatted():
 
 
 def test_module_attribute_list_matches_torch():
-    """incdsl.symbols refuses spec names that would shadow nn.Module attributes; keep it current."""
-    from incdsl.symbols import MODULE_ATTRIBUTES
+    """incdsl.ir.symbols refuses spec names that would shadow nn.Module attributes; keep it current."""
+    from incdsl.ir.symbols import MODULE_ATTRIBUTES
 
     public = {n for n in dir(torch.nn.Module) if not n.startswith("_")}
     assert public <= MODULE_ATTRIBUTES

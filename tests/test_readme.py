@@ -16,7 +16,7 @@ from functools import cache
 import pytest
 from conftest import ROOT
 
-from incdsl import cli
+from incdsl.tools import cli
 
 README = ROOT / "README.md"
 OUTPUT_OPTIONS = ("-o", "--output", "--out")

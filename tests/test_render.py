@@ -14,8 +14,10 @@ from conftest import ROOT
 from test_runs import make_run
 
 import incdsl
-from incdsl import diff, render, report, runs
+from incdsl import render
+from incdsl.analysis import diff, report
 from incdsl.render import Column, Document, Styled, Table
+from incdsl.tools import runs
 
 TABLE = Table(
     "t",
@@ -120,7 +122,7 @@ def test_stats_table_as_rich_prints_it_in_a_terminal():
 def test_stats_reference_marks_misprints_in_every_rendering():
     tsv = ROOT / "tests" / "fixtures" / "googlenet_table1.tsv"
     stats = incdsl.stats("googlenet")
-    from incdsl import reference
+    from incdsl.analysis import reference
 
     table = report.table(stats, reference.compare(stats, reference.load(tsv)))
     marked = [cell for row in table.rows for cell in row if isinstance(cell, Styled)]
@@ -180,7 +182,7 @@ def test_emit_json_is_the_documents_data_and_a_pipe_gets_every_column(monkeypatc
 
 
 def test_bench_fits_80_columns_ratios_wrapped_before_their_spread():
-    from incdsl import bench
+    from incdsl.tools import bench
 
     M = bench.Measurement
     measured = (

@@ -205,7 +205,7 @@ def test_stats_show_a_residual_rows_scale():
     by_name = {row.name: row for row in stats.rows}
     assert by_name["repeat.0"].columns["scale"] == 0.17 and by_name["repeat_1.19"].columns["scale"] == 0.1
     assert by_name["block8"].columns["scale"] == 1.0 and by_name["block8"].type == "block8 (block8)"
-    assert "scale" in incdsl.report.to_markdown(stats).splitlines()[2]
+    assert "scale" in incdsl.analysis.report.to_markdown(stats).splitlines()[2]
 
 
 def test_bn_inception_shows_the_bn_papers_columns():

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from incdsl import cli, runs
+from incdsl.tools import cli, runs
 
 SPEC = """network Small
 input 16x16x3
@@ -158,5 +158,7 @@ def test_the_trainer_does_not_import_runs():
                 names = [a.name for a in node.names]
             else:
                 continue
-            assert not any(n == "incdsl.runs" or n.startswith("incdsl.runs.") for n in names), path
+            assert not any(n == "incdsl.tools.runs" or n.startswith("incdsl.tools.runs.") for n in names), (
+                path
+            )
             assert not (isinstance(node, ast.ImportFrom) and node.level and node.module == "runs"), path

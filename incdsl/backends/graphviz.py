@@ -25,13 +25,13 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import MappingProxyType
 
-from .. import layers as L
-from ..errors import OutputError, did_you_mean
-from ..files import write_atomic
-from ..ir import INPUT, Call, Facts, Fork, Layer, Network, Node, Seq, Stage, Visitor
-from ..layers import Shape
-from ..passes import is_lone
-from ..report import PATCHES, AuxRow, Row, Stats, _cell, compute, kilo, mega, size, spell
+from incdsl.analysis.report import PATCHES, AuxRow, Row, Stats, _cell, compute, kilo, mega, size, spell
+from incdsl.errors import OutputError, did_you_mean
+from incdsl.files import write_atomic
+from incdsl.ir.tree import INPUT, Call, Facts, Fork, Layer, Network, Node, Seq, Stage, Visitor
+from incdsl.kinds import layers as L
+from incdsl.kinds.layers import Shape
+from incdsl.passes.annotate import is_lone
 
 LEVELS = ("network", "block")
 FORMATS = ("dot", "svg", "png", "pdf")

@@ -28,9 +28,9 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from ..errors import OutputError
-from ..files import replacing
-from ..ir import Network
+from incdsl.errors import OutputError
+from incdsl.files import replacing
+from incdsl.ir.tree import Network
 
 INPUT_NAME, OUTPUT_NAME = "x", "logits"
 EXAMPLE_BATCH = 2  # not 1: torch.export would specialise a batch of 1 to a constant
@@ -53,7 +53,7 @@ def export(
     export fails, or when ``path`` cannot be written.
     """
     _require_exporter()
-    from .. import build_module, load
+    from incdsl import build_module, load
 
     net = net if isinstance(net, Network) else load(net)
     say = progress or (lambda line: None)

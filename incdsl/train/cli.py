@@ -1,6 +1,6 @@
 """``incdsl train``, ``eval`` and ``predict``: argument parsing and printing over incdsl.train's functions.
 
-``incdsl.cli`` adds the sub-commands with ``add_train_parser``, ``add_eval_parser`` and
+``incdsl.tools.cli`` adds the sub-commands with ``add_train_parser``, ``add_eval_parser`` and
 ``add_predict_parser``; each sets ``func``, which takes the parsed arguments and returns an exit code.
 Importing this module does not import torch. ``python -m incdsl.train.cli train ...`` runs the same
 commands without the compiler's CLI.
@@ -457,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
     add_quantize_parser(subparsers)
     try:
         args = parser.parse_args(argv)
-    except SystemExit as exc:  # a usage error (2) or --help (0): a code, as incdsl.cli.main returns
+    except SystemExit as exc:  # a usage error (2) or --help (0): a code, as incdsl.tools.cli.main returns
         return exc.code if isinstance(exc.code, int) else 2
     return args.func(args)
 

@@ -393,16 +393,17 @@ def file_id(path: Path) -> tuple[int, int] | None:
 def training_copies(recipe: Recipe) -> int:
     """How many float tensors of the model's size training keeps: the weights, their gradients, the
     optimizer's state per weight and the EMA copy."""
-    from incdsl.activations import optimizer_slots
+    from incdsl.backends.pytorch.memory import optimizer_slots
 
     return 2 + optimizer_slots(recipe.optimizer, bool(recipe.momentum)) + (1 if recipe.ema_decay else 0)
 
 
 def step_setting(config: TrainConfig, recipe: Recipe, processes: Processes):
-    """What the activation-memory estimate is for (an incdsl.activations.Setting): this process's share
+    """What the activation-memory estimate is for (an incdsl.backends.pytorch.memory.Setting): this
+    process's share
     of the batch, the recipe's optimizer and averaged copy, bf16 under --amp (fp16 on CUDA: as many
     bytes)."""
-    from incdsl.activations import DEVICES, Setting
+    from incdsl.backends.pytorch.memory import DEVICES, Setting
 
     kind = processes.device.type if processes.device.type in DEVICES else "cpu"
     return Setting(
@@ -419,7 +420,7 @@ def step_setting(config: TrainConfig, recipe: Recipe, processes: Processes):
 def check_step_memory(config: TrainConfig, recipe: Recipe, bundle: ModelBundle, processes: Processes) -> None:
     """Print the estimate of a training step's memory and refuse a batch whose peak cannot fit in the
     device's free memory, saying the largest that can. A spec's target only: a model file has no IR."""
-    from incdsl.activations import describe, estimate, largest_batch
+    from incdsl.backends.pytorch.memory import describe, estimate, largest_batch
 
     main, device = processes.is_main, processes.device
     if bundle.spec_text is None:  # only its parameters were checked (load_model)
@@ -454,7 +455,7 @@ def check_budget(bundle: ModelBundle, main: bool) -> None:
     it (the run goes on: the budget is the spec's design limit, not the trainer's)."""
     if bundle.spec_text is None:
         return
-    from incdsl import report
+    from incdsl.analysis import report
 
     net = spec_network(bundle)
     stats = report.compute(net)

@@ -102,8 +102,8 @@ def spec_network(spec_text: str, name: str, classes: int | None = None, input_si
     None: the spec's). A spec that does not work at that size (a feature map shrunk to nothing) is the
     compiler's error, with a note naming --input-size."""
     import incdsl
-    from incdsl import ast
     from incdsl.errors import IncdslError
+    from incdsl.syntax import ast
 
     spec = incdsl.parse(spec_text, name)
     written, size = spec.input, None
@@ -119,7 +119,7 @@ def spec_network(spec_text: str, name: str, classes: int | None = None, input_si
 
 def _compile(target: str, input_size: int | None = None) -> types.ModuleType:
     import incdsl  # the compiler; imported here so the trainer loads without it
-    from incdsl.backends.pytorch import load_source
+    from incdsl.backends.pytorch.writer import load_source
 
     if input_size is None:
         source = incdsl.compile_source(target)

@@ -266,7 +266,7 @@ def test_loader_workers_read_the_same_batches(tiny_model, tmp_path):
 
 
 def test_through_the_incdsl_command(tiny_model, tmp_path, capsys):
-    from incdsl.cli import main as incdsl
+    from incdsl.tools.cli import main as incdsl
 
     out = tmp_path / "run"
     assert (

@@ -8,7 +8,7 @@ import torch
 
 import incdsl
 from incdsl import memory
-from incdsl.activations import Setting, estimate, largest_batch
+from incdsl.backends.pytorch.memory import Setting, estimate, largest_batch
 from incdsl.train.cli import main
 from incdsl.train.config import make_config
 from incdsl.train.distributed import Processes

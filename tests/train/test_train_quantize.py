@@ -200,7 +200,7 @@ def test_quantize_refuses_other_outputs_and_eval_other_onnx(tiny_model, colour_r
 
 
 def test_the_compilers_cli_offers_quantize(capsys):
-    from incdsl.cli import main as incdsl_main
+    from incdsl.tools.cli import main as incdsl_main
 
     assert incdsl_main(["--help"]) == 0
     assert "quantize" in capsys.readouterr().out

@@ -5,7 +5,7 @@ tuple, each a walk of the tree (linear in the network's size). The IR's nodes ar
 finds goes into a side table keyed by node, which :func:`run` puts on the Network it returns, so a
 consumer can only read a fact that has been computed:
 
-- :func:`infer_shapes`: every concrete node's input and output :class:`~incdsl.layers.Shape`;
+- :func:`infer_shapes`: every concrete node's input and output :class:`~incdsl.kinds.layers.Shape`;
 - :func:`count`: every concrete node's tensors, params and MACs (a composite node's are its sums);
 - :func:`infer_channels`: every class body's channels as expressions of the class's arguments, each
   class's output channels, and the facts a class needs from its calls (the feature-map size a linear
@@ -20,8 +20,9 @@ from __future__ import annotations
 from dataclasses import replace
 from types import MappingProxyType
 
-from .errors import IncdslError, ShapeError, SpecArgumentError
-from .ir import (
+from incdsl.errors import IncdslError, ShapeError, SpecArgumentError
+from incdsl.ir.symbolic import Expr, apply, simplest
+from incdsl.ir.tree import (
     IN_CHANNELS,
     BlockClass,
     Branch,
@@ -36,8 +37,7 @@ from .ir import (
     Visitor,
     walk,
 )
-from .layers import TRAINABLE, Shape, Source
-from .symbolic import Expr, apply, simplest
+from incdsl.kinds.layers import TRAINABLE, Shape, Source
 
 
 def infer_shapes(net: Network) -> dict:

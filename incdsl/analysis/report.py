@@ -14,19 +14,19 @@ The dict :func:`to_dict` makes, printed as JSON by ``incdsl stats --format json`
 
 With a batch size (``incdsl stats --batch B``, :func:`compute`'s ``memory``), each layer and aux head
 gains ``"memory": {"output", "saved", "peak"}`` and the dict a top-level ``"memory"`` (see
-:func:`memory_dict` and :mod:`incdsl.activations`).
+:func:`memory_dict` and :mod:`incdsl.backends.pytorch.memory`).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from . import layers as L
-from . import render
-from .activations import Estimate, Setting, StageMemory, describe, estimate
-from .ir import Call, Facts, Fork, Layer, Network, Node, Stage, Visitor
-from .memory import human_bytes
-from .render import Column, Document, Table
+from incdsl import render
+from incdsl.backends.pytorch.memory import Estimate, Setting, StageMemory, describe, estimate
+from incdsl.ir.tree import Call, Facts, Fork, Layer, Network, Node, Stage, Visitor
+from incdsl.kinds import layers as L
+from incdsl.memory import human_bytes
+from incdsl.render import Column, Document, Table
 
 # A residual row's scale (Inception-ResNet's 0.17, 0.10, 0.20) is a column of its own.
 SCALE = "scale"
@@ -137,7 +137,7 @@ class Stats:
 
 def compute(net: Network, memory: Setting | None = None) -> Stats:
     """Stats of a network whose passes have run (one walk of the tree); with ``memory``, its activation
-    memory at that batch size too (:func:`incdsl.activations.estimate`)."""
+    memory at that batch size too (:func:`incdsl.backends.pytorch.memory.estimate`)."""
     titles: dict[str, str] = {}
     rows = tuple(_row(stage, net.facts[stage.node], titles) for stage in net.stages)
     aux = tuple(
@@ -399,14 +399,14 @@ TEMPLATE_PRIORITY, MEMORY_PRIORITY = 2, 1
 
 def table(stats: Stats, matches=None) -> Table:
     """The table of ``incdsl stats``: the paper's columns, the templates' (``#1x1``...), params and ops,
-    memory with a batch size; with ``matches`` (:mod:`incdsl.reference`), the paper's printed figures
+    memory with a batch size; with ``matches`` (:mod:`incdsl.analysis.reference`), the paper's printed figures
     beside the computed ones, disagreeing ones marked, and a line per disagreement under it."""
     kinds = {"type": "text", "patch size/stride": "shape", "input size": "shape", "output size": "shape"}
     columns = [Column(h, kinds.get(h, "figure"), _priority(h, stats)) for h in headers(stats)]
     rows = [cells(r, stats.titles, m) for r, m in zip(stats.rows, stats.row_memory())]
     footer = summary(stats).splitlines()
     if matches is not None:
-        from . import reference
+        from incdsl.analysis import reference
 
         columns += [Column("paper params", "figure", 1), Column("paper ops", "figure", 1)]
         printed = reference.printed_cells(matches)
@@ -426,7 +426,7 @@ def document(stats: Stats, matches=None) -> Document:
     """What ``incdsl stats`` prints, in every format."""
     data = to_dict(stats)
     if matches is not None:
-        from . import reference
+        from incdsl.analysis import reference
 
         data["reference"] = reference.to_dict(matches)
     conventions = "conventions: " + "; ".join(f"{k}: {v}" for k, v in CONVENTIONS.items())

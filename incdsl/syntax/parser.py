@@ -1,4 +1,4 @@
-"""Text to :class:`~incdsl.ast.Spec`. Lark's trees and exceptions never leave this module.
+"""Text to :class:`~incdsl.syntax.ast.Spec`. Lark's trees and exceptions never leave this module.
 
 >>> spec = parse("network tiny\\ninput 32x32x3\\nclasses 10\\nconv 3x3 16\\n", "tiny.inc")
 >>> spec.rows[0].kind
@@ -25,11 +25,12 @@ from lark.exceptions import (
 from lark.grammar import Rule
 from lark.lexer import TerminalDef
 
-from . import ast, numbers, usercache
-from .errors import Span, SpecArgumentError, SpecNameError, SpecSyntaxError, did_you_mean
-from .numbers import MAX_BUDGET, MAX_INT, MAX_REPEAT, NumberError
-from .resources import grammar_text, prelude_path
-from .symbolic import FUNCTIONS
+from incdsl import numbers, usercache
+from incdsl.errors import Span, SpecArgumentError, SpecNameError, SpecSyntaxError, did_you_mean
+from incdsl.ir.symbolic import FUNCTIONS
+from incdsl.numbers import MAX_BUDGET, MAX_INT, MAX_REPEAT, NumberError
+from incdsl.resources import grammar_text, prelude_path
+from incdsl.syntax import ast
 
 SEQUENTIAL = "sequential"  # the kind of a row that holds a nested sequential group
 
@@ -104,7 +105,7 @@ def prelude() -> tuple[ast.Template, ...]:
 
 
 def parse(text: str, path: str = "<spec>") -> ast.Spec:
-    """Parse spec text into a :class:`~incdsl.ast.Spec`; raise SpecSyntaxError with a span.
+    """Parse spec text into a :class:`~incdsl.syntax.ast.Spec`; raise SpecSyntaxError with a span.
 
     A leading byte-order mark is dropped (editors on Windows write one). Texts over MAX_SPEC_BYTES
     characters, and blocks nested deeper than MAX_NESTING, are refused before Lark sees them.

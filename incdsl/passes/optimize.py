@@ -1,6 +1,6 @@
 """The optimizing build's passes: plain functions over the IR that decide what the inference module
 does differently from the plain one. Each reads the IR and the decisions so far and adds its own; the
-PyTorch backend (:class:`~incdsl.backends.pytorch.OptimizedWriter`) spells them. The IR itself is not
+PyTorch backend (:class:`~incdsl.backends.pytorch.writer.OptimizedWriter`) spells them. The IR itself is not
 changed, so one Network compiles to both builds.
 
 - :func:`fold_batchnorm`: a convolution followed by BatchNorm becomes one convolution whose weight and
@@ -30,9 +30,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .ir import Branch, Fork, Layer, Network, Seq, walk
-from .layers import Activation, BatchNorm, Conv
-from .symbols import Scope
+from incdsl.ir.symbols import Scope
+from incdsl.ir.tree import Branch, Fork, Layer, Network, Seq, walk
+from incdsl.kinds.layers import Activation, BatchNorm, Conv
 
 
 @dataclass(frozen=True, eq=False)

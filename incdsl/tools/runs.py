@@ -22,11 +22,11 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from . import render
-from .errors import IncdslError, escape
-from .files import write_atomic
-from .render import Column, Document, Table
-from .rundir import CHECKPOINT, FORMAT, METRICS, RUN_INFO  # noqa: F401 (runs.FORMAT: what is read)
+from incdsl import render
+from incdsl.errors import IncdslError, escape
+from incdsl.files import write_atomic
+from incdsl.render import Column, Document, Table
+from incdsl.rundir import CHECKPOINT, FORMAT, METRICS, RUN_INFO  # noqa: F401 (runs.FORMAT: what is read)
 
 
 class RunError(IncdslError):
@@ -234,7 +234,7 @@ def _checked_info(value: Any, where: str) -> dict[str, Any]:
 
 def _info_from_checkpoint(checkpoint: Path) -> dict[str, Any]:
     """What ``run.json`` would say, from a checkpoint written before it existed (needs torch)."""
-    from .train.checkpoint import load_checkpoint
+    from incdsl.train.checkpoint import load_checkpoint
 
     state = load_checkpoint(checkpoint)
     config = state.get("config")
@@ -291,7 +291,7 @@ def _json_safe(value: Any) -> Any:
 
 
 def cells(run: Run) -> list[str]:
-    from .report import kilo, mega
+    from incdsl.analysis.report import kilo, mega
 
     counts, best = run.counts, run.best
     planned = run.info.get("epochs")

@@ -26,11 +26,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
-from . import ast
-from .errors import IncdslError
-from .formatter import format_spec
-from .ir import template_table
-from .layers import KINDS, Shape, width_argument
+from incdsl.errors import IncdslError
+from incdsl.ir.tree import template_table
+from incdsl.kinds.layers import KINDS, Shape, width_argument
+from incdsl.syntax import ast
+from incdsl.syntax.formatter import format_spec
 
 MIN_MULTIPLIER, MAX_MULTIPLIER = 1 / 64, 64.0
 BISECTIONS = 30
@@ -108,7 +108,7 @@ def fit(
 
 def _templates(spec: ast.Spec) -> dict[str, ast.Template]:
     """The templates a spec can call: the prelude's, shadowed by its own (the IR's table)."""
-    from .parser import prelude
+    from incdsl.syntax.parser import prelude
 
     return template_table(spec, prelude())
 

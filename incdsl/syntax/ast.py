@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .errors import Span
+from incdsl.errors import Span
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,17 @@ class Apply:
 
 
 Value = int | float | Size | Ref | Binary | Apply
+
+
+def refs(value: Value) -> set[str]:
+    """The names a value written in a spec mentions (``w * 4`` mentions ``w``)."""
+    if isinstance(value, Ref):
+        return {value.name}
+    if isinstance(value, Binary):
+        return refs(value.left) | refs(value.right)
+    if isinstance(value, Apply):
+        return set().union(*map(refs, value.args))
+    return set()
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """AST back to spec text, in a canonical layout: ``parse(format(spec))`` equals ``spec``.
 
->>> from incdsl.parser import parse
+>>> from incdsl.syntax.parser import parse
 >>> print(format_spec(parse("input 32x32x3\\nconv 3x3/1 16 relu\\n")), end="")
 input 32x32x3
 <BLANKLINE>
@@ -9,8 +9,8 @@ conv 3x3/1 16 relu
 
 from __future__ import annotations
 
-from . import ast, parser
-from .numbers import MAX_BUDGET, NumberError, read_quantity
+from incdsl.numbers import MAX_BUDGET, NumberError, read_quantity
+from incdsl.syntax import ast, parser
 
 INDENT = "    "
 

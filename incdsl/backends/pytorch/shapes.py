@@ -1,7 +1,7 @@
 """Shape comments for a block class's forward: ``# (N, n1x1 + n3x3 + n5x5 + pool_proj, H, W)``.
 
 In a class a step's channels are the expression the passes computed of the constructor's arguments
-(:attr:`~incdsl.ir.Channels.output`); its size is the class input's ``H`` and ``W`` divided by the
+(:attr:`~incdsl.ir.tree.Channels.output`); its size is the class input's ``H`` and ``W`` divided by the
 strides on the way, a number or a stride argument (``H/2``, ``H/s``), as every call of the class
 computes it (checked against each call's concrete shapes); a size that follows no such rule is
 ``H'``, a pooled one its number.
@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import math
 
-from ..ir import BlockClass, Call, Layer, Network, Node, walk
-from ..symbolic import Expr, Sym
+from incdsl.ir.symbolic import Expr, Sym
+from incdsl.ir.tree import BlockClass, Call, Layer, Network, Node, walk
 
 Divisor = tuple[int, tuple[str, ...]]  # a number times the named arguments
 ONE: Divisor = (1, ())

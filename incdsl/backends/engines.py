@@ -38,9 +38,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import IncdslError, OutputError
-from .files import replacing
-from .ir import Network
+from incdsl.errors import IncdslError, OutputError
+from incdsl.files import replacing
+from incdsl.ir.tree import Network
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ ENGINES = {
 
 def engine(name: str) -> Engine:
     """The engine called ``name``; an IncdslError naming the known ones otherwise."""
-    from .errors import did_you_mean
+    from incdsl.errors import did_you_mean
 
     if name not in ENGINES:
         raise IncdslError(
@@ -103,8 +103,8 @@ def write(
     """Write the engine's artefact for ``net`` (its plain build, with the weights a fresh build starts
     with; :func:`write_model` for trained ones) to ``path``; the files written. ``fp16``: OpenVINO's
     weights stored as fp16 (OpenVINO only)."""
-    from . import build_module
-    from . import load as load_spec
+    from incdsl import build_module
+    from incdsl import load as load_spec
 
     files = outputs(name, path)
     if fp16 and name != "openvino":
@@ -116,7 +116,7 @@ def write(
 
 def write_model(model, input_shape, name, files, fp16=False, progress=None, what="the model") -> list[Path]:
     """:func:`write` for a built (or trained) module; ``files`` as :func:`outputs` gives them."""
-    from .backends import onnx
+    from incdsl.backends import onnx
 
     say = progress or (lambda line: None)
     with tempfile.TemporaryDirectory(prefix="incdsl-") as folder:
@@ -220,7 +220,7 @@ def _openvino_runner(path, threads: int) -> Callable:
 @contextlib.contextmanager
 def exported(model, input_shape) -> Iterator[Path]:
     """A temporary ONNX export of ``model``, deleted afterwards (what ``incdsl bench`` runs)."""
-    from .backends import onnx
+    from incdsl.backends import onnx
 
     with tempfile.TemporaryDirectory(prefix="incdsl-") as folder:
         path = Path(folder) / "model.onnx"

@@ -31,9 +31,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 
-from . import layers as L
-from .ir import Branch, Call, Fork, Layer, Network, Seq, Visitor, walk
-from .memory import FLOAT32_BYTES, human_bytes
+from incdsl.ir.tree import Branch, Call, Fork, Layer, Network, Seq, Visitor, walk
+from incdsl.kinds import layers as L
+from incdsl.memory import FLOAT32_BYTES, human_bytes
 
 __all__ = [
     "Setting", "Estimate", "LayerMemory", "StageMemory", "SAVES", "estimate", "largest_batch", "describe",

@@ -11,11 +11,12 @@ import os
 import sys
 from dataclasses import dataclass
 
-from . import __version__, load, locate, render, report, threads
-from .activations import DTYPES, OPTIMIZERS, Setting
-from .errors import BudgetExceeded, IncdslError, OutputError
-from .files import check_output, write_atomic
-from .numbers import MAX_BUDGET, MAX_INT, NumberError, read_float, read_int, read_quantity
+from incdsl import __version__, load, locate, render, threads
+from incdsl.analysis import report
+from incdsl.backends.pytorch.memory import DTYPES, OPTIMIZERS, Setting
+from incdsl.errors import BudgetExceeded, IncdslError, OutputError
+from incdsl.files import check_output, write_atomic
+from incdsl.numbers import MAX_BUDGET, MAX_INT, NumberError, read_float, read_int, read_quantity
 
 FORMAT_HELP = (
     "table: aligned columns fitted to the terminal (the least important dropped, and named, when it is "
@@ -220,7 +221,7 @@ def cmd_stats(args) -> int:
     stats = report.compute(load(args.spec), _memory_setting(args))
     matches = None
     if args.reference:
-        from . import reference
+        from incdsl.analysis import reference
 
         matches = reference.compare(stats, reference.load(args.reference))
     render.emit(report.document(stats, matches), args.format)
@@ -281,7 +282,7 @@ class ParameterMemory:
 
 
 def _parameter_memory(stats: report.Stats) -> ParameterMemory:
-    from .memory import FLOAT32_BYTES, available_ram, human_bytes
+    from incdsl.memory import FLOAT32_BYTES, available_ram, human_bytes
 
     total = stats.params + sum(a.params for a in stats.aux)
     line = f"parameters: {human_bytes(FLOAT32_BYTES * stats.params)} as float32"
@@ -314,11 +315,11 @@ def cmd_compile(args) -> int:
     net = load(args.spec)
     _warn_about_memory(net)
     if (args.format or ("onnx" if args.output.lower().endswith(".onnx") else "python")) == "onnx":
-        from .backends import onnx
+        from incdsl.backends import onnx
 
         onnx.export(net, args.output, optimize=args.optimize, progress=_say)
     else:
-        from . import compile_source
+        from incdsl import compile_source
 
         source = compile_source(net, optimize=args.optimize, compiled=args.compile)
         write_atomic(args.output, source, inputs=[locate(args.spec)])
@@ -339,7 +340,7 @@ def _say(line: str) -> None:
 
 def _compile_for_engine(args) -> int:
     """``--target onnxruntime|openvino``: the engine's model of the plain build (engines.py)."""
-    from . import engines
+    from incdsl.backends import engines
 
     given = [flag for flag, on in (("--format", args.format), ("--optimize", args.optimize)) if on]
     if given:
@@ -367,8 +368,8 @@ def _compile_for_engine(args) -> int:
 def cmd_port_weights(args) -> int:
     import torch
 
-    from .files import replacing
-    from .port import layer_table, port_state, read_foreign
+    from incdsl.files import replacing
+    from incdsl.tools.port import layer_table, port_state, read_foreign
 
     check_output(args.output, inputs=[locate(args.spec), args.foreign])
     net = load(args.spec)
@@ -388,7 +389,7 @@ def cmd_port_weights(args) -> int:
 
 
 def cmd_draw(args) -> int:
-    from .backends import graphviz
+    from incdsl.backends import graphviz
 
     _output(args)
     graphviz.render(graphviz.to_dot(load(args.spec), args.level), args.output)
@@ -397,9 +398,9 @@ def cmd_draw(args) -> int:
 
 
 def cmd_format(args) -> int:
-    from . import read
-    from .formatter import format_spec
-    from .parser import parse
+    from incdsl import read
+    from incdsl.syntax.formatter import format_spec
+    from incdsl.syntax.parser import parse
 
     if args.output is not None:
         _output(args)
@@ -412,7 +413,7 @@ def cmd_format(args) -> int:
 
 
 def cmd_specs(args) -> int:
-    from .resources import shipped_specs
+    from incdsl.resources import shipped_specs
 
     for name, path in shipped_specs().items():
         first = next((line for line in path.read_text().splitlines() if line.startswith("#")), "#")
@@ -421,8 +422,9 @@ def cmd_specs(args) -> int:
 
 
 def cmd_fit(args) -> int:
-    from . import fit, read
-    from .parser import parse
+    from incdsl import read
+    from incdsl.analysis import fit
+    from incdsl.syntax.parser import parse
 
     if args.output is not None:  # -o '' and -o SPEC are refused, as by every command that writes
         _output(args)
@@ -458,7 +460,7 @@ def cmd_fit(args) -> int:
 
 
 def cmd_diff(args) -> int:
-    from . import diff
+    from incdsl.analysis import diff
 
     result = diff.compare(report.compute(load(args.a)), report.compute(load(args.b)))
     render.emit(diff.document(result, (args.a, args.b)), args.format)
@@ -466,14 +468,14 @@ def cmd_diff(args) -> int:
 
 
 def cmd_runs(args) -> int:
-    from . import runs
+    from incdsl.tools import runs
 
     render.emit(runs.document([runs.read_run(path) for path in args.runs]), args.format)
     return 0
 
 
 def cmd_plot(args) -> int:
-    from . import runs
+    from incdsl.tools import runs
 
     runs.plot([runs.read_run(path) for path in args.runs], args.output, args.title)
     print(f"wrote {args.output}")
@@ -481,7 +483,7 @@ def cmd_plot(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from . import bench
+    from incdsl.tools import bench
 
     batches = bench.parse_batches(args.batch)
     train_batch = bench.check_train_batch(_option(read_int, "--train-batch", args.train_batch, 0))
@@ -507,8 +509,8 @@ def cmd_bench(args) -> int:
 
 def _engines(text: str) -> tuple[str, ...]:
     """``bench --engines``: all, none, or names from bench.ENGINES."""
-    from . import bench
-    from .errors import did_you_mean
+    from incdsl.errors import did_you_mean
+    from incdsl.tools import bench
 
     if text.strip() in ("all", ""):
         return bench.ENGINES
@@ -534,7 +536,7 @@ def _option(reader, name: str, text: str, *bounds):
 
 def cmd_lsp(args) -> int:
     try:
-        from . import lsp
+        from incdsl.tools import lsp
     except ImportError as error:
         raise IncdslError(
             f"incdsl lsp needs pygls ({error})", hint="pip install 'incdsl[lsp]' (or pip install pygls)"
@@ -551,7 +553,7 @@ def training(argv: list[str]) -> int:
 
 def training_parser() -> argparse.ArgumentParser:
     """The parser of the training commands (``incdsl train ...``), incdsl.train's."""
-    from .train import cli as train_cli
+    from incdsl.train import cli as train_cli
 
     parser = argparse.ArgumentParser(prog="incdsl")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -4,7 +4,7 @@ The file reads like torchvision's ``googlenet.py``: small helper classes, one cl
 (template parameters become constructor arguments), submodules declared in reading order, and a
 straight-line ``forward`` with the shape after each stage.
 
-The backend only reads the IR: every name comes from it (allocated by :mod:`incdsl.symbols`), every
+The backend only reads the IR: every name comes from it (allocated by :mod:`incdsl.ir.symbols`), every
 channel count is an expression the IR computed, every value an int, a float or a parameter's name.
 Code is composed from pieces, each returned by a small function (``visit_<Kind>`` spells a layer
 kind, ``merge_<Kind>`` a merge); nothing is edited after it is written, and the imports and helper
@@ -26,8 +26,10 @@ from pathlib import Path
 
 import jinja2
 
-from .. import layers as L
-from ..ir import (
+from incdsl.backends.pytorch.families import Family, families, family_of
+from incdsl.backends.pytorch.shapes import input_comment, shape_comments
+from incdsl.ir.symbolic import Atom, Expr, Sym
+from incdsl.ir.tree import (
     BlockClass,
     Branch,
     Call,
@@ -41,12 +43,10 @@ from ..ir import (
     Visitor,
     walk,
 )
-from ..layers import Conv, Op
-from ..parser import header_comment
-from ..passes import is_lone
-from ..symbolic import Atom, Expr, Sym
-from .families import Family, families, family_of
-from .shapes import input_comment, shape_comments
+from incdsl.kinds import layers as L
+from incdsl.kinds.layers import Conv, Op
+from incdsl.passes.annotate import is_lone
+from incdsl.syntax.parser import header_comment
 
 
 @cache
@@ -66,10 +66,10 @@ def generate(
 ) -> str:
     """The model file's source text (formatted with black unless ``formatted`` is False). With
     ``optimize``, the inference build (see :class:`OptimizedWriter`) of the plan that
-    :func:`incdsl.optimize.optimize` makes, or of ``plan`` (some passes only); ``compiled`` makes
+    :func:`incdsl.passes.optimize.optimize` makes, or of ``plan`` (some passes only); ``compiled`` makes
     its ``build()`` return the model through ``torch.compile`` by default."""
     if optimize:
-        from ..optimize import optimize as passes
+        from incdsl.passes.optimize import optimize as passes
 
         writer = OptimizedWriter(net, plan if plan is not None else passes(net))
     else:
@@ -792,7 +792,7 @@ class OptimizedWriter(Writer):
     those it loads, recomputed by ``prepare()`` whenever a state_dict is loaded: BatchNorm folded into
     its convolution (``FoldedConv2d``), the 1x1 convolutions a group's branches start with
     concatenated into one, all in channels_last. What to derive is decided by the passes of
-    :mod:`incdsl.optimize`; this class only spells their plan."""
+    :mod:`incdsl.passes.optimize`; this class only spells their plan."""
 
     def __init__(self, net: Network, plan):
         super().__init__(net)

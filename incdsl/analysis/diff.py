@@ -14,9 +14,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from . import render, report
-from .render import Column, Document, Table
-from .report import Row, Stats
+from incdsl import render
+from incdsl.analysis import report
+from incdsl.analysis.report import Row, Stats
+from incdsl.render import Column, Document, Table
 
 # What is compared, beyond params and MACs, and how each reads in a table.
 FIELDS = {"type": "type", "patch": "patch", "input": "input", "output": "output", "depth": "depth"}

@@ -22,9 +22,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import IncdslError
-from .ir import Network, layers
-from .layers import BATCHES, BIAS, NORM_BIAS, NORM_WEIGHT, RUNNING_MEAN, RUNNING_VAR, WEIGHT
+from incdsl.errors import IncdslError
+from incdsl.ir.tree import Network, layers
+from incdsl.kinds.layers import BATCHES, BIAS, NORM_BIAS, NORM_WEIGHT, RUNNING_MEAN, RUNNING_VAR, WEIGHT
 
 # A foreign tensor's role from its name in a module that has running statistics, or in one that has not.
 NORM_ROLES = {"weight": NORM_WEIGHT, "bias": NORM_BIAS, "running_mean": RUNNING_MEAN,

@@ -1,6 +1,6 @@
 """Which block classes of the IR one Python class writes, as torchvision and timm write them.
 
-The IR builds one :class:`~incdsl.ir.BlockClass` per set of a template's ``when=`` decisions and flag
+The IR builds one :class:`~incdsl.ir.tree.BlockClass` per set of a template's ``when=`` decisions and flag
 values (``Bottleneck`` and ``BottleneckNoDownsample``; ``Block8`` with ``relu=1`` and with
 ``relu=0``): each has its own body, so every pass sees plain structure. A *family* writes those
 variants as ONE class: the body of the variant that keeps every part, where each part a ``when=``
@@ -24,9 +24,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .. import ast
-from ..errors import IncdslError
-from ..ir import (
+from incdsl.errors import IncdslError
+from incdsl.ir.symbolic import ArithmeticError_, Atom, Expr, Sym, substitute, symbolic
+from incdsl.ir.tree import (
     IN_CHANNELS,
     BlockClass,
     Branch,
@@ -42,9 +42,9 @@ from ..ir import (
     _when,
     walk,
 )
-from ..layers import KINDS, MERGES
-from ..passes import is_lone
-from ..symbolic import ArithmeticError_, Atom, Expr, Sym, substitute, symbolic
+from incdsl.kinds.layers import KINDS, MERGES
+from incdsl.passes.annotate import is_lone
+from incdsl.syntax import ast
 
 COMPARISONS = {"==", "!=", "<", "<=", ">", ">="}
 
@@ -146,22 +146,12 @@ def _liftable(template: ast.Template) -> set[str]:
     deciding: set[str] = set()
     for item in _items(template.body):
         for arg in getattr(item, "args", ()):
-            refs = _refs(arg.value)
+            refs = ast.refs(arg.value)
             if arg.key == "when" or isinstance(item, ast.Residual) and arg.key in MERGES[item.merge].flags():
                 deciding |= refs
             else:
                 used_elsewhere |= refs
     return {p for p in template.params if p in deciding and p not in used_elsewhere}
-
-
-def _refs(value) -> set[str]:
-    if isinstance(value, ast.Ref):
-        return {value.name}
-    if isinstance(value, ast.Binary):
-        return _refs(value.left) | _refs(value.right)
-    if isinstance(value, ast.Apply):
-        return set().union(*map(_refs, value.args))
-    return set()
 
 
 def _env(family: Family) -> dict:

@@ -2,7 +2,7 @@
 
 Useful on its own (try a spec without writing a file), and the oracle the generated modules are
 tested against: it reads nothing the PyTorch backend writes, only the IR, and it keeps its weights
-under the same state_dict keys (the layer table's :meth:`~incdsl.layers.LayerKind.state`), so the two
+under the same state_dict keys (the layer table's :meth:`~incdsl.kinds.layers.LayerKind.state`), so the two
 can be given the same weights and must then compute the same outputs and gradients.
 
 >>> import torch, incdsl
@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import layers as L
-from .ir import Fork, Layer, Network, Node, Visitor
-from .layers import BATCHES, BIAS, NORM_BIAS, NORM_WEIGHT, RUNNING_MEAN, RUNNING_VAR, WEIGHT
+from incdsl.ir.tree import Fork, Layer, Network, Node, Visitor
+from incdsl.kinds import layers as L
+from incdsl.kinds.layers import BATCHES, BIAS, NORM_BIAS, NORM_WEIGHT, RUNNING_MEAN, RUNNING_VAR, WEIGHT
 
 BN_MOMENTUM = 0.1  # nn.BatchNorm2d's default
 

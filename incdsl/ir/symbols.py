@@ -26,7 +26,7 @@ import keyword
 import re
 from dataclasses import dataclass
 
-from .errors import Span, SpecNameError
+from incdsl.errors import Span, SpecNameError
 
 # nn.Module's own attributes (dir(torch.nn.Module), kept current by a test): a spec name must not
 # shadow them.
@@ -130,7 +130,7 @@ def file_scope() -> Scope:
 
 def _file_names() -> dict[str, str]:
     """Read from the PyTorch backend's template, so a helper it gains is reserved at once."""
-    from .backends.pytorch_names import defined_names
+    from incdsl.backends.pytorch.names import defined_names
 
     return defined_names()
 

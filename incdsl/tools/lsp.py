@@ -27,10 +27,13 @@ from urllib.parse import unquote
 
 from lsprotocol import types
 
-from . import __version__, ast, ir, parser, report
-from .errors import IncdslError, ShapeError, Span
-from .formatter import format_spec
-from .resources import prelude_path
+from incdsl import __version__
+from incdsl.analysis import report
+from incdsl.errors import IncdslError, ShapeError, Span
+from incdsl.ir import tree as ir
+from incdsl.resources import prelude_path
+from incdsl.syntax import ast, parser
+from incdsl.syntax.formatter import format_spec
 
 LANGUAGE = "incdsl"
 KEYWORDS = (
@@ -381,7 +384,7 @@ def _template_doc(template: ast.Template) -> str:
 
 
 def _kind_doc(kind: str) -> str:
-    from .layers import KINDS
+    from incdsl.kinds.layers import KINDS
 
     doc = (type(KINDS[kind]).__doc__ or "").strip()
     options = _kind_options(kind)
@@ -390,7 +393,7 @@ def _kind_doc(kind: str) -> str:
 
 def _kind_options(kind: str) -> list[str]:
     """A kind's options as written: flags bare (``relu``), others ``key=``."""
-    from .layers import KINDS
+    from incdsl.kinds.layers import KINDS
 
     flags = KINDS[kind].flags()  # written bare: relu, nobias
     return [k if k in flags else f"{k}=" for k in KINDS[kind].options]
@@ -425,7 +428,7 @@ def hover(analysis: Analysis, line: int, character: int) -> types.Hover | None:
 
 
 def _is_kind(word: str) -> bool:
-    from .layers import KINDS
+    from incdsl.kinds.layers import KINDS
 
     return word in KINDS
 
@@ -527,7 +530,7 @@ def completions(
 ) -> list[types.CompletionItem]:
     """Completion items at a position; ``spec`` (the last version that parsed) stands in for a
     document that does not parse as typed."""
-    from .layers import KINDS
+    from incdsl.kinds.layers import KINDS
 
     spec = analysis.spec or _without_line(analysis, line) or spec
     text = analysis.lines[line] if line < len(analysis.lines) else ""
@@ -577,7 +580,7 @@ def _item(label: str, kind: types.CompletionItemKind, detail: str, doc: str | No
 
 
 def _kind_items() -> list[types.CompletionItem]:
-    from .layers import KINDS
+    from incdsl.kinds.layers import KINDS
 
     return [_item(k, types.CompletionItemKind.Class, "layer kind", _kind_doc(k)) for k in KINDS]
 
@@ -590,7 +593,7 @@ def _template_items(spec: ast.Spec | None) -> list[types.CompletionItem]:
 
 
 def _option_items(kind: str) -> list[types.CompletionItem]:
-    from .layers import KINDS
+    from incdsl.kinds.layers import KINDS
 
     if kind not in KINDS:
         return []
@@ -708,7 +711,7 @@ def _block_end(lines: list[str], line: int) -> int:
 
 def server():
     """The pygls LanguageServer, its features registered; :func:`main` serves it over stdio through
-    :mod:`incdsl.lspio`. Requests are answered from open documents only (a URI never opened is not
+    :mod:`incdsl.tools.lspio`. Requests are answered from open documents only (a URI never opened is not
     read from disk: it may be a FIFO, or gone); edits only mark a document stale, and it is analysed
     once, in its latest version, when no message is waiting (``ls.idle``) or a request needs it."""
     from pygls.lsp.server import LanguageServer
@@ -809,10 +812,10 @@ def _path(uri: str, to_fs_path) -> str:
 
 
 def main() -> int:
-    """Serve over stdin/stdout until the client says exit (see :mod:`incdsl.lspio` for the limits)."""
+    """Serve over stdin/stdout until the client says exit (see :mod:`incdsl.tools.lspio` for the limits)."""
     import sys
 
-    from .lspio import serve
+    from incdsl.tools.lspio import serve
 
     ls = server()
     return serve(ls, sys.stdin.buffer, sys.stdout.buffer, idle=ls.idle)

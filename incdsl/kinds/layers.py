@@ -21,10 +21,10 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
-from . import ast
-from .errors import ShapeError, Span, SpecArgumentError, SpecNameError, did_you_mean
-from .numbers import MAX_INT
-from .symbolic import ArithmeticError_, Expr, Num, Sym, Word, apply, symbolic
+from incdsl.errors import ShapeError, Span, SpecArgumentError, SpecNameError, did_you_mean
+from incdsl.ir.symbolic import ArithmeticError_, Expr, Num, Sym, Word, apply, symbolic
+from incdsl.numbers import MAX_INT
+from incdsl.syntax import ast
 
 __all__ = [
     "ACTIVATIONS", "KINDS", "MERGES", "Activation", "Expr", "Kind", "LayerKind", "MergeKind", "Num", "Op",

@@ -15,17 +15,17 @@
 
 Nodes are frozen and compared by identity; each has ``children()``, and :class:`Visitor` and
 :class:`Transformer` walk them (``visit_Layer``, ``visit_Fork``...). Every node of the network is
-*concrete* (numbers everywhere); the passes (:mod:`incdsl.passes`) compute side tables keyed by node,
+*concrete* (numbers everywhere); the passes (:mod:`incdsl.passes.annotate`) compute side tables keyed by node,
 which the annotated Network carries: ``net.facts[node]`` (:class:`Facts`: input and output shape,
 params, MACs). Each :class:`BlockClass` (and the :class:`ModelClass`) also has a *symbolic* body: the
-same tree built once with the template's parameters as names (:class:`~incdsl.symbolic.Sym`), from
+same tree built once with the template's parameters as names (:class:`~incdsl.ir.symbolic.Sym`), from
 which a backend writes one class whose constructor takes them; ``net.twins[layer]`` gives a body
 layer's concrete twins and ``net.channels[node]`` its channels as expressions. Both bodies come from
-one naming plan (:mod:`incdsl.naming`), so they line up node for node.
+one naming plan (:mod:`incdsl.ir.naming`), so they line up node for node.
 
 Names: ``attr`` is a layer's attribute in its module, ``local`` its path in its class, ``key`` its
 path in the network, which prefixes its state_dict keys (``inception3a.branch2.0``). Every name the
-generated file defines is allocated here, through :mod:`incdsl.symbols`, so a spec that builds can
+generated file defines is allocated here, through :mod:`incdsl.ir.symbols`, so a spec that builds can
 never produce a file with a clash.
 
 A dataflow graph (networkx; for drawing and for order) is derived from the tree by
@@ -48,9 +48,19 @@ from dataclasses import dataclass, field, replace
 from functools import cached_property
 from types import MappingProxyType
 
-from . import ast
-from .errors import IncdslError, Span, SpecArgumentError, SpecNameError, SpecSyntaxError, did_you_mean
-from .layers import (
+from incdsl.errors import IncdslError, Span, SpecArgumentError, SpecNameError, SpecSyntaxError, did_you_mean
+from incdsl.ir.naming import BranchPlan, Member, ResidualPlan, plan_block, plan_sequential, stage_name
+from incdsl.ir.symbolic import Expr, Num, Sym, Word, names, symbolic
+from incdsl.ir.symbols import (
+    Scope,
+    attributes_scope,
+    check_identifier,
+    class_name,
+    file_scope,
+    locals_scope,
+    parameters_scope,
+)
+from incdsl.kinds.layers import (
     ACT,
     KINDS,
     MERGES,
@@ -64,17 +74,7 @@ from .layers import (
     resolve,
     value_of,
 )
-from .naming import BranchPlan, Member, ResidualPlan, plan_block, plan_sequential, stage_name
-from .symbolic import Expr, Num, Sym, Word, names, symbolic
-from .symbols import (
-    Scope,
-    attributes_scope,
-    check_identifier,
-    class_name,
-    file_scope,
-    locals_scope,
-    parameters_scope,
-)
+from incdsl.syntax import ast
 
 # Templates calling templates, branches within branches: deeper than this is a mistake, not a design.
 MAX_DEPTH = 64
@@ -296,8 +296,9 @@ EMPTY: Mapping = MappingProxyType({})
 @dataclass(frozen=True, eq=False)
 class Network:
     """The IR of one spec; see the module docstring. The side tables are filled by who owns them:
-    ``twins`` by :func:`build`, ``facts``, ``channels`` and ``outs`` by :func:`incdsl.passes.run`, which
-    returns a new Network (empty tables mean the passes have not run)."""
+    ``twins`` by :func:`build`, ``facts``, ``channels`` and ``outs`` by
+    :func:`incdsl.passes.annotate.run`, which returns a new Network (empty tables mean the passes have
+    not run)."""
 
     name: str
     input: Shape
@@ -467,7 +468,9 @@ def prefix(spec: ast.Spec, rows: int) -> ast.Spec:
 
 
 def _prelude() -> tuple[ast.Template, ...]:
-    from .parser import prelude  # the parser imports Lark: only a build of the shipped prelude needs it
+    from incdsl.syntax.parser import (
+        prelude,  # the parser imports Lark: only a build of the shipped prelude needs it
+    )
 
     return prelude()
 
@@ -611,7 +614,7 @@ class _Builder:
         are not tracked (a class body)."""
         if x is None:
             return None
-        from .passes import shape  # passes imports this module
+        from incdsl.passes.annotate import shape  # passes imports this module
 
         return shape(node, x, self.facts)
 
@@ -1151,7 +1154,7 @@ def _class_stem(cls: BlockClass, blocks) -> str:
     plain = next((c for c in variants if not c.fixed and not c.dropped), variants[0])
     if cls is plain and not cls.dropped:
         return cls.template.name
-    deciding = set().union(*(_refs(w.value) for w in map(_when, _items(cls.template.body)) if w))
+    deciding = set().union(*(ast.refs(w.value) for w in map(_when, _items(cls.template.body)) if w))
     parts = [_fixed_part(p, v) for p, v in cls.fixed.items() if p not in deciding]
     return "_".join([cls.template.name, *parts, *(f"no_{part}" for part in cls.dropped)])
 
@@ -1162,17 +1165,6 @@ def _fixed_part(param: str, value) -> str:
     if isinstance(value, Word):
         return str(value)
     return f"no_{param}" if value == 0 else f"{param}_{value}"
-
-
-def _refs(value) -> set[str]:
-    """The names a value written in a spec mentions."""
-    if isinstance(value, ast.Ref):
-        return {value.name}
-    if isinstance(value, ast.Binary):
-        return _refs(value.left) | _refs(value.right)
-    if isinstance(value, ast.Apply):
-        return set().union(*map(_refs, value.args))
-    return set()
 
 
 def _variant(cls: BlockClass) -> str:

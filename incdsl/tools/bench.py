@@ -2,7 +2,8 @@
 
 Three variants of the same weights: the plain build (``build_module(net)``), the optimized build
 (``build_module(net, optimize=True)`` loading the plain one's state_dict) and that through
-``torch.compile`` (inductor); with ``engines``, the inference engines too (:mod:`incdsl.engines`: ONNX
+``torch.compile`` (inductor); with ``engines``, the inference engines too
+(:mod:`incdsl.backends.engines`: ONNX
 Runtime and OpenVINO, each running the ONNX export of the plain build with its graph optimizations on,
 at the same thread count as torch; an engine that is not installed is listed as skipped). Every eval
 variant's logits are compared with the plain build's on the timed input (the largest absolute difference
@@ -37,11 +38,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from . import render
-from .errors import IncdslError
-from .ir import Network
-from .numbers import NumberError, read_int
-from .render import Column, Document, Table
+from incdsl import render
+from incdsl.errors import IncdslError
+from incdsl.ir.tree import Network
+from incdsl.numbers import NumberError, read_int
+from incdsl.render import Column, Document, Table
 
 BATCHES = (1, 8, 32)
 TRAIN_BATCH = 16
@@ -50,7 +51,7 @@ MIN_TIME = 1.0  # seconds: the least time of one measurement (whole batches, at 
 MAX_BATCH = 4096
 SEED = 0
 EVAL_VARIANTS = ("plain", "optimized", "compiled")
-ENGINES = ("onnxruntime", "openvino")  # incdsl.engines', in the order shown
+ENGINES = ("onnxruntime", "openvino")  # incdsl.backends.engines', in the order shown
 TRAIN_VARIANTS = ("plain", "compiled")  # the optimized build is inference-only
 LR = 1e-3  # small: the weights stay finite over many steps on random labels
 
@@ -182,7 +183,7 @@ def run(
     for name in engines:
         if name not in ENGINES:
             raise IncdslError(f"unknown engine '{name}'", hint=f"one of {', '.join(ENGINES)}")
-    from .threads import using
+    from incdsl.threads import using
 
     with using(threads):
         return _run(target, batches, train_batch, rounds, compile, min_time, seed, train_compile,
@@ -192,7 +193,8 @@ def run(
 def _run(target, batches, train_batch, rounds, compile, min_time, seed, train_compile, default, say, engines):
     import torch
 
-    from . import load, report
+    from incdsl import load
+    from incdsl.analysis import report
 
     net = load(target)
     check_memory(net, batches, train_batch, train_compile)
@@ -233,11 +235,11 @@ def _run(target, batches, train_batch, rounds, compile, min_time, seed, train_co
 
 def check_memory(net: Network, batches: Sequence[int], train_batch: int, train_compile: bool = False) -> None:
     """Refuse, before anything is allocated, a batch whose step cannot fit in the free memory of torch's
-    default device, naming the largest that can: the estimate of :mod:`incdsl.activations` (the
+    default device, naming the largest that can: the estimate of :mod:`incdsl.backends.pytorch.memory` (the
     trainer's), plus the other builds the benchmark holds at the same time (the plain and optimized
     eval builds; a training copy of the plain one, and a compiled one with ``train_compile``)."""
-    from .activations import DEVICES, Setting, estimate, largest_batch
-    from .memory import OutOfMemory, available_on, default_device, human_bytes
+    from incdsl.backends.pytorch.memory import DEVICES, Setting, estimate, largest_batch
+    from incdsl.memory import OutOfMemory, available_on, default_device, human_bytes
 
     device = default_device()
     free = available_on(device)
@@ -275,7 +277,7 @@ def builds(net: Network, seed: int = SEED):
     one's, drawn after ``torch.manual_seed(seed)``)."""
     import torch
 
-    from . import build_module
+    from incdsl import build_module
 
     torch.manual_seed(seed)
     plain = build_module(net).eval()
@@ -288,7 +290,7 @@ def builds(net: Network, seed: int = SEED):
 def engine_runners(net: Network, plain, names: Sequence[str], threads: int, say: Callable[[str], None]):
     """For each engine asked for, a function running the ONNX export of ``plain`` (numpy in, logits
     out) with ``threads`` threads, or the reason it cannot run (a string: not installed, failed)."""
-    from . import engines
+    from incdsl.backends import engines
 
     runners: dict[str, Callable | str] = {}
     for name in names:
@@ -319,7 +321,7 @@ def source_seconds(
     >>> source_seconds("mini_googlenet", repeats=1).median > 0
     True
     """
-    from . import compile_source
+    from incdsl import compile_source
 
     compile_source(target, formatted, optimize)
     times = []
@@ -617,7 +619,7 @@ class _Bench:
     def train_step(self, model, x, labels) -> Callable[[], None]:
         import torch
 
-        from .train.losses import training_loss
+        from incdsl.train.losses import training_loss
 
         optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9)
         weights = {aux.name: aux.weight for aux in self.net.auxes}

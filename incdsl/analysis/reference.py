@@ -13,11 +13,11 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import render
-from .errors import IncdslError
-from .files import read_utf8
-from .numbers import MAX_INT, NumberError, read_float, read_int
-from .report import Row, Stats, size
+from incdsl import render
+from incdsl.analysis.report import Row, Stats, size
+from incdsl.errors import IncdslError
+from incdsl.files import read_utf8
+from incdsl.numbers import MAX_INT, NumberError, read_float, read_int
 
 MAX_TABLE_BYTES = 1024 * 1024  # a printed table is a few KB
 NUMBER_COLUMNS = {"params_K": read_float, "ops_M": read_float, "depth": read_int}

@@ -1,7 +1,7 @@
 """The names the generated PyTorch file defines or imports at module level, read from its template.
 
 A spec's template names become class names in the same file, so every name the template can define
-(an import, a helper class, ``build``, ``SPEC``) is reserved: :func:`incdsl.symbols.file_scope` asks
+(an import, a helper class, ``build``, ``SPEC``) is reserved: :func:`incdsl.ir.symbols.file_scope` asks
 this module. The list is derived from ``templates/model.py.j2`` itself, every ``{% if %}`` taken, so
 a helper added to the template is reserved the moment it exists; no list is kept by hand.
 

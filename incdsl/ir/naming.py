@@ -1,7 +1,7 @@
 """The naming rules: where every row of a block lives as a module attribute.
 
 Within one block (the network, or a template's body), whose attributes form one
-:class:`~incdsl.symbols.Scope`:
+:class:`~incdsl.ir.symbols.Scope`:
 
 - a named row is the attribute of that name; a stage label (``3a``) is prefixed with the row's kind
   (``inception3a``), like the paper's "inception (3a)";
@@ -29,9 +29,9 @@ import re
 from collections import Counter
 from dataclasses import dataclass, replace
 
-from . import ast
-from .errors import SpecArgumentError
-from .symbols import Scope, attributes_scope
+from incdsl.errors import SpecArgumentError
+from incdsl.ir.symbols import Scope, attributes_scope
+from incdsl.syntax import ast
 
 # nn.Sequential's own methods: a layer named so inside a named branch could not be added to it.
 SEQUENTIAL_METHODS = {name: "a method of nn.Sequential" for name in ("append", "extend", "insert", "pop")}

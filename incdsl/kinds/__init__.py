@@ -1,0 +1,1 @@
+"""The layer and merge kinds: one table of what each kind means."""
