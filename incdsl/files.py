@@ -21,11 +21,14 @@ The policy (what gcc, git and most editors do; see the README's "Errors and limi
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
 import stat
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 from incdsl.errors import IncdslError, OutputError, Span, SpecSyntaxError
 
@@ -147,3 +150,48 @@ def _not_utf8(data: bytes, exc: UnicodeDecodeError, shown: str, what: str) -> Sp
         Span(shown, line, column, data.decode("utf-8", "replace")),
         hint="save it as UTF-8",
     )
+
+
+# Reading JSON a stranger wrote (a run's files, a language client's messages) ------------------------
+
+_JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+class JSONInputError(ValueError):
+    """Why bytes are not JSON a reader accepts. ``problem``: ``encoding`` (``detail``: the byte, as
+    ``0xFF``), ``depth`` (nested deeper than the reader allows), ``recursion`` (too deep for Python's
+    parser) or ``syntax`` (``detail``: the parser's first line). Each reader words its own message."""
+
+    def __init__(self, problem: str, detail: str = ""):
+        super().__init__(problem, detail)
+        self.problem, self.detail = problem, detail
+
+
+def loads_bounded(raw: bytes, max_nesting: int) -> Any:
+    """One JSON value from UTF-8 bytes, refused (:class:`JSONInputError`) when it nests ``[`` and ``{``
+    deeper than ``max_nesting``: checked by a scan before the parser recurses.
+
+    >>> loads_bounded(b'{"a": [1]}', 2)
+    {'a': [1]}
+    >>> loads_bounded(b"[[[]]]", 2)
+    Traceback (most recent call last):
+    ...
+    incdsl.files.JSONInputError: ('depth', '')
+    """
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise JSONInputError("encoding", f"0x{raw[error.start]:02X}") from None
+    if text.count("[") + text.count("{") > max_nesting:  # only then is the exact scan worth it
+        depth = 0
+        for token in _JSON_TOKEN.finditer(text):
+            bracket = token.group()
+            depth += 1 if bracket in "[{" else -1 if bracket in "]}" else 0
+            if depth > max_nesting:
+                raise JSONInputError("depth")
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise JSONInputError("recursion") from None
+    except ValueError as error:  # JSONDecodeError, and integers of more than 4,300 digits
+        raise JSONInputError("syntax", str(error).splitlines()[0][:200]) from None

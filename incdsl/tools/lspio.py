@@ -34,6 +34,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
+from incdsl.files import JSONInputError, loads_bounded
+
 logger = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -47,7 +49,6 @@ SERVER_NOT_INITIALIZED = -32002
 
 _HEADER_NAME = re.compile(rb"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
 _CONTENT_LENGTH = b"content-length:"
-_JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
 _OPEN_ONLY = {"textDocument/didChange", "textDocument/didClose", "textDocument/didSave"}
 
 
@@ -198,22 +199,17 @@ def loads(body: bytes) -> Any:
     """A message's JSON: UTF-8, nested at most MAX_NESTING deep (checked before the parser recurses);
     a ValueError saying what is wrong otherwise."""
     try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise ValueError(f"the message is not UTF-8 (byte 0x{body[error.start]:02X})") from None
-    if text.count("[") + text.count("{") > MAX_NESTING:
-        depth = 0
-        for token in _JSON_TOKEN.finditer(text):
-            bracket = token.group()
-            depth += 1 if bracket in "[{" else -1 if bracket in "]}" else 0
-            if depth > MAX_NESTING:
-                raise ValueError(f"the message nests JSON more than {MAX_NESTING} deep")
-    try:
-        return json.loads(text)
-    except RecursionError:
-        raise ValueError("the message nests JSON too deep") from None
-    except ValueError as error:
-        raise ValueError(f"the message is not JSON: {str(error).splitlines()[0][:200]}") from None
+        return loads_bounded(body, MAX_NESTING)
+    except JSONInputError as error:
+        raise ValueError(_LOADS_ERRORS[error.problem].format(error.detail)) from None
+
+
+_LOADS_ERRORS = {
+    "encoding": "the message is not UTF-8 (byte {})",
+    "depth": f"the message nests JSON more than {MAX_NESTING} deep",
+    "recursion": "the message nests JSON too deep",
+    "syntax": "the message is not JSON: {}",
+}
 
 
 def frame(message: dict) -> bytes:

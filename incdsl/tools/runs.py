@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any
 
 from incdsl import render
 from incdsl.errors import IncdslError, escape
-from incdsl.files import write_atomic
+from incdsl.files import JSONInputError, loads_bounded, write_atomic
 from incdsl.render import Column, Document, Table
 from incdsl.rundir import CHECKPOINT, FORMAT, METRICS, RUN_INFO  # noqa: F401 (runs.FORMAT: what is read)
 
@@ -91,7 +90,6 @@ MAX_EPOCH = 10**9
 _NUMBER_FIELDS = ("train_loss", "val_loss", "val_top1", "val_top5", "lr", "img_per_s")
 _INFO_TEXT = ("format", "target", "network", "recipe", "data", "spec_text", "started")
 _INFO_COUNTS = ("epochs", "batch_size", "seed", "num_classes", "images_per_epoch")
-_JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
 
 
 def read_run(path: str | Path) -> Run:
@@ -137,22 +135,17 @@ def _check_size(file: Path, size: int, limit: int, what: str) -> None:
 def _json(raw: bytes, where: str) -> Any:
     """One JSON value, refused when it nests deeper than MAX_NESTING (before the parser recurses)."""
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise RunError(f"{where}: not UTF-8 text (byte 0x{raw[error.start]:02X})") from None
-    if text.count("[") + text.count("{") > MAX_NESTING:  # only then is the exact scan worth it
-        depth = 0
-        for token in _JSON_TOKEN.finditer(text):
-            bracket = token.group()
-            depth += 1 if bracket in "[{" else -1 if bracket in "]}" else 0
-            if depth > MAX_NESTING:
-                raise RunError(f"{where}: JSON nested more than {MAX_NESTING} deep")
-    try:
-        return json.loads(text)
-    except ValueError as error:  # JSONDecodeError, and integers of more than 4,300 digits
-        raise RunError(f"{where}: not JSON ({str(error).splitlines()[0][:200]})") from None
-    except RecursionError:
-        raise RunError(f"{where}: JSON nested too deep") from None
+        return loads_bounded(raw, MAX_NESTING)
+    except JSONInputError as error:
+        raise RunError(f"{where}: " + _JSON_ERRORS[error.problem].format(error.detail)) from None
+
+
+_JSON_ERRORS = {
+    "encoding": "not UTF-8 text (byte {})",
+    "depth": f"JSON nested more than {MAX_NESTING} deep",
+    "recursion": "JSON nested too deep",
+    "syntax": "not JSON ({})",
+}
 
 
 def _record(value: Any, where: str) -> dict[str, Any]:
