@@ -1,7 +1,7 @@
 """Passes over the IR, run in order: each reads the tables earlier ones returned and returns its own.
 
-Like sqlglot's optimizer RULES or torch.fx's ShapeProp: plain functions of the network, an ordered
-tuple, each a walk of the tree (linear in the network's size). The IR's nodes are frozen; what a pass
+Like torch.fx's ShapeProp: plain functions of the network, called in order by :func:`run`, each a
+walk of the tree (linear in the network's size). The IR's nodes are frozen; what a pass
 finds goes into a side table keyed by node, which :func:`run` puts on the Network it returns, so a
 consumer can only read a fact that has been computed:
 
@@ -40,7 +40,7 @@ from incdsl.ir.tree import (
 from incdsl.kinds.layers import TRAINABLE, Shape, Source
 
 
-def infer_shapes(net: Network) -> dict:
+def infer_shapes(net: Network) -> dict[Node, Facts]:
     """Every concrete node's input and output shapes, in data-flow order."""
     facts: dict[Node, Facts] = {}
     x = net.input
@@ -48,7 +48,7 @@ def infer_shapes(net: Network) -> dict:
         x = shape(stage.node, x, facts)
     for aux in net.auxes:
         shape(aux.node, facts[aux.after.node].output, facts)
-    return {"facts": facts}
+    return facts
 
 
 def shape(node: Node, x: Shape, facts: dict[Node, Facts]) -> Shape:
@@ -133,12 +133,12 @@ class _in_call:
         return False
 
 
-def count(net: Network, facts: dict[Node, Facts]) -> dict:
+def count(net: Network, facts: dict[Node, Facts]) -> dict[Node, Facts]:
     """Every concrete node's facts with its tensors, params and MACs (a composite's are its sums)."""
     counted: dict[Node, Facts] = {}
     for root in net.roots():
         _count(root, facts, counted)
-    return {"facts": counted}
+    return counted
 
 
 def _count(node: Node, facts, counted) -> Facts:
@@ -154,7 +154,9 @@ def _count(node: Node, facts, counted) -> Facts:
     return counted[node]
 
 
-def infer_channels(net: Network, facts: dict[Node, Facts]) -> dict:
+def infer_channels(
+    net: Network, facts: dict[Node, Facts]
+) -> tuple[dict[Node, Channels], dict[BlockClass, Expr]]:
     """Channels of every class body as expressions of its arguments (callees first, so a call's
     output is its class's, in the caller's terms)."""
     pass_ = _Channels(net, facts)
@@ -167,7 +169,7 @@ def infer_channels(net: Network, facts: dict[Node, Facts]) -> dict:
         x = pass_.run(stage.node, x)
     for aux in net.model.auxes:
         pass_.run(aux.node, pass_.channels[aux.after.node].output)
-    return {"channels": pass_.channels, "outs": pass_.outs}
+    return pass_.channels, pass_.outs
 
 
 class _Channels(Visitor):
@@ -256,7 +258,7 @@ def is_lone(branch: Branch) -> bool:
     return len(items) == 1 and isinstance(items[0], (Layer, Call)) and items[0].attr == ""
 
 
-def check_heads(net: Network, facts: dict[Node, Facts]) -> dict:
+def check_heads(net: Network, facts: dict[Node, Facts]) -> None:
     """An aux head's output is logits: flat, one per class."""
     for aux in net.auxes:
         out = facts[aux.node].output
@@ -272,17 +274,13 @@ def check_heads(net: Network, facts: dict[Node, Facts]) -> dict:
                 aux.node.span,
                 "end the head with: linear classes",
             )
-    return {}
-
-
-PASSES = (infer_shapes, count, infer_channels, check_heads)
 
 
 def run(net: Network) -> Network:
-    """The network with every pass's tables: each pass gets the tables it names as parameters (those
-    the passes before it returned) and returns the tables it owns."""
-    tables: dict = {}
-    for fn in PASSES:
-        wanted = fn.__code__.co_varnames[1 : fn.__code__.co_argcount]
-        tables.update(fn(net, *(tables[name] for name in wanted)))
-    return replace(net, **{name: MappingProxyType(table) for name, table in tables.items()})
+    """The network with the passes' tables, each pass given what the passes before it found."""
+    facts = count(net, infer_shapes(net))
+    channels, outs = infer_channels(net, facts)
+    check_heads(net, facts)
+    return replace(
+        net, facts=MappingProxyType(facts), channels=MappingProxyType(channels), outs=MappingProxyType(outs)
+    )
