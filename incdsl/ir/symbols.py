@@ -24,7 +24,10 @@ from __future__ import annotations
 import builtins
 import keyword
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cache
+from types import MappingProxyType
 
 from incdsl.errors import Span, SpecNameError
 
@@ -59,10 +62,17 @@ class Owner:
 class Scope:
     """One namespace of the generated file (the file, one class's attributes, one forward's locals)."""
 
-    def __init__(self, kind: str, reserved: dict[str, str], renames: bool = False):
+    def __init__(self, kind: str, reserved: Mapping[str, str], renames: bool = False):
         self.kind = kind
         self.renames = renames
-        self.names: dict[str, Owner] = {name: Owner(what, reserved=True) for name, what in reserved.items()}
+        self.names: dict[str, Owner] = dict(_owners(reserved))
+
+    @classmethod
+    def _of(cls, kind: str, owners: Mapping[str, Owner], renames: bool = False) -> Scope:
+        """A scope whose names start as ``owners`` (copied): the reserved tables are made once."""
+        scope = cls(kind, {}, renames)
+        scope.names.update(owners)
+        return scope
 
     def claim(self, name: str, what: str, span: Span | None = None, noun: str = "name") -> str:
         """Take ``name`` for ``what``; an error naming both owners when it is taken."""
@@ -92,9 +102,7 @@ class Scope:
 
     def copy(self) -> Scope:
         """An independent copy: names taken in it are not taken here."""
-        other = Scope(self.kind, {}, self.renames)
-        other.names = dict(self.names)
-        return other
+        return Scope._of(self.kind, self.names, self.renames)
 
 
 def _clash(name: str, what: str, span: Span | None, other: Owner, kind: str) -> SpecNameError:
@@ -125,7 +133,7 @@ def check_identifier(name: str, span: Span | None = None, noun: str = "name") ->
 def file_scope() -> Scope:
     """Module-level names: classes, and what the generated file defines or imports whether or not one
     file uses it all (imports, helpers, ``SPEC``, ``build``), builtins."""
-    return Scope("the names of the generated file", {**_BUILTINS, **_file_names()})
+    return Scope._of("the names of the generated file", _file_owners())
 
 
 def _file_names() -> dict[str, str]:
@@ -137,8 +145,9 @@ def _file_names() -> dict[str, str]:
 
 def attributes_scope(extra: dict[str, str] | None = None) -> Scope:
     """A module class's attributes (state_dict keys start with them)."""
-    reserved = {name: "an attribute of every nn.Module" for name in MODULE_ATTRIBUTES}
-    return Scope("the attributes of one module", {**reserved, **(extra or {})})
+    scope = Scope._of("the attributes of one module", _attribute_owners())
+    scope.names.update(_owners(extra or {}))
+    return scope
 
 
 def parameters_scope(file: Scope) -> Scope:
@@ -150,8 +159,31 @@ def parameters_scope(file: Scope) -> Scope:
 
 def locals_scope() -> Scope:
     """A forward's local variables; renamed on clash, never an error."""
-    reserved = {**_file_names(), **_BUILTINS, "self": "self", "x": "the forward's input"}
-    return Scope("forward locals", reserved, renames=True)
+    return Scope._of("forward locals", _local_owners(), renames=True)
+
+
+# The reserved names of each kind of scope, as owners: made once (a build makes scopes by the hundred).
+
+
+def _owners(reserved: Mapping[str, str]) -> dict[str, Owner]:
+    return {name: Owner(what, reserved=True) for name, what in reserved.items()}
+
+
+@cache
+def _file_owners() -> Mapping[str, Owner]:
+    return MappingProxyType(_owners({**_BUILTINS, **_file_names()}))
+
+
+@cache
+def _attribute_owners() -> Mapping[str, Owner]:
+    return MappingProxyType(_owners({name: "an attribute of every nn.Module" for name in MODULE_ATTRIBUTES}))
+
+
+@cache
+def _local_owners() -> Mapping[str, Owner]:
+    return MappingProxyType(
+        _owners({**_file_names(), **_BUILTINS, "self": "self", "x": "the forward's input"})
+    )
 
 
 def class_name(name: str) -> str:
