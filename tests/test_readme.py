@@ -154,3 +154,15 @@ def test_help_opens_with_what_the_tool_does(capsys):
     description = out.split("\n\n")[1]
     assert description.startswith("Describe a convolutional network")
     assert "argument parsing" not in out  # once the module docstring's first line
+
+
+def test_no_section_is_written_twice():
+    """A merge once left four Performance subsections in the README twice, the older figures in the
+    second copy: every heading (outside code blocks) is unique."""
+    headings, inside = [], False
+    for line in README.read_text(encoding="utf-8").splitlines():
+        if line.startswith("```"):
+            inside = not inside
+        elif not inside and line.startswith("#"):
+            headings.append(line)
+    assert [h for h in headings if headings.count(h) > 1] == []
