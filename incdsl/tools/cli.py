@@ -86,7 +86,11 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with --batch: a training step (saved for backward, gradients, optimizer state) and its peak",
     )
-    p.add_argument("--dtype", choices=DTYPES, help="with --batch: fp32 (default) or bf16 (autocast)")
+    p.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        help="with --batch: fp32 (default), or autocast to bf16 (a CPU's) or fp16 (CUDA's)",
+    )
     p.add_argument("--optimizer", choices=OPTIMIZERS, help="with --train: whose state to count (adamw)")
     p.set_defaults(func=cmd_stats)
 

@@ -401,15 +401,15 @@ def training_copies(recipe: Recipe) -> int:
 def step_setting(config: TrainConfig, recipe: Recipe, processes: Processes):
     """What the activation-memory estimate is for (an incdsl.backends.pytorch.memory.Setting): this
     process's share
-    of the batch, the recipe's optimizer and averaged copy, bf16 under --amp (fp16 on CUDA: as many
-    bytes)."""
+    of the batch, the recipe's optimizer and averaged copy, and --amp's dtype (bf16 on a CPU, fp16 on
+    CUDA)."""
     from incdsl.backends.pytorch.memory import DEVICES, Setting
 
     kind = processes.device.type if processes.device.type in DEVICES else "cpu"
     return Setting(
         batch=config.batch_size // processes.world_size,
         training=True,
-        dtype="bf16" if config.amp else "fp32",
+        dtype=("fp16" if kind == "cuda" else "bf16") if config.amp else "fp32",
         device=kind,
         optimizer=recipe.optimizer,
         averaged=bool(recipe.ema_decay),

@@ -87,3 +87,19 @@ def test_the_estimate_uses_the_datas_classes(tmp_path, capsys, classes):
     net = spec_network(bundle)
     built = sum(p.numel() for p in bundle.module.parameters())
     assert estimate(net, Setting(1, training=True)).params == built
+
+
+def test_on_cuda_amp_is_estimated_as_fp16():
+    """--amp autocasts to float16 on CUDA (bfloat16 on a CPU): the printed estimate names the dtype
+    the run uses (it once said bf16 on a GPU)."""
+    config = make_config(
+        {"target": "x.inc", "data": "fake", "out": "run", "recipe": "googlenet", "amp": True}
+    )
+    gpu = Processes(rank=0, world_size=1, device=torch.device("cuda", 0))
+    assert step_setting(config, RECIPES["googlenet"], gpu) == Setting(
+        32, True, "fp16", "cuda", "sgd", averaged=True
+    )
+    fp16 = estimate(incdsl.load("mini_googlenet"), Setting(8, training=True, dtype="fp16", device="cuda"))
+    bf16 = estimate(incdsl.load("mini_googlenet"), Setting(8, training=True, dtype="bf16", device="cuda"))
+    assert fp16.peak == bf16.peak
+    assert "fp16 weight" in {name for layer in fp16.layers for name, _ in layer.parts}

@@ -40,7 +40,8 @@ __all__ = [
     "human_bytes",
 ]  # fmt: skip
 
-DTYPES = {"fp32": 4, "bf16": 2}  # bytes per element of what a layer computes
+# bytes per element of what a layer computes; bf16 and fp16 are autocast (a CPU's and CUDA's, under --amp)
+DTYPES = {"fp32": 4, "bf16": 2, "fp16": 2}
 INT64, BOOL = 8, 1
 DEVICES = ("cpu", "cuda")
 
@@ -137,7 +138,7 @@ def _conv(op, x, y, c: Context) -> Saves:
     out = c.size(y, width)
     own = []
     if s.autocast and s.training:
-        own.append(("bf16 weight", _weights(op, x, y) * 2))
+        own.append((f"{s.dtype} weight", _weights(op, x, y) * 2))
     if op["bn"] and s.training:
         own += [("conv output (batch_norm's input)", out), ("mean, invstd", 2 * y.channels * FLOAT32_BYTES)]
     kept, own = _activation_kept(op["act"], out, own, c)
@@ -271,7 +272,7 @@ def _linear(op, x, y, c: Context) -> Saves:
     """linear (addmm): its input, flattened (a view), and its weight (autocast: bf16 copies); with
     relu (in place): its result."""
     s = c.setting
-    own = [("bf16 weight", y.channels * x.numel * 2)] if s.autocast and s.training else []
+    own = [(f"{s.dtype} weight", y.channels * x.numel * 2)] if s.autocast and s.training else []
     kept, own = _activation_kept(op["act"], c.size(y, s.width), own, c)
     return Saves("cast", kept, tuple(own), s.width)
 
@@ -581,7 +582,7 @@ class _Walk(Visitor):
             return
         s = self.setting
         if saves.input == "cast" and s.autocast and x.width != s.width:
-            entry.own.append(("bf16 copy of its input", s.batch * shape.numel * s.width))
+            entry.own.append((f"{s.dtype} copy of its input", s.batch * shape.numel * s.width))
         elif saves.input:
             x.entry.kept = True
         entry.kept = entry.kept or saves.output
