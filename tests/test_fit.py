@@ -168,3 +168,45 @@ def test_a_layers_width_is_found_after_a_kernel_written_with_names():
     params = channel_params({t.name: t for t in spec.templates})
     assert params["cna"] == {"c"}
     assert params["inverted_residual"] == {"c"}
+
+
+CONVNEXT = incdsl.parse(*incdsl.read("convnext_tiny"))
+
+
+@pytest.mark.parametrize("per_stage", [False, True])
+def test_convnext_fits_through_its_nested_groups(per_stage):
+    """ConvNeXt's rows are groups nested in top-level ones (``sequential res2 { ... }`` holding the
+    downsampling's ``sequential { ... }``): their widths scale (fit once found no multiplier at all),
+    and per stage, a stage of residual blocks without a projection shares the multiplier of what
+    feeds it (its stem, or the downsampling before it): scaled alone, its adds would not build."""
+    result = fit(CONVNEXT, 3_000_000_000, per_stage=per_stage)
+    assert 0.95 * 3e9 <= result.macs <= 3e9 and result.original_macs == 4_455_531_264
+    net = incdsl.from_text(result.text, "fitted.inc")
+    assert incdsl.stats(net).macs == result.macs
+    if per_stage:
+        stages = result.scaling.stages  # stem, res2, downsampling, res3, downsampling, res4, ...
+        assert stages[0] == stages[1] and stages[2] == stages[3] and stages[4] == stages[5]
+        assert len(set(stages[:8])) > 1  # not one multiplier
+
+
+def test_a_depthwise_convolution_written_with_numbers_keeps_one_group_per_channel():
+    """MNASNet's ``conv 3x3 32 groups=32``: its groups scale with its width (fit once found no
+    multiplier: 32 groups of a 24-channel convolution do not build); ResNeXt's ``groups=32`` of
+    ``w*2`` is a cardinality and stays."""
+    result = fit(incdsl.parse(*incdsl.read("mnasnet1_0")), 220_000_000)
+    assert "sep1: conv 3x3 24 groups=24" in result.text
+    resnext = fit(incdsl.parse(*incdsl.read("resnext50_32x4d")), 3_000_000_000)
+    assert "groups=32" in resnext.text
+
+
+def test_stages_tied_through_a_reduction_share_a_multiplier():
+    """Inception-ResNet-v2's reductions concatenate their input onto their branches, so the residual
+    stages on either side are tied: per stage, mixed_5b to block8 take one multiplier (fit once found
+    none); the stem's convolutions, which feed any width, keep their own."""
+    spec = incdsl.parse(*incdsl.read("inception_resnet_v2"))
+    result = fit(spec, 9_200_000_000, per_stage=True)
+    assert result.macs <= 9.2e9 and incdsl.stats(incdsl.from_text(result.text, "f.inc")).macs == result.macs
+    tied = [
+        m for row, m in zip(spec.rows, result.scaling.stages) if row.kind in ("mixed_5b", "block35", "block8")
+    ]
+    assert len(set(tied)) == 1 and len(set(result.scaling.stages)) > 2

@@ -154,9 +154,13 @@ def _scaled_names(value: ast.Value) -> set[str]:
 
 
 def _rows(items) -> list[ast.Row]:
+    """Every row of ``items``, those of nested groups and of groups nested in a row included."""
     rows = []
     for item in items:
-        rows += [item] if isinstance(item, ast.Row) else _rows(item.items)
+        if isinstance(item, ast.Row):
+            rows += [item] + (_rows(item.group.items) if item.group is not None else [])
+        else:
+            rows += _rows(item.items)
     return rows
 
 
@@ -211,10 +215,20 @@ class _Scaler:
             return row
         args = list(row.args)
         for i in _channel_positions(row, self.templates, self.params):
-            if isinstance(args[i].value, int) and not isinstance(args[i].value, bool):
-                args[i] = replace(args[i], value=self.width(args[i].value, m))
+            value = args[i].value
+            if isinstance(value, int) and not isinstance(value, bool):
+                args[i] = replace(args[i], value=self.width(value, m))
+                # a depthwise convolution written with numbers (``conv 3x3 32 groups=32``): one group
+                # per channel at any width; a grouped one (``groups=32`` of 64) keeps its groups
+                args = [
+                    replace(a, value=args[i].value) if a.key == "groups" and a.value == value else a
+                    for a in args
+                ]
         repeat = max(1, math.floor(row.repeat * depth + 0.5)) if row.repeat > 1 else 1
-        return replace(row, args=tuple(args), repeat=repeat)
+        group = row.group
+        if group is not None:  # a sequential group nested in a top-level one: its rows scale with it
+            group = replace(group, items=self.items(group.items, m))
+        return replace(row, args=tuple(args), repeat=repeat, group=group)
 
     def scalable(self, row: ast.Row) -> bool:
         """Whether a top-level row has a width of its own to scale (not counting template bodies)."""
@@ -362,7 +376,7 @@ def _fit_per_stage(
     """One multiplier per stage (stages sharing a template with fixed widths share one), each the
     largest that keeps the stage within ``ratio`` x its original multiply-adds; ``ratio`` is the largest
     for which the whole network fits."""
-    groups = _stage_groups(spec, scaler)
+    groups = _join_tied(_stage_groups(spec, scaler), scaler, spec, measure)
     base = measure(spec).stage_macs
 
     def scaling_for(ratio: float) -> Scaling:
@@ -401,6 +415,8 @@ def _fit_per_stage(
         if lo < MIN_MULTIPLIER**2:
             raise _too_small(budget)
     hi = lo * 1.25
+    while fits(hi) and hi < 1 / MIN_MULTIPLIER:  # rounding, or stages tied together, left more room
+        lo, hi = hi, hi * 1.25
     for _ in range(RATIO_BISECTIONS):  # rounding leaves slack under the budget: use it
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if fits(mid) else (lo, mid)
@@ -451,6 +467,41 @@ def _stage_groups(spec: ast.Spec, scaler: _Scaler) -> list[tuple[list[int], list
         for rows, names in groups
         if names or any(scaler.scalable(spec.rows[i]) for i in rows)
     ]
+
+
+def _join_tied(
+    groups: list[tuple[list[int], list[str]]], scaler: _Scaler, spec: ast.Spec, measure: Meter
+) -> list[tuple[list[int], list[str]]]:
+    """Groups whose widths are tied together share a multiplier. A stage of residual blocks without a
+    projection adds its input to its output, so its width is that of what feeds it (ConvNeXt's first
+    stage and its stem); a reduction that concatenates its input onto its branches passes its width on
+    to the stage after it (Inception-ResNet's). A group that does not build when scaled alone (x0.5,
+    the rest as written) joins the group before it, if together they build, or else the groups after
+    it, as far as it takes to build; one that builds with neither stays alone."""
+    joined: list[tuple[list[int], list[str]]] = []
+    i = 0
+    while i < len(groups):
+        group, i = groups[i], i + 1
+        if not _builds(scaler, spec, measure, *group):
+            if joined and _builds(scaler, spec, measure, *_union(joined[-1], group)):
+                joined[-1] = _union(joined[-1], group)
+                continue
+            for j in range(i, len(groups)):
+                run = _union(group, *groups[i : j + 1])
+                if _builds(scaler, spec, measure, *run):
+                    group, i = run, j + 1
+                    break
+        joined.append(group)
+    return joined
+
+
+def _union(*groups: tuple[list[int], list[str]]) -> tuple[list[int], list[str]]:
+    return sorted(r for rows, _ in groups for r in rows), sorted({n for _, names in groups for n in names})
+
+
+def _builds(scaler: _Scaler, spec: ast.Spec, measure: Meter, rows: list[int], names: list[str]) -> bool:
+    trial = _with([1.0] * len(spec.rows), {}, rows, names, 0.5, 1.0)
+    return measure(scaler.apply(trial)) is not None
 
 
 def _has_fixed_widths(template: ast.Template, scaler: _Scaler) -> bool:
