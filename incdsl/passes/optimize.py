@@ -9,6 +9,9 @@ changed, so one Network compiles to both builds.
   by a ``batchnorm`` row (torchvision's layout), whose BatchNorm module then passes its input on;
 - :func:`fold_activations`: a ReLU or ReLU6 row after such a folded batchnorm row is applied by the
   convolution too (conv, BN, activation rows as one convolution);
+- :func:`fold_residuals`: a residual's add (scale 1) and its ReLU are applied by the body's last
+  convolution, a folded one (oneDNN's convolution with a binary add post-op), which then reads the
+  shortcut: ResNet's blocks end in one call instead of a convolution, an add and a ReLU;
 - :func:`fuse_siblings`: 1x1 convolutions that read the same input, at the heads of a group's
   branches (an inception module's #1x1, #3x3 reduce and #5x5 reduce), run as one convolution whose
   output is split;
@@ -32,7 +35,7 @@ from dataclasses import dataclass, field
 
 from incdsl.ir.symbols import Scope
 from incdsl.ir.tree import Branch, Fork, Layer, Network, Seq, walk
-from incdsl.kinds.layers import Activation, BatchNorm, Conv
+from incdsl.kinds.layers import Activation, Add, BatchNorm, Conv
 
 
 @dataclass(frozen=True, eq=False)
@@ -58,6 +61,7 @@ class Plan:
     folds_act: dict[Layer, str] = field(default_factory=dict)  # those convs: the activation row they apply
     folded_acts: set[Layer] = field(default_factory=set)  # those activation rows: identities now
     fused: dict[Fork, tuple[Group, ...]] = field(default_factory=dict)
+    residuals: dict[Fork, Layer] = field(default_factory=dict)  # residual -> the conv that adds its shortcut
     channels_last: bool = False
     onednn: bool = False
     owners: dict[Fork, object] = field(default_factory=dict, repr=False)
@@ -93,6 +97,39 @@ def fold_activations(net: Network, plan: Plan) -> Plan:
                 plan.folds_act[conv] = act.op.kind.name
                 plan.folded_acts.add(act)
     return plan
+
+
+def fold_residuals(net: Network, plan: Plan) -> Plan:
+    """A residual (an add merge, scale 1) whose body is flattened into its class and ends in a
+    convolution that :func:`fold_batchnorm` folded, with no activation of its own, gets that
+    convolution: it adds the shortcut's output and applies the merge's ReLU (the writer computes the
+    shortcut first, and keeps the plain add where a ``when=`` or a flag argument decides the merge)."""
+    for body in _bodies(net):
+        for fork in (n for n in walk(body) if isinstance(n, Fork) and not n.split and n not in plan.fused):
+            conv = _last_conv(fork, plan)
+            if conv is not None:
+                plan.residuals[fork] = conv
+    return plan
+
+
+def _last_conv(fork: Fork, plan: Plan) -> Layer | None:
+    """The folded convolution a residual's body ends in, if it can add the shortcut."""
+    merge = fork.merge
+    if not isinstance(merge.kind, Add) or len(fork.branches) != 2:
+        return None
+    if merge["scale"] != 1 or "scale" in fork.stored:  # oneDNN's add has no scale on the conv's output
+        return None
+    body = fork.branches[1 - merge["shortcut"]]
+    items = [n for n in body.body.items if not _identity(n)] if body.container is None else []
+    if items and items[-1] in plan.folded and items[-1].op["act"] is None:
+        return items[-1]
+    if len(items) >= 2 and items[-2] in plan.folds_next and items[-1] in plan.folded_norms:
+        return items[-2] if items[-2] not in plan.folds_act else None
+    return None
+
+
+def _identity(node) -> bool:
+    return isinstance(node, Layer) and node.op.kind.identity
 
 
 def _foldable_act(node) -> bool:
@@ -180,7 +217,7 @@ def use_onednn(net: Network, plan: Plan) -> Plan:
     return plan
 
 
-PASSES = (fold_batchnorm, fold_activations, fuse_siblings, use_channels_last, use_onednn)
+PASSES = (fold_batchnorm, fold_activations, fuse_siblings, fold_residuals, use_channels_last, use_onednn)
 
 
 def optimize(net: Network, passes=PASSES) -> Plan:
