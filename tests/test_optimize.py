@@ -19,6 +19,7 @@ from incdsl.passes.optimize import (
     fold_residuals,
     fuse_siblings,
     optimize,
+    separable_max_pools,
     use_channels_last,
     use_onednn,
 )
@@ -491,3 +492,36 @@ def test_the_generated_conv2d_adds_before_its_activation(act, layout):
             got = module.conv2d(x, weight, bias, s, p, d, groups, act, add)
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
         assert torch.equal(add, before)
+
+
+def test_separable_max_pools_takes_the_3x3_stride_1_padding_1_max_pools():
+    net = incdsl.load("googlenet_tv")
+    plan = separable_max_pools(net, Plan())
+    ops = {(n.op["kernel"], n.op["stride"], n.op["pad"]) for n in plan.max_pools}
+    assert ops == {((3, 3), 1, (1, 1))}
+    in_blocks = {n for cls in net.blocks for n in walk(cls.body)} & plan.max_pools
+    assert len(in_blocks) == 1  # the inception module's pool branch; the stem's stride-2 pools stay
+    assert not separable_max_pools(incdsl.load("inception_v3"), Plan()).max_pools  # stride 2 only
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_the_separable_max_pool_is_nn_max_pool(layout):
+    """Odd and even sizes, ceil mode, the smallest maps (1 pixel: nn.MaxPool2d's own), -inf and
+    ties; inference mode or not."""
+    from incdsl.backends.pytorch import writer as pytorch
+
+    net = incdsl.load("mini_googlenet")
+    plan = optimize(net, (separable_max_pools,))
+    module = pytorch.load_source(
+        pytorch.generate(net, formatted=False, optimize=True, plan=plan), "incdsl_pool"
+    )
+    generator = torch.Generator().manual_seed(5)
+    for ceil in (False, True):
+        pool = module.SeparableMaxPool2d(3, stride=1, padding=1, ceil_mode=ceil)
+        reference = torch.nn.MaxPool2d(3, stride=1, padding=1, ceil_mode=ceil)
+        for h, w in [(1, 1), (2, 2), (2, 5), (3, 3), (7, 6), (14, 14)]:
+            x = torch.randn(2, 5, h, w, generator=generator).round().contiguous(memory_format=layout)
+            x[0, 0, 0, 0] = float("-inf")
+            with torch.inference_mode():
+                assert torch.equal(pool(x), reference(x))
+            assert torch.equal(pool(x), reference(x))

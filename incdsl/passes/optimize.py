@@ -15,6 +15,9 @@ changed, so one Network compiles to both builds.
 - :func:`fuse_siblings`: 1x1 convolutions that read the same input, at the heads of a group's
   branches (an inception module's #1x1, #3x3 reduce and #5x5 reduce), run as one convolution whose
   output is split;
+- :func:`separable_max_pools`: max pooling over 3x3 windows with stride 1 and padding 1 (an inception
+  module's pool branch) runs as maxima of neighbours, along the rows then the columns, without the
+  int64 indices torch's max pooling computes and the module drops;
 - :func:`use_channels_last`: weights and activations in channels_last (NHWC) memory format, which
   oneDNN's CPU convolutions (and cuDNN's tensor cores) run without reordering.
 - :func:`use_onednn`: the folded convolutions run, eagerly on the CPU, as oneDNN's convolution with
@@ -35,7 +38,7 @@ from dataclasses import dataclass, field
 
 from incdsl.ir.symbols import Scope
 from incdsl.ir.tree import Branch, Fork, Layer, Network, Seq, walk
-from incdsl.kinds.layers import Activation, Add, BatchNorm, Conv
+from incdsl.kinds.layers import Activation, Add, BatchNorm, Conv, MaxPool
 
 
 @dataclass(frozen=True, eq=False)
@@ -62,6 +65,7 @@ class Plan:
     folded_acts: set[Layer] = field(default_factory=set)  # those activation rows: identities now
     fused: dict[Fork, tuple[Group, ...]] = field(default_factory=dict)
     residuals: dict[Fork, Layer] = field(default_factory=dict)  # residual -> the conv that adds its shortcut
+    max_pools: set[Layer] = field(default_factory=set)  # 3x3 max pools, stride 1, padding 1: separable
     channels_last: bool = False
     onednn: bool = False
     owners: dict[Fork, object] = field(default_factory=dict, repr=False)
@@ -204,6 +208,22 @@ def _one_by_one(layer: Layer) -> bool:
     return op["kernel"] == (1, 1) and op["stride"] == 1 and op["pad"] == (0, 0) and op["groups"] == 1
 
 
+def separable_max_pools(net: Network, plan: Plan) -> Plan:
+    """Every max pooling over 3x3 windows with stride 1 and padding 1 runs as the maximum of each
+    pixel's neighbours along the rows, then along the columns (``SeparableMaxPool2d``): the same
+    numbers, without the int64 indices that torch's CPU max pooling writes beside them."""
+    for body in _bodies(net):
+        plan.max_pools |= {n for n in walk(body) if isinstance(n, Layer) and _three_by_three_same(n)}
+    return plan
+
+
+def _three_by_three_same(layer: Layer) -> bool:
+    op = layer.op
+    if not isinstance(op.kind, MaxPool):
+        return False
+    return op["kernel"] == (3, 3) and op["stride"] == 1 and op["pad"] == (1, 1)
+
+
 def use_channels_last(net: Network, plan: Plan) -> Plan:
     plan.channels_last = True
     return plan
@@ -217,7 +237,15 @@ def use_onednn(net: Network, plan: Plan) -> Plan:
     return plan
 
 
-PASSES = (fold_batchnorm, fold_activations, fuse_siblings, fold_residuals, use_channels_last, use_onednn)
+PASSES = (
+    fold_batchnorm,
+    fold_activations,
+    fuse_siblings,
+    fold_residuals,
+    separable_max_pools,
+    use_channels_last,
+    use_onednn,
+)
 
 
 def optimize(net: Network, passes=PASSES) -> Plan:

@@ -839,6 +839,9 @@ class OptimizedWriter(Writer):
         if isinstance(node, Layer) and node in self.plan.folded_acts:
             self.used.add("FoldedActivation")
             return f'FoldedActivation("{node.op.kind.name}")'
+        if isinstance(node, Layer) and node in self.plan.max_pools:
+            self.used |= {"SeparableMaxPool2d", "torch"}
+            return self._pool("MaxPool2d", node.op).replace("nn.MaxPool2d", "SeparableMaxPool2d")
         if isinstance(node, Layer) and node in self.plan.folded_norms:
             self.used.add("FoldedBatchNorm2d")
             return self.module_BatchNorm(node.op, str(self.net.channels[node].input), cls="FoldedBatchNorm2d")
