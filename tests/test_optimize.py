@@ -525,3 +525,5 @@ def test_the_separable_max_pool_is_nn_max_pool(layout):
             with torch.inference_mode():
                 assert torch.equal(pool(x), reference(x))
             assert torch.equal(pool(x), reference(x))
+            x.requires_grad_()
+            assert torch.equal(pool(x), reference(x))  # nn.MaxPool2d's own, which autograd follows
