@@ -16,8 +16,10 @@ from incdsl.passes.optimize import (
     Plan,
     fold_activations,
     fold_batchnorm,
+    fold_residuals,
     fuse_siblings,
     optimize,
+    separable_max_pools,
     use_channels_last,
     use_onednn,
 )
@@ -384,3 +386,144 @@ def test_the_frozen_compiled_build_computes_the_same():
     with torch.inference_mode():
         expected, got = plain(x), compiled(x)
     assert ((got - expected).norm() / expected.norm()).item() < 1e-5
+
+
+RESIDUAL_ROWS = """network ResRows
+input 12x12x8
+classes 4
+defaults conv: bn
+template down(c, s) {
+    residual {
+        conv 3x3/s c
+        conv 3x3 c act=none
+        shortcut proj { conv 1x1/s c act=none }
+    }
+}
+template same(c) {
+    residual {
+        conv 3x3 c
+        conv 3x3 c act=none
+    }
+}
+template straight(c) {
+    residual relu=0 {
+        conv 1x1 c
+        conv 3x3 c act=none
+    }
+}
+b1: down 16 2
+b2: same 16
+b3: straight 16
+pool: global_avgpool
+fc: linear classes
+"""
+
+
+def test_fold_residuals_gives_each_residual_the_last_folded_convolution_of_its_body():
+    net = incdsl.load("resnet18")
+    plan = fold_residuals(net, fold_batchnorm(net, Plan()))
+    for block in net.blocks:  # with and without the projection (downsample)
+        convs = [conv.attr for fork, conv in plan.residuals.items() if fork in set(walk(block.body))]
+        assert convs == ["conv2"]  # conv2 (its bn2 folded) adds the shortcut
+    assert not fold_residuals(net, Plan()).residuals  # only a convolution whose BatchNorm is folded
+    net = incdsl.from_text(RESIDUAL_ROWS, "rows.inc")
+    plan = fold_residuals(net, fold_batchnorm(net, Plan()))
+    assert sorted(c.attr for f, c in plan.residuals.items() if any(f in set(walk(b.body)) for b in net.blocks)) == [
+        "conv2", "conv2", "conv2"
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["inception_resnet_v2", "mobilenet_v2", "googlenet_tv"])
+def test_fold_residuals_leaves_scaled_adds_sequential_bodies_and_concatenations(name):
+    """A scaled add (Inception-ResNet), a body in an nn.Sequential (MobileNetV2's), a concatenation."""
+    if name not in SHIPPED:
+        pytest.skip(f"{name} is not shipped")
+    net = incdsl.load(name)
+    assert not optimize(net).residuals
+
+
+@pytest.mark.parametrize(
+    "passes",
+    [
+        (fold_batchnorm, fold_residuals),
+        (fold_batchnorm, fold_residuals, use_onednn),
+        (fold_batchnorm, fold_activations, fold_residuals, use_channels_last, use_onednn),
+    ],
+    ids=lambda passes: "+".join(p.__name__ for p in passes),
+)
+@pytest.mark.parametrize("spec", ["rows", "resnet18"])
+def test_folded_residuals_compute_the_same(passes, spec):
+    from incdsl.backends.pytorch import writer as pytorch
+
+    net = incdsl.from_text(RESIDUAL_ROWS, "rows.inc") if spec == "rows" else incdsl.load(spec)
+    source = pytorch.generate(net, formatted=False, optimize=True, plan=optimize(net, passes))
+    assert source.count("add=") == (3 if spec == "rows" else 1)  # resnet18: one Basic class
+    assert "F.relu(out + " not in source
+    fast = pytorch.instantiate(source)
+    plain = randomised(incdsl.build_module(net)).eval()
+    fast.load_state_dict(plain.state_dict(), strict=True)
+    assert list(fast.state_dict()) == list(plain.state_dict())
+    size = [8, 12, 12] if spec == "rows" else [3, 64, 64]
+    x = torch.randn(2, *size, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        expected, got = plain(x), fast(x)
+    assert ((got - expected).norm() / expected.norm()).item() < 1e-5
+
+
+@pytest.mark.parametrize("act", ["none", "relu"])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_the_generated_conv2d_adds_before_its_activation(act, layout):
+    """The oneDNN call with a binary add against F.conv2d, the add and the activation; the input
+    added is left as it was."""
+    F = torch.nn.functional
+    module = generated_module()
+    generator = torch.Generator().manual_seed(4)
+    for stride, padding, groups in [(1, 0, 1), (2, 1, 1), (1, 1, 4)]:
+        x = (torch.randn(2, 8, 11, 11, generator=generator) * 4).contiguous(memory_format=layout)
+        weight = torch.randn(16, 8 // groups, 3, 3, generator=generator).contiguous(memory_format=layout)
+        bias = torch.randn(16, generator=generator)
+        s, p, d = (stride, stride), (padding, padding), (1, 1)
+        expected = F.conv2d(x, weight, bias, s, p, d, groups)
+        add = torch.randn(expected.shape, generator=generator).contiguous(memory_format=layout)
+        before = add.clone()
+        expected = expected + add
+        expected = F.relu(expected) if act == "relu" else expected
+        with torch.inference_mode():
+            got = module.conv2d(x, weight, bias, s, p, d, groups, act, add)
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+        assert torch.equal(add, before)
+
+
+def test_separable_max_pools_takes_the_3x3_stride_1_padding_1_max_pools():
+    net = incdsl.load("googlenet_tv")
+    plan = separable_max_pools(net, Plan())
+    ops = {(n.op["kernel"], n.op["stride"], n.op["pad"]) for n in plan.max_pools}
+    assert ops == {((3, 3), 1, (1, 1))}
+    in_blocks = {n for cls in net.blocks for n in walk(cls.body)} & plan.max_pools
+    assert len(in_blocks) == 1  # the inception module's pool branch; the stem's stride-2 pools stay
+    assert not separable_max_pools(incdsl.load("inception_v3"), Plan()).max_pools  # stride 2 only
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_the_separable_max_pool_is_nn_max_pool(layout):
+    """Odd and even sizes, ceil mode, the smallest maps (1 pixel: nn.MaxPool2d's own), -inf and
+    ties; inference mode or not."""
+    from incdsl.backends.pytorch import writer as pytorch
+
+    net = incdsl.load("mini_googlenet")
+    plan = optimize(net, (separable_max_pools,))
+    module = pytorch.load_source(
+        pytorch.generate(net, formatted=False, optimize=True, plan=plan), "incdsl_pool"
+    )
+    generator = torch.Generator().manual_seed(5)
+    for ceil in (False, True):
+        pool = module.SeparableMaxPool2d(3, stride=1, padding=1, ceil_mode=ceil)
+        reference = torch.nn.MaxPool2d(3, stride=1, padding=1, ceil_mode=ceil)
+        for h, w in [(1, 1), (2, 2), (2, 5), (3, 3), (7, 6), (14, 14)]:
+            x = torch.randn(2, 5, h, w, generator=generator).round().contiguous(memory_format=layout)
+            x[0, 0, 0, 0] = float("-inf")
+            with torch.inference_mode():
+                assert torch.equal(pool(x), reference(x))
+            assert torch.equal(pool(x), reference(x))
+            x.requires_grad_()
+            assert torch.equal(pool(x), reference(x))  # nn.MaxPool2d's own, which autograd follows

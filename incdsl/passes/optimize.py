@@ -9,9 +9,15 @@ changed, so one Network compiles to both builds.
   by a ``batchnorm`` row (torchvision's layout), whose BatchNorm module then passes its input on;
 - :func:`fold_activations`: a ReLU or ReLU6 row after such a folded batchnorm row is applied by the
   convolution too (conv, BN, activation rows as one convolution);
+- :func:`fold_residuals`: a residual's add (scale 1) and its ReLU are applied by the body's last
+  convolution, a folded one (oneDNN's convolution with a binary add post-op), which then reads the
+  shortcut: ResNet's blocks end in one call instead of a convolution, an add and a ReLU;
 - :func:`fuse_siblings`: 1x1 convolutions that read the same input, at the heads of a group's
   branches (an inception module's #1x1, #3x3 reduce and #5x5 reduce), run as one convolution whose
   output is split;
+- :func:`separable_max_pools`: max pooling over 3x3 windows with stride 1 and padding 1 (an inception
+  module's pool branch) runs as maxima of neighbours, along the rows then the columns, without the
+  int64 indices torch's max pooling computes and the module drops;
 - :func:`use_channels_last`: weights and activations in channels_last (NHWC) memory format, which
   oneDNN's CPU convolutions (and cuDNN's tensor cores) run without reordering.
 - :func:`use_onednn`: the folded convolutions run, eagerly on the CPU, as oneDNN's convolution with
@@ -32,7 +38,7 @@ from dataclasses import dataclass, field
 
 from incdsl.ir.symbols import Scope
 from incdsl.ir.tree import Branch, Fork, Layer, Network, Seq, walk
-from incdsl.kinds.layers import Activation, BatchNorm, Conv
+from incdsl.kinds.layers import Activation, Add, BatchNorm, Conv, MaxPool
 
 
 @dataclass(frozen=True, eq=False)
@@ -58,6 +64,8 @@ class Plan:
     folds_act: dict[Layer, str] = field(default_factory=dict)  # those convs: the activation row they apply
     folded_acts: set[Layer] = field(default_factory=set)  # those activation rows: identities now
     fused: dict[Fork, tuple[Group, ...]] = field(default_factory=dict)
+    residuals: dict[Fork, Layer] = field(default_factory=dict)  # residual -> the conv that adds its shortcut
+    max_pools: set[Layer] = field(default_factory=set)  # 3x3 max pools, stride 1, padding 1: separable
     channels_last: bool = False
     onednn: bool = False
     owners: dict[Fork, object] = field(default_factory=dict, repr=False)
@@ -93,6 +101,39 @@ def fold_activations(net: Network, plan: Plan) -> Plan:
                 plan.folds_act[conv] = act.op.kind.name
                 plan.folded_acts.add(act)
     return plan
+
+
+def fold_residuals(net: Network, plan: Plan) -> Plan:
+    """A residual (an add merge, scale 1) whose body is flattened into its class and ends in a
+    convolution that :func:`fold_batchnorm` folded, with no activation of its own, gets that
+    convolution: it adds the shortcut's output and applies the merge's ReLU (the writer computes the
+    shortcut first, and keeps the plain add where a ``when=`` or a flag argument decides the merge)."""
+    for body in _bodies(net):
+        for fork in (n for n in walk(body) if isinstance(n, Fork) and not n.split and n not in plan.fused):
+            conv = _last_conv(fork, plan)
+            if conv is not None:
+                plan.residuals[fork] = conv
+    return plan
+
+
+def _last_conv(fork: Fork, plan: Plan) -> Layer | None:
+    """The folded convolution a residual's body ends in, if it can add the shortcut."""
+    merge = fork.merge
+    if not isinstance(merge.kind, Add) or len(fork.branches) != 2:
+        return None
+    if merge["scale"] != 1 or "scale" in fork.stored:  # oneDNN's add has no scale on the conv's output
+        return None
+    body = fork.branches[1 - merge["shortcut"]]
+    items = [n for n in body.body.items if not _identity(n)] if body.container is None else []
+    if items and items[-1] in plan.folded and items[-1].op["act"] is None:
+        return items[-1]
+    if len(items) >= 2 and items[-2] in plan.folds_next and items[-1] in plan.folded_norms:
+        return items[-2] if items[-2] not in plan.folds_act else None
+    return None
+
+
+def _identity(node) -> bool:
+    return isinstance(node, Layer) and node.op.kind.identity
 
 
 def _foldable_act(node) -> bool:
@@ -167,6 +208,22 @@ def _one_by_one(layer: Layer) -> bool:
     return op["kernel"] == (1, 1) and op["stride"] == 1 and op["pad"] == (0, 0) and op["groups"] == 1
 
 
+def separable_max_pools(net: Network, plan: Plan) -> Plan:
+    """Every max pooling over 3x3 windows with stride 1 and padding 1 runs as the maximum of each
+    pixel's neighbours along the rows, then along the columns (``SeparableMaxPool2d``): the same
+    numbers, without the int64 indices that torch's CPU max pooling writes beside them."""
+    for body in _bodies(net):
+        plan.max_pools |= {n for n in walk(body) if isinstance(n, Layer) and _three_by_three_same(n)}
+    return plan
+
+
+def _three_by_three_same(layer: Layer) -> bool:
+    op = layer.op
+    if not isinstance(op.kind, MaxPool):
+        return False
+    return op["kernel"] == (3, 3) and op["stride"] == 1 and op["pad"] == (1, 1)
+
+
 def use_channels_last(net: Network, plan: Plan) -> Plan:
     plan.channels_last = True
     return plan
@@ -180,7 +237,15 @@ def use_onednn(net: Network, plan: Plan) -> Plan:
     return plan
 
 
-PASSES = (fold_batchnorm, fold_activations, fuse_siblings, use_channels_last, use_onednn)
+PASSES = (
+    fold_batchnorm,
+    fold_activations,
+    fuse_siblings,
+    fold_residuals,
+    separable_max_pools,
+    use_channels_last,
+    use_onednn,
+)
 
 
 def optimize(net: Network, passes=PASSES) -> Plan:

@@ -799,6 +799,7 @@ class OptimizedWriter(Writer):
         self.plan = plan
         self.fused_heads = {b: g for groups in plan.fused.values() for g in groups for b in g.branches}
         self.prepare: list[str] = []  # the current class's prepare() lines
+        self.adds: dict[Layer, str] = {}  # a residual's last conv -> the shortcut's variable it adds
 
     def block_class(self, family: Family) -> dict:
         self.prepare = []
@@ -833,11 +834,14 @@ class OptimizedWriter(Writer):
         if isinstance(node, Layer) and node in self.plan.folds_next:
             self.used |= {"ConvFoldingBN", "conv2d", "F", "torch"}
             conv = self.module_Conv(node.op, str(self.net.channels[node].input), bare="ConvFoldingBN")
-            act = self.plan.folds_act.get(node)
+            act = self.plan.folds_act.get(node) or self.residual_act(node)
             return f'{conv[:-1]}, act="{act}")' if act else conv
         if isinstance(node, Layer) and node in self.plan.folded_acts:
             self.used.add("FoldedActivation")
             return f'FoldedActivation("{node.op.kind.name}")'
+        if isinstance(node, Layer) and node in self.plan.max_pools:
+            self.used |= {"SeparableMaxPool2d", "torch"}
+            return self._pool("MaxPool2d", node.op).replace("nn.MaxPool2d", "SeparableMaxPool2d")
         if isinstance(node, Layer) and node in self.plan.folded_norms:
             self.used.add("FoldedBatchNorm2d")
             return self.module_BatchNorm(node.op, str(self.net.channels[node].input), cls="FoldedBatchNorm2d")
@@ -854,11 +858,34 @@ class OptimizedWriter(Writer):
             kw.append("bn=False")
         elif op["eps"] != self.bn_eps:
             kw.append(f"eps={literal(op['eps'])}")
-        if op["act"] != "relu":
+        if op["act"] != "relu" and self.residual_act(layer) != "relu":
             kw.append("relu=False")
         return f"FoldedConv2d({self.net.channels[layer].input}, {literal(op['out'])}, {', '.join(kw)})"
 
+    def residual_act(self, conv: Layer) -> str | None:
+        """The ReLU of the residual whose add ``conv`` applies (None: no such residual, or no ReLU)."""
+        fork = next((f for f, c in self.plan.residuals.items() if c is conv and self.adds_shortcut(f)), None)
+        return "relu" if fork is not None and fork.merge["relu"] else None
+
+    def adds_shortcut(self, fork: Fork) -> bool:
+        """Whether the body's last conv adds the shortcut (fold_residuals' plan), in this class: not
+        where a ``when=`` keeps the merge or the conv out in some calls, or a flag argument its ReLU."""
+        conv = self.plan.residuals.get(fork)
+        return (
+            conv is not None
+            and self.condition(fork) is None
+            and self.condition(conv) is None
+            and not self.merge_flags(fork)
+        )
+
+    def call(self, node: Layer | Call, module: str, source: str) -> str:
+        if node in self.adds:
+            return f"{module}({source}, add={self.adds[node]})"
+        return super().call(node, module, source)
+
     def visit_Fork(self, fork: Fork, src: str, dst: str) -> tuple[Code, str]:
+        if self.adds_shortcut(fork):
+            return self.residual(fork, src, dst)
         groups = self.plan.fused.get(fork)
         if not groups:
             return super().visit_Fork(fork, src, dst)
@@ -872,6 +899,21 @@ class OptimizedWriter(Writer):
             pieces.append(code)
             outputs.append(out)
         return join(pieces) + self.merged(fork, outputs, dst), dst
+
+    def residual(self, fork: Fork, src: str, dst: str) -> tuple[Code, str]:
+        """The shortcut first, then the body, whose last convolution adds it (and applies the ReLU)."""
+        i = fork.merge["shortcut"]
+        shortcut, body = fork.branches[i], fork.branches[1 - i]
+        first, other = self.visit(shortcut, src, shortcut.var)
+        first += self.branch_shape(shortcut)
+        self.adds[self.plan.residuals[fork]] = other
+        then, out = self.visit(body, src, body.var)
+        note = f"  # {other} added by the convolution before"
+        note += ", the ReLU applied" if fork.merge["relu"] else ""
+        merged = (f"{dst} = {out}{note}",) if out != dst else ()
+        # the modules declared in the branches' order (the plain build's), the shortcut computed first
+        inits = (first.init + then.init) if i == 0 else (then.init + first.init)
+        return Code(inits, first.forward + then.forward + merged), dst
 
     def fused_group(self, group, src: str) -> Code:
         """One 1x1 convolution for the group's heads, its output split into their branches' variables."""
