@@ -210,3 +210,8 @@ def test_stages_tied_through_a_reduction_share_a_multiplier():
         m for row, m in zip(spec.rows, result.scaling.stages) if row.kind in ("mixed_5b", "block35", "block8")
     ]
     assert len(set(tied)) == 1 and len(set(result.scaling.stages)) > 2
+
+
+def test_the_header_names_aux_heads_only_where_there_are_some():
+    assert "aux heads'" in fit(GOOGLENET, 1_500_000_000, per_stage=True).text
+    assert "aux heads'" not in fit(CONVNEXT, 3_000_000_000, per_stage=True).text

@@ -536,7 +536,7 @@ def _header(spec, command, scaling, multiplier, multiple, per_stage, macs, budge
         lines.append(
             f"Each stage's widths scaled to keep {multiplier:.4f} x its multiply-adds (multipliers: "
             + ", ".join(scaled)
-            + "); aux heads' by the square root of that."
+            + ("); aux heads' by the square root of that." if spec.auxes else ").")
         )
     else:
         lines.append(
