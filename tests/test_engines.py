@@ -5,6 +5,7 @@ same seed: an independent computation of the same logits."""
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -186,11 +187,11 @@ def test_bench_engine_names_are_checked(capsys):
 
 def test_the_default_thread_count_leaves_busy_cores_alone(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    assert threads.choose(0, cpus=2, load=0.2, cap=2)[0] == 2  # an idle machine: every core
-    assert threads.choose(0, cpus=2, load=1.0, cap=2)[0] == 1  # one core busy: the other
-    assert threads.choose(0, cpus=2, load=9.0, cap=2)[0] == 1  # never below 1
-    assert threads.choose(0, cpus=32, load=2.0, cap=16)[0] == 16  # never above torch's (physical cores)
-    assert threads.choose(5, cpus=2, load=9.0, cap=2) == (5, "set by --threads")
+    assert threads.choose(0, cpus=2, busy=0.2, cap=2)[0] == 2  # an idle machine: every core
+    assert threads.choose(0, cpus=2, busy=1.0, cap=2)[0] == 1  # one core busy: the other
+    assert threads.choose(0, cpus=2, busy=9.0, cap=2)[0] == 1  # never below 1
+    assert threads.choose(0, cpus=32, busy=2.0, cap=16)[0] == 16  # never above torch's (physical cores)
+    assert threads.choose(5, cpus=2, busy=9.0, cap=2) == (5, "set by --threads")
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert threads.choose(None) == (torch.get_num_threads(), "OMP_NUM_THREADS")
 
@@ -200,3 +201,31 @@ def test_using_sets_and_restores_torchs_threads():
     with threads.using(1) as (count, why):
         assert torch.get_num_threads() == count == 1 and why == "set by --threads"
     assert torch.get_num_threads() == before
+
+
+def test_busy_cpus_counts_what_proc_stat_says_others_used(monkeypatch):
+    """Two samples of /proc/stat's ticks, 40 apart on 2 CPUs, 10 of them free: 1.5 CPUs busy. Without
+    /proc/stat, the load average stands in; on Linux the real sample is a share of the CPUs."""
+    samples = iter([(1000, 400), (1040, 410)])
+    monkeypatch.setattr(threads, "_affinity", lambda: {0, 1})
+    monkeypatch.setattr(threads, "_times", lambda cpus: next(samples))
+    assert threads.busy_cpus(interval=0) == (1.5, "busy")
+
+    def unreadable(cpus):
+        raise OSError("no /proc/stat")
+
+    monkeypatch.setattr(threads, "_times", unreadable)
+    assert threads.busy_cpus(interval=0) == (os.getloadavg()[0], "load average")
+    monkeypatch.undo()
+    if os.path.exists("/proc/stat"):
+        busy, source = threads.busy_cpus(interval=0.05)
+        assert source == "busy" and 0.0 <= busy <= threads.usable_cpus() + 1e-9
+
+
+def test_busy_cpus_reads_only_this_processs_cpus(tmp_path):
+    stat = tmp_path / "stat"
+    stat.write_text(
+        "cpu  30 0 0 70 0 0 0 0 0 0\ncpu0 10 0 0 40 0 0 0 0 0 0\ncpu1 20 0 0 25 5 0 0 0 0 0\nintr 5\n"
+    )
+    assert threads._times({1}, str(stat)) == (50, 30)  # idle and iowait are free
+    assert threads._times({0, 1}, str(stat)) == (100, 70) and threads._times({7}, str(stat)) is None
