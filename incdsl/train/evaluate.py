@@ -100,10 +100,18 @@ class EvalReport:
         }
 
 
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def amp_dtype(device_type: str) -> str:
+    """``--amp``'s dtype on a device, named as the memory estimate names it: float16 on CUDA (whose
+    gradients the trainer scales), bfloat16 elsewhere."""
+    return "fp16" if device_type == "cuda" else "bf16"
+
+
 def autocast(device: torch.device, enabled: bool):
-    """bfloat16 autocast on CPUs, float16 on GPUs; nothing when not ``enabled``."""
-    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    return torch.autocast(device.type, dtype=dtype, enabled=enabled)
+    """``--amp``'s autocast on ``device`` (:func:`amp_dtype`); nothing when not ``enabled``."""
+    return torch.autocast(device.type, dtype=AMP_DTYPES[amp_dtype(device.type)], enabled=enabled)
 
 
 @torch.no_grad()

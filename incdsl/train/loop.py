@@ -52,7 +52,7 @@ from incdsl.train.distributed import (
     wait_for_all,
 )
 from incdsl.train.ema import EMA
-from incdsl.train.evaluate import autocast, evaluate
+from incdsl.train.evaluate import amp_dtype, autocast, evaluate
 from incdsl.train.logs import METRICS, MetricsLog, progress, say, summary, warn
 from incdsl.train.losses import training_loss
 from incdsl.train.models import ModelBundle, load_model
@@ -114,7 +114,7 @@ def run(config: TrainConfig, processes: Processes) -> list[dict[str, Any]]:
     optimizer = build_optimizer(recipe, model, config.lr)
     scheduler = build_scheduler(recipe, optimizer, steps_per_epoch, config.epochs)
     ema = EMA(model, recipe.ema_decay) if recipe.ema_decay else None
-    scaler = torch.amp.GradScaler(device.type, enabled=config.amp and device.type == "cuda")
+    scaler = torch.amp.GradScaler(device.type, enabled=config.amp and amp_dtype(device.type) == "fp16")
 
     # -- a fresh run directory, or the state of the run to resume
     history: list[dict[str, Any]] = []
@@ -409,7 +409,7 @@ def step_setting(config: TrainConfig, recipe: Recipe, processes: Processes):
     return Setting(
         batch=config.batch_size // processes.world_size,
         training=True,
-        dtype=("fp16" if kind == "cuda" else "bf16") if config.amp else "fp32",
+        dtype=amp_dtype(kind) if config.amp else "fp32",
         device=kind,
         optimizer=recipe.optimizer,
         averaged=bool(recipe.ema_decay),

@@ -1,7 +1,7 @@
 """Activation memory: what a batch's tensors take, what autograd keeps for backward, and a step's peak.
 
 A model over the IR, one walk of the tree (no torch): for a batch size, a mode (inference or training)
-and a dtype (fp32, or bf16 autocast), each layer's output bytes; in training, the bytes autograd saves
+and a dtype (fp32, or bf16 or fp16 autocast), each layer's output bytes; in training, the bytes autograd saves
 for the backward pass; in inference, the largest set of tensors alive at once. :data:`SAVES` says, for
 each layer kind and merge kind, what the ops PyTorch 2.13 runs for it keep, as found by measuring the
 generated modules with ``torch.autograd.graph.saved_tensors_hooks`` (``tests/test_activations.py``
@@ -17,7 +17,7 @@ Conventions:
   contiguous (NCHW) tensors, as a CPU runs it. ``bf16`` is autocast to bfloat16, as the trainer's
   ``--amp`` runs on a CPU: the weights stay float32, convolutions and linear layers compute in bfloat16
   (and keep bfloat16 copies of their weights, and of an input that is still float32), other ops in the
-  dtype they are given; LRN computes in float32.
+  dtype they are given; LRN computes in float32. ``fp16`` (CUDA's ``--amp``) keeps as many bytes.
 
 >>> import incdsl
 >>> est = estimate(incdsl.load("googlenet_tv"), Setting(batch=32, training=True))
@@ -132,7 +132,7 @@ Rule = Callable[[L.Op, L.Shape, L.Shape, Context], Saves]
 
 
 def _conv(op, x, y, c: Context) -> Saves:
-    """conv2d: its input and weight (autocast: bf16 copies); batch_norm in training: its input (the
+    """conv2d: its input and weight (autocast: half-precision copies); batch_norm in training: its input (the
     conv's output), save_mean and save_invstd (float32, one per channel); relu(inplace=True): its result."""
     s, width = c.setting, c.setting.width
     out = c.size(y, width)
@@ -269,7 +269,7 @@ def _dropout(op, x, y, c: Context) -> Saves:
 
 
 def _linear(op, x, y, c: Context) -> Saves:
-    """linear (addmm): its input, flattened (a view), and its weight (autocast: bf16 copies); with
+    """linear (addmm): its input, flattened (a view), and its weight (autocast: half-precision copies); with
     relu (in place): its result."""
     s = c.setting
     own = [(f"{s.dtype} weight", y.channels * x.numel * 2)] if s.autocast and s.training else []
