@@ -800,6 +800,7 @@ class OptimizedWriter(Writer):
         self.fused_heads = {b: g for groups in plan.fused.values() for g in groups for b in g.branches}
         self.prepare: list[str] = []  # the current class's prepare() lines
         self.adds: dict[Layer, str] = {}  # a residual's last conv -> the shortcut's variable it adds
+        self.residual_of = {conv: fork for fork, conv in plan.residuals.items()}  # the residual it ends
 
     def block_class(self, family: Family) -> dict:
         self.prepare = []
@@ -864,8 +865,8 @@ class OptimizedWriter(Writer):
 
     def residual_act(self, conv: Layer) -> str | None:
         """The ReLU of the residual whose add ``conv`` applies (None: no such residual, or no ReLU)."""
-        fork = next((f for f, c in self.plan.residuals.items() if c is conv and self.adds_shortcut(f)), None)
-        return "relu" if fork is not None and fork.merge["relu"] else None
+        fork = self.residual_of.get(conv)
+        return "relu" if fork is not None and self.adds_shortcut(fork) and fork.merge["relu"] else None
 
     def adds_shortcut(self, fork: Fork) -> bool:
         """Whether the body's last conv adds the shortcut (fold_residuals' plan), in this class: not
