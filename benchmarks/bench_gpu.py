@@ -128,16 +128,7 @@ class Spec:
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
     def train_step(self, model):
-        optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-
-        def step() -> None:
-            with self.autocast():
-                loss = training_loss(model(self.x), self.labels, self.aux, 0.0)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-
-        return step
+        return train_step(model, self.x, self.labels, self.aux, autocast=True)
 
     def eval_step(self, model):
         def step():
@@ -145,6 +136,23 @@ class Spec:
                 return model(self.x)
 
         return step
+
+
+def train_step(model, x, labels, aux: dict, autocast: bool, after_forward=lambda: None):
+    """One training step as ``incdsl bench`` takes it: forward (bf16 autocast if ``autocast``), the
+    aux heads weighted into the loss, backward, SGD with momentum; ``after_forward`` is called between
+    the forward and the backward (where the memory estimate's peak is)."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+
+    def step() -> None:
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
+            loss = training_loss(model(x), labels, aux, 0.0)
+        after_forward()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
 
 
 def measure(spec: Spec, mode: str, variant: str, step, flops: int, peak: float, compile_s=None) -> dict:
@@ -215,33 +223,34 @@ def memory(name: str, batch: int, device: torch.device, saved_probe: bool = True
     rows = []
     benchmark, torch.backends.cudnn.benchmark = torch.backends.cudnn.benchmark, False
     cuda = device.type == "cuda"
+
+    def peak():
+        return torch.cuda.max_memory_allocated(device) if cuda else None
+
     for dtype in ("fp32", "bf16"):
         torch.manual_seed(0)
         module = incdsl.build_module(net).to(device).train()
         x = torch.randn(batch, *net.input.as_list(), device=device)
         labels = torch.randint(0, net.classes or 1, (batch,), device=device)
         aux = {a.name: a.weight for a in net.auxes}
-        optimizer = torch.optim.SGD(module.parameters(), lr=1e-3, momentum=0.9)
         autocast = dtype == "bf16"
         saved = sum(saved_by_module(module, x, autocast).values()) if saved_probe else None
-        forward_peak = step_peak = None
+        peaks: list = []  # the allocator's peak at each forward's end
+        step = train_step(
+            module, x, labels, aux, autocast, after_forward=lambda peaks=peaks: peaks.append(peak())
+        )
         for _ in range(3):
             if cuda:
                 torch.cuda.reset_peak_memory_stats(device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                loss = training_loss(module(x), labels, aux, 0.0)
-            forward_peak = torch.cuda.max_memory_allocated(device) if cuda else None
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step_peak = torch.cuda.max_memory_allocated(device) if cuda else None
+            step()
+        forward_peak, step_peak = peaks[-1], peak()
         est = estimate(net, Setting(batch, training=True, dtype=dtype, device=device.type, optimizer="sgd"))
         row = {"spec": name, "batch": batch, "dtype": dtype, "estimate_peak": est.peak,
                "forward_peak": forward_peak, "step_peak": step_peak,
                "estimate_saved": est.saved, "measured_saved": saved}  # fmt: skip
         rows.append(row)
         say(f"memory {name} {dtype} batch {batch}: " + memory_cells(row))
-        del module, optimizer, x, loss
+        del module, step, x
         if cuda:
             torch.cuda.empty_cache()
     torch.backends.cudnn.benchmark = benchmark
