@@ -313,6 +313,8 @@ def main(argv=None) -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
     if device.type == "cuda" and not torch.cuda.is_available():
         sys.exit("bench_gpu: no CUDA device")
     torch.backends.cudnn.benchmark = True
